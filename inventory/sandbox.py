@@ -1,0 +1,28 @@
+"""The test/demo sandbox: a Debian 12 root reached with pyinfra's chroot connector, provisioned
+from the local mirror that scripts/demo and the tests serve on 127.0.0.1. Not for real hosts.
+
+Environment: PIPER_SANDBOX_ROOT (the root), PIPER_MIRROR_URL (http://127.0.0.1:PORT),
+PIPER_SANDBOX_DATA (JSON file of extra settings written by the lab: voice checksums, port).
+"""
+
+import json
+import os
+
+root = os.environ["PIPER_SANDBOX_ROOT"]
+mirror = os.environ["PIPER_MIRROR_URL"].rstrip("/")
+extra = json.load(open(os.environ["PIPER_SANDBOX_DATA"])) if os.environ.get("PIPER_SANDBOX_DATA") else {}
+
+sandbox = [
+    (
+        f"@chroot/{root}",
+        {
+            # No GPU on the test machines: provision anyway, loudly; the server WARNs at start.
+            "allow_no_gpu": True,
+            "cuda_repo_url": f"{mirror}/cuda/repos",
+            "pip_no_index": True,
+            "pip_find_links": f"{mirror}/pypi/",
+            "voices_base_url": f"{mirror}/voices",
+            **extra,
+        },
+    ),
+]

@@ -1,0 +1,159 @@
+"""pyinfra facts the deploy decides on: WSL2, the NVIDIA driver, distro, systemd, held
+packages, the venv's Python distributions and whether the profile-mode service runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+
+from pyinfra.api import FactBase
+
+
+class WslInfo(FactBase):
+    """{'is_wsl': bool, 'kernel': str, 'wsl_lib': bool} from the kernel string and /usr/lib/wsl/lib."""
+
+    default = dict
+
+    def command(self) -> str:
+        return (
+            "echo kernel=$(cat /proc/sys/kernel/osrelease 2>/dev/null || uname -r); "
+            "if [ -d /usr/lib/wsl/lib ]; then echo wsl_lib=yes; else echo wsl_lib=no; fi"
+        )
+
+    def process(self, output):
+        info = dict(line.split("=", 1) for line in output if "=" in line)
+        kernel = info.get("kernel", "")
+        return {
+            "kernel": kernel,
+            "wsl_lib": info.get("wsl_lib") == "yes",
+            "is_wsl": bool(re.search(r"microsoft|wsl", kernel, re.I)),
+        }
+
+
+#: Where nvidia-smi lives: PATH, WSL2's Windows-driver mount, the usual Linux location.
+NVIDIA_SMI_CANDIDATES = ("nvidia-smi", "/usr/lib/wsl/lib/nvidia-smi", "/usr/bin/nvidia-smi")
+
+
+class NvidiaDriver(FactBase):
+    """None when no working nvidia-smi; else {'path', 'driver_version', 'cuda_version', 'gpus': [...]}.
+
+    ``cuda_version`` is the highest CUDA version the driver supports (nvidia-smi's header).
+    """
+
+    def command(self) -> str:
+        cands = " ".join(shlex.quote(c) for c in NVIDIA_SMI_CANDIDATES)
+        return (
+            f"for c in {cands}; do p=$(command -v \"$c\" 2>/dev/null) || continue; "
+            "echo \"path=$p\"; \"$p\" 2>&1 | sed -n 's/.*CUDA Version: *\\([0-9.]*\\).*/cuda=\\1/p'; "
+            "\"$p\" --query-gpu=name,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu=/'; "
+            "exit 0; done; echo none"
+        )
+
+    def process(self, output):
+        path, cuda, gpus, driver = None, None, [], None
+        for line in output:
+            if line.startswith("path="):
+                path = line[5:]
+            elif line.startswith("cuda="):
+                cuda = line[5:]
+            elif line.startswith("gpu="):
+                name, _, ver = line[4:].rpartition(",")
+                if name and re.match(r"^\s*\d+\.\d+", ver):
+                    gpus.append(name.strip())
+                    driver = ver.strip()
+        if not path:
+            return None
+        return {"path": path, "driver_version": driver, "cuda_version": cuda, "gpus": gpus}
+
+
+class OsRelease(FactBase):
+    """/etc/os-release as a dict (ID, VERSION_ID, VERSION_CODENAME, ...)."""
+
+    default = dict
+
+    def command(self) -> str:
+        return "cat /etc/os-release"
+
+    def process(self, output):
+        data = {}
+        for line in output:
+            if "=" in line:
+                key, _, value = line.partition("=")
+                data[key.strip()] = value.strip().strip('"')
+        return data
+
+
+class SystemdRunning(FactBase):
+    """True when systemd is PID 1 (the way sd_booted() decides)."""
+
+    def command(self) -> str:
+        return "if [ -d /run/systemd/system ]; then echo yes; else echo no; fi"
+
+    def process(self, output):
+        return output[0].strip() == "yes" if output else False
+
+
+class HeldPackages(FactBase):
+    """Packages on hold (apt-mark showhold)."""
+
+    default = set
+
+    def command(self) -> str:
+        return "apt-mark showhold 2>/dev/null || true"
+
+    def process(self, output):
+        return {line.strip() for line in output if line.strip()}
+
+
+class InstalledDebVersions(FactBase):
+    """{package: version} of installed Debian packages (dpkg-query)."""
+
+    default = dict
+
+    def command(self) -> str:
+        return "dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\\n' 2>/dev/null || true"
+
+    def process(self, output):
+        result = {}
+        for line in output:
+            parts = line.split()
+            if len(parts) == 3 and parts[0].startswith("ii"):
+                result[parts[1]] = parts[2]
+        return result
+
+
+class VenvDistributions(FactBase):
+    """{normalised distribution name: version} in a venv, or None when the venv has no python."""
+
+    def command(self, python: str) -> str:
+        code = (
+            "import json, importlib.metadata as m; "
+            "print(json.dumps({d.metadata['Name'].lower().replace('_', '-'): d.version "
+            "for d in m.distributions()}))"
+        )
+        return f"if [ -x {shlex.quote(python)} ]; then {shlex.quote(python)} -c {shlex.quote(code)}; else echo null; fi"
+
+    def process(self, output):
+        return json.loads("\n".join(output))
+
+
+class PidAlive(FactBase):
+    """True when the pid file exists and names a live process."""
+
+    def command(self, pidfile: str) -> str:
+        q = shlex.quote(pidfile)
+        return f"if [ -s {q} ] && kill -0 \"$(cat {q})\" 2>/dev/null; then echo yes; else echo no; fi"
+
+    def process(self, output):
+        return bool(output) and output[0].strip() == "yes"
+
+
+class UserHome(FactBase):
+    """Home directory of a user, or None when the user does not exist."""
+
+    def command(self, user: str) -> str:
+        return f"getent passwd {shlex.quote(user)} | cut -d: -f6 || true"
+
+    def process(self, output):
+        return output[0].strip() if output and output[0].strip() else None

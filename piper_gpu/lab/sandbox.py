@@ -1,0 +1,223 @@
+"""Sandbox hosts for the demo and the tests (molecule's lifecycle: create, converge, verify,
+destroy): a Debian 12 root from a cached debootstrap, with /proc and /sys mounted, reached with
+pyinfra's ``@chroot`` connector and testinfra's chroot backend; the local mirror served over
+HTTP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from piper_gpu.lab import mirror as mirror_mod
+from piper_gpu.lab.mirror import CACHE, log, run
+from piper_gpu.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+SANDBOXES = Path(os.environ.get("PIPER_LAB_SANDBOXES", "/var/lib/piper-gpu-deploy/sandboxes"))
+BASE_TARBALL = CACHE / "sandbox" / "bookworm-minbase.tar"
+DEBIAN_MIRROR = os.environ.get("PIPER_LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+MIRROR_PORT = int(os.environ.get("PIPER_MIRROR_PORT", "18080"))
+MOUNTS = (("proc", "proc"), ("sysfs", "sys"))
+
+
+def base_tarball() -> Path:
+    """A debootstrap'ed Debian 12 minbase root, cached as a tarball (~25 s to make, once)."""
+    if BASE_TARBALL.exists():
+        return BASE_TARBALL
+    BASE_TARBALL.parent.mkdir(parents=True, exist_ok=True)
+    tmp = BASE_TARBALL.parent / "debootstrap.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"debootstrap --variant=minbase bookworm ({DEBIAN_MIRROR}), once")
+    run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), DEBIAN_MIRROR])
+    run(["tar", "-C", str(tmp), "-cf", str(BASE_TARBALL) + ".part", "."])
+    os.rename(str(BASE_TARBALL) + ".part", BASE_TARBALL)
+    shutil.rmtree(tmp)
+    return BASE_TARBALL
+
+
+def _mounted(path: Path) -> bool:
+    target = str(path.resolve())
+    with open("/proc/mounts") as fh:
+        return any(line.split()[1] == target for line in fh)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve()) + "/"
+    with open("/proc/mounts") as fh:
+        return sorted((line.split()[1] for line in fh if line.split()[1].startswith(prefix)), reverse=True)
+
+
+@dataclass
+class Sandbox:
+    name: str
+
+    @property
+    def dir(self) -> Path:
+        return SANDBOXES / self.name
+
+    @property
+    def root(self) -> Path:
+        return self.dir / "root"
+
+    @property
+    def data_file(self) -> Path:
+        return self.dir / "inventory-data.json"
+
+    def exists(self) -> bool:
+        return (self.root / "etc" / "os-release").exists()
+
+    def create(self) -> None:
+        """Create the root from the cached tarball if missing; mount /proc and /sys."""
+        if not self.exists():
+            log(f"creating sandbox {self.name} at {self.root}")
+            self.root.mkdir(parents=True, exist_ok=True)
+            run(["tar", "-C", str(self.root), "-xf", str(base_tarball())])
+            # Package scripts must not start daemons inside a chroot (the Debian convention).
+            policy = self.root / "usr/sbin/policy-rc.d"
+            policy.write_text("#!/bin/sh\nexit 101\n")
+            policy.chmod(0o755)
+            shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
+        for fstype, sub in MOUNTS:
+            point = self.root / sub
+            if not _mounted(point):
+                run(["mount", "-t", fstype, fstype, str(point)])
+
+    def chroot(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        cp = subprocess.run(["chroot", str(self.root), "sh", "-c", command], text=True, capture_output=True)
+        if check and cp.returncode != 0:
+            raise RuntimeError(f"in sandbox {self.name}: `{command}` failed ({cp.returncode}): {cp.stderr or cp.stdout}")
+        return cp
+
+    def stop_processes(self) -> None:
+        """Stop every process whose root is this sandbox (the piper-tts server, mostly)."""
+        if self.exists() and (self.root / "usr/local/bin/piper-tts-ctl").exists():
+            self.chroot("/usr/local/bin/piper-tts-ctl stop", check=False)
+        target = str(self.root.resolve())
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.readlink(f"/proc/{pid}/root") == target:
+                    os.kill(int(pid), signal.SIGKILL)
+            except (FileNotFoundError, PermissionError, ProcessLookupError):
+                continue
+
+    def unmount(self) -> None:
+        for point in _mounts_under(self.root):
+            run(["umount", "-l", point])
+
+    def destroy(self) -> None:
+        if not self.dir.exists():
+            return
+        self.stop_processes()
+        self.unmount()
+        left = _mounts_under(self.root)
+        if left:
+            raise RuntimeError(f"refusing to delete {self.root}: still mounted: {left}")
+        log(f"destroying sandbox {self.name}")
+        shutil.rmtree(self.dir)
+
+
+# ------------------------------------------------------------------------------------------
+# The mirror's HTTP server
+# ------------------------------------------------------------------------------------------
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def serve_mirror(root: Path, port: int = MIRROR_PORT) -> str:
+    """Serve ``root`` on 127.0.0.1:port (background, survives this process); return the URL."""
+    url = f"http://127.0.0.1:{port}"
+    pidfile = CACHE / f"mirror-http-{port}.pid"
+    if _port_open(port):
+        if pidfile.exists():
+            return url
+        raise RuntimeError(f"port {port} is taken by something else; set PIPER_MIRROR_PORT")
+    log_file = open(CACHE / f"mirror-http-{port}.log", "ab")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(root)],
+        stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    pidfile.write_text(str(proc.pid))
+    for _ in range(50):
+        if _port_open(port):
+            return url
+        time.sleep(0.1)
+    raise RuntimeError(f"mirror HTTP server on port {port} did not start; see {log_file.name}")
+
+
+def stop_mirror(port: int = MIRROR_PORT) -> None:
+    pidfile = CACHE / f"mirror-http-{port}.pid"
+    if pidfile.exists():
+        try:
+            os.kill(int(pidfile.read_text()), signal.SIGTERM)
+        except (ProcessLookupError, ValueError):
+            pass
+        pidfile.unlink()
+
+
+# ------------------------------------------------------------------------------------------
+# Converge
+# ------------------------------------------------------------------------------------------
+
+@dataclass
+class Provisioned:
+    returncode: int
+    changes: int | None
+    output: str
+    seconds: float
+
+
+GRAND_TOTAL = re.compile(r"Grand total\s+(\d+)\s+(\S+)\s+(\S+)\s+(\S+)")
+
+
+def count_changes(output: str) -> int | None:
+    """Operations that changed something, from pyinfra's results table ("Success" column)."""
+    m = GRAND_TOTAL.search(output)
+    if not m:
+        return None
+    success = m.group(2)
+    return 0 if success == "-" else int(success)
+
+
+def up(name: str, extra: dict | None = None) -> tuple[Sandbox, str]:
+    """Mirror built and served, sandbox created and mounted, inventory data written."""
+    m = mirror_mod.build(Settings().python_requirements())
+    url = serve_mirror(m.root)
+    box = Sandbox(name)
+    box.create()
+    box.data_file.write_text(json.dumps({**m.sandbox_data(), **(extra or {})}, indent=2) + "\n")
+    return box, url
+
+
+def provision(box: Sandbox, mirror_url: str, extra_args: list[str] | None = None, echo: bool = True) -> Provisioned:
+    env = {
+        **os.environ,
+        "PIPER_SANDBOX_ROOT": str(box.root),
+        "PIPER_MIRROR_URL": mirror_url,
+        "PIPER_SANDBOX_DATA": str(box.data_file),
+    }
+    pyinfra = Path(sys.executable).with_name("pyinfra")
+    cmd = [str(pyinfra), "-y", "inventory/sandbox.py", "deploy.py", *(extra_args or [])]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if echo:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    proc.wait()
+    output = "".join(lines)
+    return Provisioned(proc.returncode, count_changes(output), output, time.monotonic() - started)

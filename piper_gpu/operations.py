@@ -1,0 +1,83 @@
+"""Custom pyinfra operations: each compares a fact with the wanted state and yields commands
+only when they differ (so a second run reports "No change")."""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import operation
+
+from piper_gpu.facts import HeldPackages, InstalledDebVersions, VenvDistributions
+from piper_gpu.settings import ONNXRUNTIME_DISTRIBUTIONS
+
+
+def _as_user(user: str, command: str) -> str:
+    """Run a command as the service user (we are root: chroot, ssh root, or _sudo)."""
+    if user == "root":
+        return command
+    return f"runuser -u {shlex.quote(user)} -- {command}"
+
+
+@operation()
+def deb_file_installed(package: str, version: str, deb_path: str, keyring_check: str | None = None):
+    """Install a local .deb with apt (dependencies resolved) unless ``package`` is at ``version``.
+
+    ``keyring_check``: a command run first that must succeed (e.g. check the key inside the .deb).
+    """
+    if host.get_fact(InstalledDebVersions).get(package) == version:
+        host.noop(f"{package} {version} is installed")
+        return
+    if keyring_check:
+        yield keyring_check
+    yield f"DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-downgrades --allow-change-held-packages {shlex.quote(deb_path)}"
+
+
+@operation()
+def held(packages: list[str]):
+    """``apt-mark hold`` the packages not yet held."""
+    missing = [p for p in packages if p not in host.get_fact(HeldPackages)]
+    if not missing:
+        host.noop(f"{', '.join(packages)} held")
+        return
+    yield "apt-mark hold " + " ".join(shlex.quote(p) for p in missing)
+
+
+@operation()
+def venv_present(venv_dir: str, user: str, python: str = "python3"):
+    """A venv at ``venv_dir`` owned by ``user``."""
+    if host.get_fact(VenvDistributions, python=f"{venv_dir}/bin/python") is not None:
+        host.noop(f"venv {venv_dir} exists")
+        return
+    yield _as_user(user, f"{shlex.quote(python)} -m venv {shlex.quote(venv_dir)}")
+
+
+@operation()
+def venv_locked(venv_dir: str, user: str, wanted: dict[str, str], pip_args: list[str]):
+    """The venv holds exactly the pinned versions in ``wanted`` and exactly one ONNX Runtime.
+
+    Any ONNX Runtime distribution not in ``wanted`` (the CPU ``onnxruntime`` that piper-tts pulls
+    in, for one) is removed. They share the ``onnxruntime`` module directory, so removing one
+    deletes files of the other: the wanted one is then reinstalled with --force-reinstall.
+    Installs use --no-deps: the lock is complete, and piper-tts's dependency on the CPU
+    ``onnxruntime`` must not come back.
+    """
+    python = f"{venv_dir}/bin/python"
+    have = host.get_fact(VenvDistributions, python=python) or {}
+    norm = {k.lower().replace("_", "-"): v for k, v in wanted.items()}
+    stray_ort = sorted(d for d in ONNXRUNTIME_DISTRIBUTIONS if d in have and d not in norm)
+    to_install = {n: v for n, v in norm.items() if have.get(n) != v}
+    if not stray_ort and not to_install:
+        host.noop(f"{venv_dir}: {len(norm)} pinned distributions present, one ONNX Runtime")
+        return
+    pip = f"{shlex.quote(python)} -m pip --disable-pip-version-check --no-input"
+    if stray_ort:
+        yield _as_user(user, f"{pip} uninstall -y " + " ".join(stray_ort))
+        for n in ONNXRUNTIME_DISTRIBUTIONS:
+            if n in norm:
+                to_install[n] = norm[n]
+    if to_install:
+        force = " --force-reinstall" if stray_ort else ""
+        args = " ".join(shlex.quote(a) for a in pip_args)
+        specs = " ".join(shlex.quote(f"{n}=={v}") for n, v in sorted(to_install.items()))
+        yield _as_user(user, f"{pip} install --no-deps{force} {args} {specs}")

@@ -1,0 +1,143 @@
+"""Steps 2-3: base packages, NVIDIA's CUDA apt repository (keyring + mirror URL), the CUDA
+toolkit (or runtime libraries only), and CUDA on PATH / in the dynamic linker."""
+
+from __future__ import annotations
+
+import shlex
+from io import StringIO
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.operations import apt, files, server
+
+from piper_gpu.facts import InstalledDebVersions
+from piper_gpu.operations import deb_file_installed
+from piper_gpu.render import template_path
+from piper_gpu.steps.preflight import Target
+
+BASE_PACKAGES = ["ca-certificates", "curl", "python3", "python3-venv", "procps"]
+KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
+CACHE = "/var/cache/piper-gpu"
+TOOLS = "/usr/local/lib/piper-gpu"
+
+
+def _missing(packages: list[str]) -> list[str]:
+    installed = host.get_fact(DebPackages)
+    return [p for p in packages if p.split("=")[0] not in installed]
+
+
+@deploy("Base system: packages, service user")
+def base_system(target: Target):
+    s = target.settings
+    missing = _missing(BASE_PACKAGES)
+    apt.update(name="Refresh apt lists for missing base packages", _if=lambda: bool(missing))
+    apt.packages(name="Install base packages", packages=BASE_PACKAGES, no_recommends=True)
+    if s.create_service_user:
+        server.user(
+            name=f"Service user {s.service_user}",
+            user=s.service_user,
+            home=target.home,
+            shell="/bin/bash",
+            create_home=True,
+            system=True,
+        )
+    files.directory(name=f"Create {CACHE}", path=CACHE, mode="755")
+    files.directory(name=f"Create {TOOLS}", path=TOOLS, mode="755")
+    files.put(
+        name="Install the OpenPGP fingerprint checker",
+        src=str(Path(__file__).resolve().parent.parent / "openpgp.py"),
+        dest=f"{TOOLS}/openpgp.py",
+        mode="755",
+    )
+
+
+def repo_base(target: Target) -> str:
+    s = target.settings
+    return f"{s.cuda_repo_url.rstrip('/')}/{target.repo_path}/{target.arch}"
+
+
+@deploy("NVIDIA CUDA apt repository (cuda-keyring, mirror URL)")
+def cuda_repository(target: Target):
+    s = target.settings
+    deb = f"{CACHE}/cuda-keyring_{s.cuda_keyring_version}_all.deb"
+    files.download(
+        name=f"Download cuda-keyring {s.cuda_keyring_version}",
+        src=f"{repo_base(target)}/cuda-keyring_{s.cuda_keyring_version}_all.deb",
+        dest=deb,
+        sha256sum=s.cuda_keyring_sha256,
+    )
+    check = (
+        f"dpkg-deb --fsys-tarfile {deb} | tar -xO .{KEYRING} > {CACHE}/cuda-keyring.check.gpg && "
+        f"python3 {TOOLS}/openpgp.py {CACHE}/cuda-keyring.check.gpg --expect {shlex.quote(s.cuda_repo_key_fingerprint)}"
+    )
+    keyring = deb_file_installed(
+        name=f"Install cuda-keyring {s.cuda_keyring_version} (key {s.cuda_repo_key_fingerprint[-8:]} checked)",
+        package="cuda-keyring",
+        version=s.cuda_keyring_version,
+        deb_path=deb,
+        keyring_check=check,
+    )
+    # The keyring ships this same file pointing at NVIDIA's server; we own its content so the
+    # host has exactly one CUDA source: the configured URL or mirror.
+    source = files.put(
+        name=f"Point the CUDA apt source at {s.cuda_repo_url}",
+        src=StringIO(f"deb [signed-by={KEYRING}] {repo_base(target)}/ /\n"),
+        dest=f"/etc/apt/sources.list.d/cuda-{target.repo_path}-{target.arch}.list",
+        mode="644",
+    )
+    wanted = s.cuda_packages + [s.cudnn_package]
+    missing = _missing(wanted)
+    apt.update(
+        name="Refresh apt lists (CUDA source changed or CUDA packages missing)",
+        _if=lambda: keyring.did_change() or source.did_change() or bool(missing),
+    )
+
+
+@deploy("CUDA toolkit")
+def cuda_toolkit(target: Target):
+    s = target.settings
+    what = "toolkit (nvcc included)" if s.cuda_install == "toolkit" else "runtime libraries only"
+    return apt.packages(
+        name=f"Install CUDA {s.cuda_version} {what}: {', '.join(s.cuda_packages)}",
+        packages=s.cuda_packages,
+        no_recommends=True,
+    )
+
+
+@deploy("CUDA on PATH and in the dynamic linker")
+def cuda_environment(target: Target, extra_lib_dirs: list[str], packages_changed):
+    s = target.settings
+    lib_dirs = [target.cuda_lib_dir, *extra_lib_dirs]
+    conf = files.template(
+        name="Dynamic linker: CUDA and cuDNN library directories",
+        src=template_path("ld.so.conf.j2"),
+        dest="/etc/ld.so.conf.d/piper-gpu-cuda.conf",
+        mode="644",
+        lib_dirs=lib_dirs,
+    )
+    server.shell(
+        name="Rebuild the linker cache (ldconfig)",
+        commands=["ldconfig"],
+        _if=lambda: conf.did_change() or packages_changed(),
+    )
+    files.template(
+        name="Shell profile: CUDA_HOME, PATH and LD_LIBRARY_PATH",
+        src=template_path("cuda-profile.sh.j2"),
+        dest="/etc/profile.d/piper-gpu-cuda.sh",
+        mode="644",
+        cuda_home=s.cuda_home,
+        lib_dirs=lib_dirs,
+    )
+    files.block(
+        name=f"~{s.service_user}/.bashrc sources the CUDA profile (one marked block)",
+        path=f"{target.home}/.bashrc",
+        content="[ -r /etc/profile.d/piper-gpu-cuda.sh ] && . /etc/profile.d/piper-gpu-cuda.sh",
+        marker="# {mark} piper-gpu-deploy CUDA environment",
+        try_prevent_shell_expansion=True,
+    )
+
+
+def installed_version(package: str) -> str | None:
+    return host.get_fact(InstalledDebVersions).get(package)

@@ -1,0 +1,59 @@
+"""Steps 5-6: the Piper venv with exactly one ONNX Runtime (the GPU build), and the voices,
+each file checked against its pinned sha256."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra.api import deploy
+from pyinfra.operations import files
+
+from piper_gpu.operations import venv_locked, venv_present
+from piper_gpu.steps.preflight import Target
+
+
+@deploy("Piper venv: piper-tts + onnxruntime-gpu (CPU onnxruntime removed)")
+def piper_venv(target: Target):
+    s = target.settings
+    user = s.service_user
+    for path in (target.piper_dir, target.run_dir, f"{target.piper_dir}/logs", target.models_dir):
+        files.directory(name=f"Directory {path}", path=path, user=user, group=user, mode="750")
+    venv_present(name=f"Create venv {target.venv_dir}", venv_dir=target.venv_dir, user=user)
+    wanted = s.python_requirements()
+    files.put(
+        name="Record the venv lock (requirements.lock)",
+        src=StringIO("".join(f"{n}=={v}\n" for n, v in sorted(wanted.items()))),
+        dest=f"{target.piper_dir}/requirements.lock",
+        user=user,
+        group=user,
+        mode="640",
+    )
+    return venv_locked(
+        name=f"Venv holds piper-tts {s.piper_tts_version} and only onnxruntime-gpu {s.onnxruntime_gpu_version}",
+        venv_dir=target.venv_dir,
+        user=user,
+        wanted=wanted,
+        pip_args=s.pip_source_args(),
+    )
+
+
+@deploy("Voices (sha256 verified)")
+def voices(target: Target):
+    s = target.settings
+    changed = []
+    for voice in s.voices:
+        vdir = target.voice_dir(voice)
+        files.directory(name=f"Directory {vdir}", path=vdir, user=s.service_user, group=s.service_user, mode="750")
+        for suffix, digest in ((".onnx", voice.onnx_sha256), (".onnx.json", voice.json_sha256)):
+            changed.append(
+                files.download(
+                    name=f"Voice {voice.name}{suffix} (sha256 {digest[:12]}...)",
+                    src=s.voice_url(voice, suffix),
+                    dest=f"{vdir}/{voice.name}{suffix}",
+                    sha256sum=digest,
+                    user=s.service_user,
+                    group=s.service_user,
+                    mode="640",
+                )
+            )
+    return changed

@@ -1,0 +1,176 @@
+"""Steps 7-8: the patched piper_http_server.py from its template, and the service that runs it:
+a systemd unit when systemd runs, else a pid-file start from the shell profile. Restarted only
+when one of its inputs changed (or it is not running)."""
+
+from __future__ import annotations
+
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import files, server, systemd
+
+from piper_gpu.facts import PidAlive
+from piper_gpu.render import template_path
+from piper_gpu.steps.preflight import PreflightError, Target
+
+UNIT = "piper-tts.service"
+CTL = "/usr/local/bin/piper-tts-ctl"
+ENV_FILE = "/etc/piper-gpu/piper-tts.env"
+SETTINGS_FILE = "/etc/piper-gpu/settings.json"
+TARGET_FILE = "/etc/piper-gpu/target.json"
+
+
+def server_defaults(target: Target) -> dict:
+    """The defaults baked into the rendered server (each overridable on its command line)."""
+    s = target.settings
+    return {
+        "host": s.bind_address,
+        "port": s.port,
+        "voices": {v.name: f"{target.voice_dir(v)}/{v.name}.onnx" for v in s.voices},
+        "use_gpu": s.use_gpu,
+        "max_text_chars": s.max_text_chars,
+        "warmup": s.warmup,
+        "log_file": target.log_path,
+    }
+
+
+def target_record(target: Target) -> dict:
+    """What verify needs besides the settings: resolved paths and modes."""
+    return {
+        "home": target.home,
+        "is_wsl": target.is_wsl,
+        "arch": target.arch,
+        "repo_path": target.repo_path,
+        "service_mode": target.service_mode,
+        "piper_dir": target.piper_dir,
+        "venv_dir": target.venv_dir,
+        "models_dir": target.models_dir,
+        "server_path": target.server_path,
+        "log_path": target.log_path,
+        "pid_file": f"{target.run_dir}/piper-tts.pid",
+        "cuda_lib_dir": target.cuda_lib_dir,
+        "voice_files": {v.name: f"{target.voice_dir(v)}/{v.name}.onnx" for v in target.settings.voices},
+        "ctl": CTL,
+        "unit": UNIT,
+    }
+
+
+@deploy("Patched Piper HTTP server")
+def piper_server(target: Target):
+    s = target.settings
+    files.directory(name="Directory /etc/piper-gpu", path="/etc/piper-gpu", mode="755")
+    env = files.template(
+        name="Service environment (CUDA_HOME, PATH)",
+        src=template_path("piper-tts.env.j2"),
+        dest=ENV_FILE,
+        mode="644",
+        cuda_home=s.cuda_home,
+    )
+    code = files.template(
+        name=f"Server {target.server_path} ({'CUDA' if s.use_gpu else 'CPU'} provider, port {s.port})",
+        src=template_path("piper_http_server.py.j2"),
+        dest=target.server_path,
+        user=s.service_user,
+        group=s.service_user,
+        mode="750",
+        defaults_repr=repr(server_defaults(target)),
+    )
+    return [env, code]
+
+
+@deploy("Service: piper-tts")
+def piper_service(target: Target, inputs_changed):
+    if target.service_mode == "systemd":
+        _systemd_service(target, inputs_changed)
+    else:
+        _profile_service(target, inputs_changed)
+
+
+def _systemd_service(target: Target, inputs_changed):
+    s = target.settings
+    if target.is_wsl and not target.systemd_running:
+        files.block(
+            name="Enable systemd in /etc/wsl.conf ([boot] systemd=true)",
+            path="/etc/wsl.conf",
+            content="[boot]\nsystemd=true",
+            marker="# {mark} piper-gpu-deploy",
+        )
+        raise PreflightError(
+            "service_mode='systemd' on WSL2 without systemd: /etc/wsl.conf now enables it. "
+            "Run `wsl --shutdown` in Windows, reopen the distro, and run the deploy again "
+            "(or use service_mode='profile')"
+        )
+    unit = files.template(
+        name=f"systemd unit {UNIT}",
+        src=template_path("piper-tts.service.j2"),
+        dest=f"/etc/systemd/system/{UNIT}",
+        mode="644",
+        service_user=s.service_user,
+        piper_dir=target.piper_dir,
+        python=target.venv_python,
+        server=target.server_path,
+        env_file=ENV_FILE,
+    )
+    systemd.service(
+        name=f"{UNIT} enabled and running (restarted when its files changed)",
+        service=UNIT,
+        running=True,
+        enabled=True,
+        restarted=unit.will_change or inputs_changed(),
+        daemon_reload=unit.will_change,
+    )
+
+
+def _profile_service(target: Target, inputs_changed):
+    s = target.settings
+    pid_file = f"{target.run_dir}/piper-tts.pid"
+    ctl = files.template(
+        name=f"Service control script {CTL} (start/stop/restart/status, pid file)",
+        src=template_path("piper-tts-ctl.sh.j2"),
+        dest=CTL,
+        mode="755",
+        service_user=s.service_user,
+        pid_file=pid_file,
+        log_path=target.log_path,
+        python=target.venv_python,
+        server=target.server_path,
+        env_file=ENV_FILE,
+        health_url=f"http://{_client_host(s.bind_address)}:{s.port}/health",
+    )
+    files.template(
+        name="Start piper-tts from the shell profile when it is not running",
+        src=template_path("piper-tts-autostart.sh.j2"),
+        dest="/etc/profile.d/piper-tts-autostart.sh",
+        mode="644",
+        service_user=s.service_user,
+        ctl=CTL,
+    )
+    running = host.get_fact(PidAlive, pidfile=pid_file)
+    server.shell(
+        name="(Re)start piper-tts (not running, or its files changed)",
+        commands=[f"{CTL} restart"],
+        _if=lambda: (not running) or ctl.did_change() or inputs_changed(),
+    )
+
+
+def _client_host(bind: str) -> str:
+    return "127.0.0.1" if bind in ("0.0.0.0", "") else ("[::1]" if bind == "::" else bind)
+
+
+@deploy("Record the applied settings for verify")
+def record_settings(target: Target):
+    import json
+
+    files.put(
+        name=f"Applied settings {SETTINGS_FILE}",
+        src=StringIO(target.settings.to_json()),
+        dest=SETTINGS_FILE,
+        mode="644",
+    )
+    files.put(
+        name=f"Resolved target {TARGET_FILE}",
+        src=StringIO(json.dumps(target_record(target), indent=2, sort_keys=True) + "\n"),
+        dest=TARGET_FILE,
+        mode="644",
+    )

@@ -1,0 +1,126 @@
+"""Settings and the version matrix: pure logic, no host."""
+
+import dataclasses
+import json
+
+import pytest
+
+from piper_gpu.settings import Settings, SettingsError, Voice, settings_from, settings_from_json
+
+SHA = "a" * 64
+VOICES = [{"name": "zh_CN-huayan-medium", "onnx_sha256": SHA, "json_sha256": SHA}]
+
+
+def make(**overrides):
+    return settings_from({"voices": VOICES, **overrides})
+
+
+def test_defaults_are_the_users_plan():
+    s = make()
+    assert (s.cuda_version, s.cudnn_version, s.cudnn_built_for) == ("12.4", "9.1.1.17", "12.4")
+    assert s.cuda_packages == ["cuda-toolkit-12-4"]
+    assert s.cudnn_package == "libcudnn9-cuda-12" and s.cudnn_apt_version == "9.1.1.17-1"
+    assert s.onnxruntime_gpu_version == "1.20.2"
+    assert (s.venv_dir, s.models_dir, s.port, s.bind_address) == ("~/piper_env/.venv", "~/piper_models", 5005, "127.0.0.1")
+    assert s.cuda_lib_dir() == "/usr/local/cuda-12.4/targets/x86_64-linux/lib"
+
+
+def test_runtime_only_installs_cuda_libraries():
+    assert make(cuda_install="runtime").cuda_packages == ["cuda-libraries-12-4"]
+
+
+def test_cuda13_onnxruntime_with_cuda_12_4_is_rejected_naming_both():
+    with pytest.raises(SettingsError) as err:
+        make(onnxruntime_gpu_version="1.31.1")
+    assert "onnxruntime-gpu 1.31.1 is built for CUDA 13" in str(err.value)
+    assert "cuda_version is 12.4" in str(err.value)
+
+
+def test_cudnn_built_for_12_9_with_toolkit_12_4_is_rejected():
+    with pytest.raises(SettingsError) as err:
+        make(cudnn_version="9.12.0.46")
+    assert "cuDNN 9.12.0.46 is built for CUDA 12.9" in str(err.value)
+    assert "12.4" in str(err.value)
+
+
+def test_cudnn8_onnxruntime_with_cudnn9_is_rejected():
+    with pytest.raises(SettingsError, match="built for cuDNN 8"):
+        make(onnxruntime_gpu_version="1.18.0")
+
+
+def test_unknown_onnxruntime_release_is_rejected_with_the_fix():
+    with pytest.raises(SettingsError, match="not in the version matrix"):
+        make(onnxruntime_gpu_version="1.26.0")
+
+
+def test_cudnn_release_not_in_matrix_needs_its_cuda_target():
+    with pytest.raises(SettingsError, match="set cudnn_cuda_version"):
+        make(cudnn_version="9.3.0.75")
+    assert make(cudnn_version="9.3.0.75", cudnn_cuda_version="12.4").cudnn_built_for == "12.4"
+
+
+def test_cuda13_toolkit_with_cuda13_onnxruntime_is_accepted():
+    s = make(cuda_version="13.0", onnxruntime_gpu_version="1.31.1", cudnn_version="9.12.0.46", cudnn_cuda_version="13.0")
+    assert s.cuda_packages == ["cuda-toolkit-13-0"] and s.cudnn_package == "libcudnn9-cuda-13"
+
+
+def test_unpinned_voice_checksum_stops_the_deploy_with_the_fix():
+    with pytest.raises(SettingsError) as err:
+        settings_from({})
+    msg = str(err.value)
+    assert "zh_CN-huayan-medium: onnx_sha256 is not pinned" in msg
+    assert "huggingface.co/rhasspy/piper-voices/resolve/v1.0.0/zh/zh_CN/huayan/medium/zh_CN-huayan-medium.onnx" in msg
+
+
+def test_bad_values_are_all_reported_at_once():
+    with pytest.raises(SettingsError) as err:
+        make(cuda_install="everything", service_mode="docker", port=70000)
+    msg = str(err.value)
+    assert "cuda_install='everything'" in msg and "service_mode='docker'" in msg and "port=70000" in msg
+
+
+def test_data_strings_from_the_cli_are_coerced():
+    s = make(port="6006", allow_no_gpu="true", min_speedup="3")
+    assert (s.port, s.allow_no_gpu, s.min_speedup) == (6006, True, 3.0)
+    with pytest.raises(SettingsError, match="not a boolean"):
+        make(use_gpu="maybe")
+
+
+def test_local_sources_need_their_checksums():
+    with pytest.raises(SettingsError, match="cudnn_deb_url and cudnn_deb_sha256"):
+        make(cudnn_source="local-deb")
+    with pytest.raises(SettingsError, match="cudnn_archive_url and cudnn_archive_sha256"):
+        make(cudnn_source="archive", cudnn_archive_url="file:///x.tar.xz")
+
+
+def test_voice_urls_follow_hugging_face_layout_or_explicit_url():
+    s = make()
+    v = s.voices[0]
+    assert s.voice_url(v, ".onnx.json").endswith("/zh/zh_CN/huayan/medium/zh_CN-huayan-medium.onnx.json")
+    assert v.language_dir == "zh"
+    local = Voice(name="zh_CN-huayan-medium", url="file:///srv/voices")
+    assert s.voice_url(local, ".onnx") == "file:///srv/voices/zh_CN-huayan-medium.onnx"
+
+
+def test_pip_sources():
+    assert make().pip_source_args() == ["--index-url", "https://pypi.org/simple"]
+    assert make(pip_no_index=True, pip_find_links="http://127.0.0.1:1/pypi/").pip_source_args() == [
+        "--no-index", "--find-links", "http://127.0.0.1:1/pypi/"]
+
+
+def test_lock_holds_piper_and_the_gpu_runtime_only():
+    reqs = make().python_requirements()
+    assert reqs["piper-tts"] == "1.8.0" and reqs["onnxruntime-gpu"] == "1.20.2"
+    assert "onnxruntime" not in reqs
+
+
+def test_json_round_trip_is_what_verify_reads():
+    s = make(port=6006)
+    again = settings_from_json(s.to_json())
+    assert again == s
+    assert json.loads(s.to_json())["voices"][0]["name"] == "zh_CN-huayan-medium"
+
+
+def test_settings_fields_are_typed():
+    for f in dataclasses.fields(Settings):
+        assert f.type, f.name

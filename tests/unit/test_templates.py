@@ -1,0 +1,69 @@
+"""Every template renders with real settings, and what it renders is valid for its consumer."""
+
+import ast
+import configparser
+import subprocess
+
+import pytest
+
+from piper_gpu.render import render
+from piper_gpu.settings import settings_from
+from piper_gpu.steps.preflight import Target
+from piper_gpu.steps.service import ENV_FILE, server_defaults
+
+SHA = "b" * 64
+
+
+@pytest.fixture
+def target():
+    s = settings_from({"voices": [{"name": "zh_CN-huayan-medium", "onnx_sha256": SHA, "json_sha256": SHA}],
+                       "service_user": "alice", "port": 6006})
+    return Target(settings=s, is_wsl=True, arch="x86_64", repo_path="wsl-ubuntu", home="/home/alice",
+                  service_mode="systemd", systemd_running=True, gpu=None)
+
+
+def test_server_renders_to_python_with_the_deployed_defaults(target):
+    code = render("piper_http_server.py.j2", defaults_repr=repr(server_defaults(target)))
+    tree = ast.parse(code)
+    assign = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "DEFAULTS")
+    defaults = ast.literal_eval(assign.value)
+    assert defaults["port"] == 6006 and defaults["host"] == "127.0.0.1" and defaults["use_gpu"] is True
+    assert defaults["voices"] == {
+        "zh_CN-huayan-medium": "/home/alice/piper_models/zh/zh_CN-huayan-medium/zh_CN-huayan-medium.onnx"}
+    assert defaults["log_file"] == "/home/alice/piper_env/logs/piper-tts.log"
+    assert '"cudnn_conv_algo_search": "HEURISTIC"' in code
+
+
+def test_systemd_unit(target):
+    text = render("piper-tts.service.j2", service_user="alice", piper_dir=target.piper_dir, python=target.venv_python,
+                  server=target.server_path, env_file=ENV_FILE)
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.read_string(text)
+    assert unit["Service"]["ExecStart"] == "/home/alice/piper_env/.venv/bin/python /home/alice/piper_env/piper_http_server.py"
+    assert unit["Service"]["User"] == "alice" and unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+@pytest.mark.parametrize("name,context", [
+    ("piper-tts-ctl.sh.j2", dict(service_user="alice", pid_file="/p.pid", log_path="/l.log", python="/py", server="/s.py",
+                                 env_file=ENV_FILE, health_url="http://127.0.0.1:6006/health")),
+    ("piper-tts-autostart.sh.j2", dict(service_user="alice", ctl="/usr/local/bin/piper-tts-ctl")),
+    ("cuda-profile.sh.j2", dict(cuda_home="/usr/local/cuda-12.4", lib_dirs=["/a/lib", "/b/lib"])),
+])
+def test_shell_templates_parse(name, context):
+    text = render(name, **context)
+    assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0
+
+
+def test_profile_snippet_is_idempotent_when_sourced_twice():
+    text = render("cuda-profile.sh.j2", cuda_home="/usr/local/cuda-12.4", lib_dirs=["/usr/local/cuda-12.4/lib"])
+    out = subprocess.run(["sh", "-c", f"{text}\n{text}\necho \"$PATH|$LD_LIBRARY_PATH\""],
+                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin"}).stdout.strip()
+    path, ld = out.split("|")
+    assert path == "/usr/local/cuda-12.4/bin:/usr/bin:/bin"
+    assert ld == "/usr/local/cuda-12.4/lib"
+
+
+def test_ld_so_conf_lists_each_directory(target):
+    text = render("ld.so.conf.j2", lib_dirs=[target.cuda_lib_dir, "/opt/cudnn/lib"])
+    lines = [l for l in text.splitlines() if l and not l.startswith("#")]
+    assert lines == ["/usr/local/cuda-12.4/targets/x86_64-linux/lib", "/opt/cudnn/lib"]
