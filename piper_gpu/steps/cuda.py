@@ -17,7 +17,7 @@ from piper_gpu.operations import deb_file_installed
 from piper_gpu.render import template_path
 from piper_gpu.steps.preflight import Target
 
-BASE_PACKAGES = ["ca-certificates", "curl", "python3", "python3-venv", "procps"]
+BASE_PACKAGES = ["ca-certificates", "curl", "python3", "python3-venv", "procps", "iproute2"]
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 CACHE = "/var/cache/piper-gpu"
 TOOLS = "/usr/local/lib/piper-gpu"

@@ -5,6 +5,7 @@ when one of its inputs changed (or it is not running)."""
 from __future__ import annotations
 
 from io import StringIO
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
@@ -19,6 +20,8 @@ CTL = "/usr/local/bin/piper-tts-ctl"
 ENV_FILE = "/etc/piper-gpu/piper-tts.env"
 SETTINGS_FILE = "/etc/piper-gpu/settings.json"
 TARGET_FILE = "/etc/piper-gpu/target.json"
+PERF = "/usr/local/bin/piper-tts-perf"
+TEXTS_FILE = "/etc/piper-gpu/texts.json"
 
 
 def server_defaults(target: Target) -> dict:
@@ -52,6 +55,8 @@ def target_record(target: Target) -> dict:
         "cuda_lib_dir": target.cuda_lib_dir,
         "voice_files": {v.name: f"{target.voice_dir(v)}/{v.name}.onnx" for v in target.settings.voices},
         "ctl": CTL,
+        "perf": PERF,
+        "perf_out": f"{target.piper_dir}/perf/latest.json",
         "unit": UNIT,
     }
 
@@ -75,6 +80,24 @@ def piper_server(target: Target):
         group=s.service_user,
         mode="750",
         defaults_repr=repr(server_defaults(target)),
+    )
+    files.put(
+        name=f"Performance test texts {TEXTS_FILE}",
+        src=str(Path(__file__).resolve().parent.parent / "texts.json"),
+        dest=TEXTS_FILE,
+        mode="644",
+    )
+    files.template(
+        name=f"Performance test {PERF} (service vs CPU, medians, ratio)",
+        src=template_path("tts_perf.py.j2"),
+        dest=PERF,
+        mode="755",
+        python=target.venv_python,
+        base_url=f"http://{_client_host(s.bind_address)}:{s.port}",
+        voices={v.name: f"{target.voice_dir(v)}/{v.name}.onnx" for v in s.voices},
+        texts_file=TEXTS_FILE,
+        out=f"{target.piper_dir}/perf/latest.json",
+        runs=s.perf_runs,
     )
     return [env, code]
 

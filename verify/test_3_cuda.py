@@ -1,0 +1,69 @@
+"""Plan step 3: CUDA toolkit and runtime libraries, on PATH and in the dynamic linker."""
+
+import re
+
+import pytest
+
+from conftest import expect
+from libs import ROLES, provider_libraries, reinstall_fix
+
+
+def test_toolkit_nvcc_version(host, applied):
+    if applied.cuda_install != "toolkit":
+        pytest.skip("cuda_install=runtime: no nvcc by design")
+    out = host.run(f"{applied.cuda_home}/bin/nvcc --version")
+    found = re.search(r"release (\d+\.\d+)", out.stdout)
+    expect(out.rc == 0 and found and found.group(1) == applied.cuda_version,
+           f"nvcc: {found.group(0) if found else (out.stderr.strip() or 'not runnable')}",
+           f"release {applied.cuda_version}", f"sudo apt-get install cuda-toolkit-{applied.cuda_dash} (or re-run the deploy)")
+
+
+def test_login_shell_finds_nvcc(host, applied):
+    if applied.cuda_install != "toolkit":
+        pytest.skip("cuda_install=runtime: no nvcc by design")
+    out = host.run("bash -lc 'command -v nvcc'")
+    expect(out.stdout.strip() == f"{applied.cuda_home}/bin/nvcc", f"login shell: {out.stdout.strip() or 'nvcc not on PATH'}",
+           f"{applied.cuda_home}/bin/nvcc", "re-run the deploy (restores /etc/profile.d/piper-gpu-cuda.sh), then open a new shell")
+
+
+def test_linker_config_lists_cuda(host, target):
+    conf = host.file("/etc/ld.so.conf.d/piper-gpu-cuda.conf")
+    expect(conf.exists and target["cuda_lib_dir"] in conf.content_string,
+           "no /etc/ld.so.conf.d/piper-gpu-cuda.conf" if not conf.exists else "it does not list the CUDA library directory",
+           f"{target['cuda_lib_dir']} in /etc/ld.so.conf.d/piper-gpu-cuda.conf",
+           "re-run the deploy (writes the linker config and runs ldconfig)")
+
+
+def _linker_cache(host) -> dict[str, str]:
+    cache = {}
+    for line in host.run("ldconfig -p").stdout.splitlines():
+        m = re.match(r"\s+(\S+) \((?:[^)]*x86-64[^)]*|[^)]*aarch64[^)]*)\) => (\S+)", line)
+        if m:
+            cache.setdefault(m.group(1), m.group(2))
+    return cache
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_library_resolves_in_linker_cache(host, applied, target, role):
+    lib, package = provider_libraries(applied)[role]
+    cache = _linker_cache(host)
+    if lib in cache:
+        return
+    on_disk = host.run(f"ls {target['cuda_lib_dir']}/{lib} /usr/lib/*-linux-gnu/{lib} 2>/dev/null").stdout.strip()
+    fix = ("the file exists but the linker does not search its directory: re-run the deploy (linker config + ldconfig)"
+           if on_disk else reinstall_fix(package))
+    expect(False, f"{lib}: cannot open shared object file (not in `ldconfig -p`)" + (f"; file at {on_disk}" if on_disk else ""),
+           f"{lib} resolvable by the dynamic linker", fix)
+
+
+def test_libraries_load_in_the_service_environment(service_env, applied):
+    libs = [soname for soname, _ in provider_libraries(applied).values()]
+    code = ("import ctypes, json; bad = {}\n"
+            f"for lib in {libs!r}:\n"
+            "    try: ctypes.CDLL(lib)\n"
+            "    except OSError as e: bad[lib] = str(e)\n"
+            "print(json.dumps(bad))")
+    rc, bad, res = service_env.python(code)
+    expect(rc == 0 and bad == {}, f"as the service: {bad if bad else res.stderr.strip()}",
+           "every CUDA/cuDNN library loads for the service user with the service environment",
+           "re-run the deploy (linker config + ldconfig); the service must not rely on a shell's LD_LIBRARY_PATH")

@@ -1,0 +1,59 @@
+"""Plan step 4: cuDNN, exact version, built for this CUDA major, held."""
+
+from conftest import expect
+
+CUDNN_PROBE = """
+import ctypes, json
+lib = ctypes.CDLL("libcudnn.so.{major}")
+lib.cudnnGetVersion.restype = ctypes.c_size_t
+lib.cudnnGetCudartVersion.restype = ctypes.c_size_t
+print(json.dumps({{"version": lib.cudnnGetVersion(), "cudart": lib.cudnnGetCudartVersion()}}))
+"""
+
+
+def _expected(version: str) -> int:
+    major, minor, patch = (int(x) for x in version.split(".")[:3])
+    return major * 10000 + minor * 100 + patch
+
+
+def _probe(service_env, applied):
+    rc, data, res = service_env.python(CUDNN_PROBE.format(major=applied.cudnn_major))
+    expect(rc == 0 and data is not None, f"libcudnn.so.{applied.cudnn_major} does not load: {res.stderr.strip()[-300:]}",
+           f"cuDNN {applied.cudnn_version} loadable", f"sudo apt-get install --reinstall --allow-change-held-packages "
+           f"{applied.cudnn_package}={applied.cudnn_apt_version} && sudo ldconfig (or re-run the deploy)")
+    return data
+
+
+def test_cudnn_version(service_env, applied):
+    data = _probe(service_env, applied)
+    v = data["version"]
+    found = f"{v // 10000}.{v % 10000 // 100}.{v % 100}"
+    expect(v == _expected(applied.cudnn_version), f"cudnnGetVersion() = {v} (cuDNN {found})",
+           f"cuDNN {applied.cudnn_release} ({_expected(applied.cudnn_version)})",
+           f"install exactly {applied.cudnn_package}={applied.cudnn_apt_version} (held): re-run the deploy; "
+           "remove other cuDNN copies earlier in the linker path")
+
+
+def test_cudnn_built_for_this_cuda(service_env, applied):
+    data = _probe(service_env, applied)
+    cudart = data["cudart"]
+    built = f"{cudart // 1000}.{cudart % 1000 // 10}"
+    major, minor = (int(x) for x in applied.cudnn_built_for.split(".")[:2])
+    cuda_major, cuda_minor = (int(x) for x in applied.cuda_version.split(".")[:2])
+    expect(cudart // 1000 == cuda_major and cudart % 1000 // 10 <= cuda_minor,
+           f"the loaded libcudnn.so.{applied.cudnn_major} is built for CUDA {built} (cudnnGetCudartVersion() = {cudart})",
+           f"cuDNN built for CUDA {major}.{minor} (CUDA {cuda_major}.x, no newer than the {applied.cuda_version} toolkit)",
+           f"a cuDNN for another CUDA (e.g. 9.12 for 12.9) is in the linker path: remove it and "
+           f"sudo apt-get install --reinstall --allow-change-held-packages {applied.cudnn_package}={applied.cudnn_apt_version}")
+
+
+def test_cudnn_package_pinned_and_held(host, applied):
+    if applied.cudnn_source != "repo" and not (applied.cudnn_source == "local-deb" and not applied.cudnn_deb_extract):
+        return
+    pkg = host.package(applied.cudnn_package)
+    expect(pkg.is_installed and pkg.version == applied.cudnn_apt_version,
+           f"{applied.cudnn_package} {pkg.version if pkg.is_installed else 'not installed'}",
+           f"{applied.cudnn_package} {applied.cudnn_apt_version}", "re-run the deploy")
+    held = host.run("apt-mark showhold").stdout.split()
+    expect(applied.cudnn_package in held, f"{applied.cudnn_package} not held", "held (apt-mark hold)",
+           f"sudo apt-mark hold {applied.cudnn_package} (or re-run the deploy)")

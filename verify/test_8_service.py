@@ -1,0 +1,110 @@
+"""Plan step 8: the service runs, listens, reports its provider and answers POST /tts with a WAV."""
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from conftest import expect
+
+TEXTS = json.loads((Path(__file__).resolve().parent.parent / "piper_gpu" / "texts.json").read_text())
+
+REQUEST = """
+import io, json, time, urllib.request, urllib.error, wave
+req = urllib.request.Request({url!r}, data=json.dumps({body!r}).encode(), headers={{"Content-Type": "application/json"}})
+out = {{}}
+t = time.perf_counter()
+try:
+    with urllib.request.urlopen(req, timeout=300) as r:
+        data = r.read(); out["status"] = r.status; out["provider"] = r.headers.get("X-Provider")
+        w = wave.open(io.BytesIO(data))
+        out.update(channels=w.getnchannels(), rate=w.getframerate(), width=w.getsampwidth(), seconds=w.getnframes() / w.getframerate())
+except urllib.error.HTTPError as e:
+    out["status"] = e.code; out["body"] = e.read().decode(errors="replace")
+except Exception as e:
+    out["error"] = repr(e)
+out["ms"] = (time.perf_counter() - t) * 1000
+print(json.dumps(out))
+"""
+
+
+def text_for(voice_name: str, size: str = "medium") -> str:
+    lang = "zh" if voice_name.startswith("zh") else "en"
+    return TEXTS[f"{lang}_{size}"]
+
+
+def post_tts(service_env, base_url, body):
+    rc, data, res = service_env.python(REQUEST.format(url=f"{base_url}/tts", body=body))
+    return data or {"error": res.stderr.strip()[-300:]}
+
+
+def health(service_env, base_url):
+    code = f"import urllib.request; print(urllib.request.urlopen({base_url + '/health'!r}, timeout=10).read().decode())"
+    rc, data, res = service_env.python(code)
+    return data if rc == 0 else None
+
+
+def server_pid(host, target):
+    if target["service_mode"] == "systemd":
+        return host.run(f"systemctl show -p MainPID --value {target['unit']}").stdout.strip()
+    f = host.file(target["pid_file"])
+    return f.content_string.strip() if f.exists else ""
+
+
+def test_service_running(host, target):
+    if target["service_mode"] == "systemd":
+        svc = host.service(target["unit"])
+        expect(svc.is_running and svc.is_enabled, f"{target['unit']}: running={svc.is_running} enabled={svc.is_enabled}",
+               "enabled and running", f"sudo systemctl enable --now {target['unit']}; journalctl -u {target['unit']}")
+    else:
+        status = host.run(f"{target['ctl']} status")
+        expect(status.rc == 0, status.stdout.strip() or status.stderr.strip(), "piper-tts running (pid file, live process)",
+               f"sudo {target['ctl']} start (prints the log tail if it fails); or re-run the deploy")
+
+
+def test_service_listens(host, applied):
+    addr = applied.bind_address if applied.bind_address not in ("", "0.0.0.0") else "0.0.0.0"
+    sock = host.socket(f"tcp://{addr}:{applied.port}")
+    expect(sock.is_listening, f"nothing listens on {addr}:{applied.port}", f"the service on {addr}:{applied.port}",
+           "start the service (see test_service_running); check the port is not taken")
+
+
+def test_health_names_a_provider_per_voice(service_env, base_url, applied):
+    h = health(service_env, base_url)
+    expect(bool(h) and h.get("status") == "ok", f"GET {base_url}/health: {h}", "status ok", "start the service")
+    for voice in applied.voices:
+        expect(voice.name in h["voices"] and h["voices"][voice.name]["provider"],
+               f"/health voices: {list(h['voices'])}", f"{voice.name} with its provider", "re-run the deploy")
+
+
+def test_health_reports_cuda(needs_gpu, service_env, base_url, applied):
+    h = health(service_env, base_url) or {"voices": {}}
+    for voice in applied.voices:
+        provider = h["voices"].get(voice.name, {}).get("provider")
+        expect(provider == "CUDAExecutionProvider", f"voice {voice.name} on {provider}", "CUDAExecutionProvider",
+               "read the WARN line in the server log for the cause; run `python -m piper_gpu diagnose`")
+
+
+def test_tts_returns_a_valid_wav(service_env, base_url, applied):
+    for voice in applied.voices:
+        text = text_for(voice.name)
+        r = post_tts(service_env, base_url, {"text": text, "voice": voice.name})
+        expect(r.get("status") == 200 and r.get("channels") == 1 and r.get("width") == 2,
+               f"POST /tts ({voice.name}): {r}", "200 with a mono 16-bit WAV", "see the server log; re-run the deploy")
+        per_char = r["seconds"] / len(text)
+        expect(0.02 <= per_char <= 0.6, f"{r['seconds']:.2f} s of audio for {len(text)} characters",
+               "a plausible duration (0.02-0.6 s per character)", "the voice files may not match the voice: re-run the deploy")
+
+
+def test_server_uses_the_gpu_during_a_request(needs_gpu, host, service_env, base_url, applied, target):
+    if target["is_wsl"]:
+        pytest.skip("WSL2's driver does not list per-process GPU use (nvidia-smi --query-compute-apps is empty there)")
+    pid = server_pid(host, target)
+    voice = applied.voices[0].name
+    body = shlex.quote(json.dumps({"text": text_for(voice, "long"), "voice": voice}))
+    host.run(f"(curl -s -o /dev/null -X POST {base_url}/tts -d {body} &) ; sleep 0.3")
+    apps = host.run(f"{needs_gpu['path']} --query-compute-apps=pid,used_memory --format=csv,noheader").stdout
+    pids = [line.split(",")[0].strip() for line in apps.splitlines()]
+    expect(pid in pids, f"GPU compute processes: {pids or 'none'}; server pid {pid}", "the server among them",
+           "the server runs on the CPU: read its WARN line; run `python -m piper_gpu diagnose`")
