@@ -25,5 +25,14 @@ def provider_libraries(s: Settings) -> dict[str, tuple[str, str]]:
 
 
 def reinstall_fix(package: str) -> str:
-    held = " --allow-change-held-packages" if "=" in package else ""
-    return f"sudo apt-get install --reinstall{held} {package} && sudo ldconfig (or re-run the deploy)"
+    """The command that puts a package's files back; a pinned (held) package keeps its hold,
+    which ``apt-get install --reinstall`` drops."""
+    if "=" in package:
+        name = package.split("=")[0]
+        return (f"sudo apt-get install --reinstall --allow-change-held-packages {package} && "
+                f"sudo apt-mark hold {name} && sudo ldconfig (or re-run the deploy)")
+    return f"sudo apt-get install --reinstall {package} && sudo ldconfig (or re-run the deploy)"
+
+
+def cudnn_fix(s: Settings) -> str:
+    return reinstall_fix(f"{s.cudnn_package}={s.cudnn_apt_version}")

@@ -1,6 +1,7 @@
 """Plan step 4: cuDNN, exact version, built for this CUDA major, held."""
 
 from conftest import expect
+from libs import cudnn_fix
 
 CUDNN_PROBE = """
 import ctypes, json
@@ -19,8 +20,7 @@ def _expected(version: str) -> int:
 def _probe(service_env, applied):
     rc, data, res = service_env.python(CUDNN_PROBE.format(major=applied.cudnn_major))
     expect(rc == 0 and data is not None, f"libcudnn.so.{applied.cudnn_major} does not load: {res.stderr.strip()[-300:]}",
-           f"cuDNN {applied.cudnn_version} loadable", f"sudo apt-get install --reinstall --allow-change-held-packages "
-           f"{applied.cudnn_package}={applied.cudnn_apt_version} && sudo ldconfig (or re-run the deploy)")
+           f"cuDNN {applied.cudnn_version} loadable", cudnn_fix(applied))
     return data
 
 
@@ -30,8 +30,7 @@ def test_cudnn_version(service_env, applied):
     found = f"{v // 10000}.{v % 10000 // 100}.{v % 100}"
     expect(v == _expected(applied.cudnn_version), f"cudnnGetVersion() = {v} (cuDNN {found})",
            f"cuDNN {applied.cudnn_release} ({_expected(applied.cudnn_version)})",
-           f"install exactly {applied.cudnn_package}={applied.cudnn_apt_version} (held): re-run the deploy; "
-           "remove other cuDNN copies earlier in the linker path")
+           "remove other cuDNN copies earlier in the linker path, then " + cudnn_fix(applied))
 
 
 def test_cudnn_built_for_this_cuda(service_env, applied):
@@ -43,8 +42,8 @@ def test_cudnn_built_for_this_cuda(service_env, applied):
     expect(cudart // 1000 == cuda_major and cudart % 1000 // 10 <= cuda_minor,
            f"the loaded libcudnn.so.{applied.cudnn_major} is built for CUDA {built} (cudnnGetCudartVersion() = {cudart})",
            f"cuDNN built for CUDA {major}.{minor} (CUDA {cuda_major}.x, no newer than the {applied.cuda_version} toolkit)",
-           f"a cuDNN for another CUDA (e.g. 9.12 for 12.9) is in the linker path: remove it and "
-           f"sudo apt-get install --reinstall --allow-change-held-packages {applied.cudnn_package}={applied.cudnn_apt_version}")
+           "a cuDNN for another CUDA (e.g. 9.12 for 12.9) is in the linker path or over the pinned files: "
+           "remove it, then " + cudnn_fix(applied))
 
 
 def test_cudnn_package_pinned_and_held(host, applied):

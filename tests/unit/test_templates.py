@@ -67,3 +67,16 @@ def test_ld_so_conf_lists_each_directory(target):
     text = render("ld.so.conf.j2", lib_dirs=[target.cuda_lib_dir, "/opt/cudnn/lib"])
     lines = [l for l in text.splitlines() if l and not l.startswith("#")]
     assert lines == ["/usr/local/cuda-12.4/targets/x86_64-linux/lib", "/opt/cudnn/lib"]
+
+
+def test_autostart_only_in_interactive_shells(tmp_path):
+    marker = tmp_path / "started"
+    ctl = tmp_path / "ctl"
+    ctl.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    ctl.chmod(0o755)
+    snippet = render("piper-tts-autostart.sh.j2", service_user="nobody-else", ctl=str(ctl))
+    (tmp_path / "s.sh").write_text(snippet)
+    subprocess.run(["sh", "-c", f". {tmp_path}/s.sh"], check=True)
+    assert not marker.exists()  # non-interactive: never starts the service
+    subprocess.run(["sh", "-i", "-c", f". {tmp_path}/s.sh"], check=True, capture_output=True)
+    assert marker.exists()  # interactive root shell starts it

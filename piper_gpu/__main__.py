@@ -1,0 +1,103 @@
+"""python -m piper_gpu diagnose --hosts=HOST [--connection=...] [--sudo] [--json FILE]
+
+Runs the verify/ checks against a provisioned host and prints one screen: pass/fail/skip per step
+of the plan, and for each failure what was found, what was expected and the exact fix.
+Exit status: 0 when nothing failed, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+VERIFY = Path(__file__).resolve().parent.parent / "verify"
+STEPS = {
+    "test_1_driver": "1 driver",
+    "test_3_cuda": "3 CUDA",
+    "test_4_cudnn": "4 cuDNN",
+    "test_5_venv": "5 venv/ORT",
+    "test_6_voices": "6 voices",
+    "test_7_server": "7 server",
+    "test_8_service": "8 service",
+    "test_9_performance": "9 performance",
+}
+
+
+class Collector:
+    def __init__(self):
+        self.results: list[dict] = []
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item, call):
+        outcome = yield
+        rep = outcome.get_result()
+        if rep.when == "call" or rep.outcome != "passed":
+            if rep.when == "teardown" and rep.outcome == "passed":
+                return
+            params = {k: v for k, v in getattr(getattr(item, "callspec", None), "params", {}).items()
+                      if k != "_testinfra_host"}
+            name = item.originalname.removeprefix("test_") + (f"[{','.join(map(str, params.values()))}]" if params else "")
+            entry = {"check": name, "module": item.module.__name__, "outcome": rep.outcome}
+            if rep.skipped and isinstance(rep.longrepr, tuple):
+                entry["reason"] = rep.longrepr[2].removeprefix("Skipped: ")
+            elif rep.failed and call.excinfo is not None:
+                text = str(call.excinfo.value)
+                fields = dict(re.findall(r"^(FOUND|EXPECTED|FIX): (.*)$", text, re.M))
+                entry.update({k.lower(): v for k, v in fields.items()})
+                if not fields:
+                    entry["found"] = f"{call.excinfo.typename}: {text.strip().splitlines()[0] if text.strip() else ''}"[:300]
+            self.results.append(entry)
+
+
+def render_screen(results: list[dict], host: str) -> str:
+    out = [f"piper-gpu diagnose: {host}", ""]
+    width = max((len(r["check"]) for r in results), default=20)
+    for r in results:
+        step = STEPS.get(r["module"], r["module"])
+        mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[r["outcome"]]
+        note = f"  ({r['reason']})" if r.get("reason") else ""
+        out.append(f"  {step:14} {r['check']:{width}}  {mark}{note}")
+    failed = [r for r in results if r["outcome"] == "failed"]
+    if failed:
+        out += ["", "What is wrong, and the fix:"]
+        for r in failed:
+            out.append(f"  x {STEPS.get(r['module'], r['module'])} / {r['check']}")
+            out.append(f"      cause:    {r.get('found', '?')}")
+            if r.get("expected"):
+                out.append(f"      expected: {r['expected']}")
+            if r.get("fix"):
+                out.append(f"      fix:      {r['fix']}")
+    counts = {k: sum(r["outcome"] == k for r in results) for k in ("passed", "failed", "skipped")}
+    out += ["", f"{counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"]
+    return "\n".join(out)
+
+
+def diagnose(hosts: str, extra: list[str], json_out: str | None = None) -> tuple[int, list[dict]]:
+    collector = Collector()
+    args = [str(VERIFY), f"--hosts={hosts}", "-p", "no:cacheprovider", "-p", "no:terminal", *extra]
+    pytest.main(args, plugins=[collector])
+    results = collector.results
+    print(render_screen(results, hosts))
+    if json_out:
+        Path(json_out).write_text(json.dumps(results, indent=2) + "\n")
+    return (1 if any(r["outcome"] == "failed" for r in results) or not results else 0), results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m piper_gpu", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    d = sub.add_parser("diagnose", help="run the verify checks and explain each failure")
+    d.add_argument("--hosts", required=True, help="testinfra host spec: local://, ssh://user@host, /root --connection=chroot")
+    d.add_argument("--json", dest="json_out", help="also write the results as JSON")
+    args, extra = p.parse_known_args(argv)
+    rc, _ = diagnose(args.hosts, extra, args.json_out)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

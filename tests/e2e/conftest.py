@@ -1,0 +1,56 @@
+"""The molecule-style lifecycle on a real sandbox host: create (cached debootstrap) -> converge
+(the real deploy through pyinfra, from the local NVIDIA mirror) -> idempotence -> verify ->
+fault matrix -> destroy."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from piper_gpu.lab.sandbox import Sandbox, provision, up
+
+REPO = Path(__file__).resolve().parents[2]
+PORT = int(os.environ.get("PIPER_E2E_PORT", "15005"))
+
+
+class Lab:
+    def __init__(self, name: str, port: int, extra=None):
+        """A fresh sandbox host; ``extra``: settings, or a function of the served mirror's URL."""
+        Sandbox(name).destroy()  # fresh host every run
+        self.box, self.mirror_url = up(name, extra={"port": port})
+        if callable(extra):
+            extra = extra(self.mirror_url)
+        if extra:
+            data = json.loads(self.box.data_file.read_text())
+            self.box.data_file.write_text(json.dumps({**data, **extra}, indent=2))
+        self.root = self.box.root
+        self.port = port
+        self.runs = []
+
+    def deploy(self):
+        result = provision(self.box, self.mirror_url, echo=False)
+        self.runs.append(result)
+        assert result.returncode == 0, result.output[-6000:]
+        return result
+
+    def sh(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
+        return self.box.chroot(command, check=check)
+
+    def diagnose(self, tmp_path) -> dict[str, dict]:
+        out = tmp_path / f"diagnose-{len(list(tmp_path.iterdir()))}.json"
+        proc = subprocess.run([sys.executable, "-m", "piper_gpu", "diagnose", f"--hosts={self.root}",
+                               "--connection=chroot", "--json", str(out)], cwd=REPO, capture_output=True, text=True)
+        results = json.loads(out.read_text())
+        self.last_screen = proc.stdout
+        return {r["check"]: r for r in results}
+
+
+@pytest.fixture(scope="session")
+def lab():
+    lab = Lab("e2e", PORT)
+    yield lab
+    if not os.environ.get("PIPER_E2E_KEEP"):
+        lab.box.destroy()

@@ -1,0 +1,136 @@
+"""Break a provisioned host one way at a time (what hurt the users), and prove the verify suite
+fails on the right check with the right fix; then repair it and prove the host passes again."""
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from piper_gpu.lab.mirror import fetch_fault_wheels
+
+pytestmark = pytest.mark.e2e
+
+VENV = "/home/piper/piper_env/.venv"
+LIB = "/usr/local/cuda-12.4/targets/x86_64-linux/lib"
+MULTIARCH = "/usr/lib/x86_64-linux-gnu"
+CTL = "/usr/local/bin/piper-tts-ctl"
+SERVER = "/home/piper/piper_env/piper_http_server.py"
+VOICE = "/home/piper/piper_models/en/en_US-joe-medium/en_US-joe-medium.onnx"
+
+# The users' original CPU-only server (no GPU detection, no provider logging).
+CPU_ONLY_SERVER = '''
+import io, json, wave
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from piper import PiperVoice
+voice = PiperVoice.load("%s", use_cuda=False)
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers(); self.wfile.write(b'{"status": "ok"}')
+    def do_POST(self):
+        text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"]
+        buf = io.BytesIO()
+        with wave.open(buf, "wb") as w:
+            voice.synthesize_wav(text, w)
+        self.send_response(200); self.end_headers(); self.wfile.write(buf.getvalue())
+HTTPServer(("127.0.0.1", %d), H).serve_forever()
+'''
+
+
+def put_cudnn_for_cuda11(lab):
+    """Overwrite the pinned cuDNN files with NVIDIA's cuDNN 9.1.1 built for CUDA 11.8: the whole set,
+    since libcudnn.so.9 itself is the same in both builds and its sub-libraries carry the CUDA target."""
+    wheel = fetch_fault_wheels()["nvidia-cudnn-cu11"]
+    with zipfile.ZipFile(wheel) as zf:
+        for name in zf.namelist():
+            if name.startswith("nvidia/cudnn/lib/libcudnn") and name.endswith(".so.9"):
+                target = lab.root / MULTIARCH.lstrip("/") / (Path(name).name + ".1.1")
+                assert target.exists(), target
+                with zf.open(name) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+
+
+def install_cpu_onnxruntime(lab):
+    wheel = fetch_fault_wheels()["onnxruntime"]
+    shutil.copy(wheel, lab.root / "tmp" / wheel.name)
+    lab.sh(f"runuser -u piper -- {VENV}/bin/pip install --no-deps --no-index -q /tmp/{wheel.name}")
+
+
+def revert_server_to_cpu_only(lab):
+    (lab.root / SERVER.lstrip("/")).write_text(CPU_ONLY_SERVER % (VOICE, lab.port))
+    lab.sh(f"{CTL} restart")
+
+
+def corrupt_voice(lab):
+    with open(lab.root / VOICE.lstrip("/"), "ab") as fh:
+        fh.write(b"\0garbage")
+
+
+FAULTS = {
+    "libcublasLt.so.12 removed": dict(
+        apply=f"rm -f {LIB}/libcublasLt.so.12* && ldconfig",
+        check="library_resolves_in_linker_cache[cublasLt]", fix="apt-get install --reinstall libcublas-12-4",
+        repair="printed fix"),
+    "libcudnn.so.9 removed": dict(
+        apply=f"rm -f {MULTIARCH}/libcudnn.so.9* && ldconfig",
+        check="library_resolves_in_linker_cache[cudnn]", fix="libcudnn9-cuda-12=9.1.1.17-1 && sudo apt-mark hold",
+        repair="printed fix"),
+    "cuDNN built for another CUDA major": dict(
+        apply=put_cudnn_for_cuda11,
+        check="cudnn_built_for_this_cuda", fix="libcudnn9-cuda-12=9.1.1.17-1", found="built for CUDA 11.8",
+        repair="printed fix"),
+    "CPU onnxruntime beside the GPU one": dict(
+        apply=install_cpu_onnxruntime,
+        check="exactly_one_onnxruntime_the_gpu_build", fix="uninstall -y onnxruntime", repair="deploy"),
+    "linker config removed": dict(
+        apply="rm /etc/ld.so.conf.d/piper-gpu-cuda.conf && ldconfig",
+        check="linker_config_lists_cuda", fix="re-run the deploy", repair="deploy"),
+    "service stopped": dict(
+        apply=f"{CTL} stop",
+        check="service_running", fix=f"{CTL} start", repair="deploy"),
+    "server reverted to a CPU-only version": dict(
+        apply=revert_server_to_cpu_only,
+        check="server_is_the_deployed_template", fix="re-run the deploy", repair="deploy"),
+    "voice file corrupted": dict(
+        apply=corrupt_voice,
+        check="voice_files_match_checksums", fix="re-run the deploy", found="sha256", repair="deploy"),
+}
+DETECTED: dict[str, dict] = {}
+
+
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_fault_is_detected_named_and_fixed(lab, tmp_path, fault):
+    spec = FAULTS[fault]
+    apply = spec["apply"]
+    apply(lab) if callable(apply) else lab.sh(apply)
+
+    results = lab.diagnose(tmp_path)
+    hit = results.get(spec["check"], {})
+    DETECTED[fault] = {"check": spec["check"], "detected": hit.get("outcome") == "failed",
+                       "found": hit.get("found"), "fix": hit.get("fix")}
+    assert hit.get("outcome") == "failed", f"{fault}: {spec['check']} did not fail\n{lab.last_screen}"
+    assert spec["fix"] in hit.get("fix", ""), hit
+    assert spec.get("found", "") in hit.get("found", ""), hit
+    assert f"x {spec['check']}" in lab.last_screen.replace("/ ", "") or spec["check"] in lab.last_screen
+
+    if spec["repair"] == "deploy":
+        assert lab.deploy().changes > 0
+    else:  # run exactly the fix the suite printed (as root, non-interactive)
+        command = hit["fix"].split(" (or re-run the deploy)")[0].split("then ")[-1]
+        lab.sh(command.replace("sudo ", "").replace("apt-get install", "apt-get install -y"))
+    after = lab.diagnose(tmp_path)
+    still = {k: v for k, v in after.items() if v["outcome"] == "failed"}
+    assert not still, f"after repairing '{fault}':\n{lab.last_screen}"
+
+
+def test_every_fault_detected_and_host_converged(lab):
+    detected = sum(d["detected"] for d in DETECTED.values())
+    print(f"\nfault matrix: {detected}/{len(FAULTS)} faults detected by the named check with the named fix")
+    out = os.environ.get("PIPER_RESULTS_DIR")
+    if out:
+        Path(out, "fault-matrix.json").write_text(json.dumps(
+            {"detected": detected, "faults": len(FAULTS), "results": DETECTED}, indent=2, ensure_ascii=False) + "\n")
+    assert detected == len(FAULTS), DETECTED
+    assert lab.deploy().changes == 0

