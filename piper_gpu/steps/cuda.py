@@ -87,7 +87,7 @@ def cuda_repository(target: Target):
         dest=f"/etc/apt/sources.list.d/cuda-{target.repo_path}-{target.arch}.list",
         mode="644",
     )
-    wanted = s.cuda_packages + [s.cudnn_package]
+    wanted = s.cuda_packages + ([s.cudnn_package] if s.cudnn_source == "repo" else [])
     missing = _missing(wanted)
     apt.update(
         name="Refresh apt lists (CUDA source changed or CUDA packages missing)",
