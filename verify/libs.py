@@ -36,3 +36,12 @@ def reinstall_fix(package: str) -> str:
 
 def cudnn_fix(s: Settings) -> str:
     return reinstall_fix(f"{s.cudnn_package}={s.cudnn_apt_version}")
+
+
+def fix_for_missing(s: Settings, sonames: list[str]) -> str:
+    """The fix for libraries that do not load: reinstall the packages that ship them."""
+    owners = {soname: package for soname, package in provider_libraries(s).values()}
+    packages = sorted({owners[n] for n in sonames if n in owners})
+    if not packages:
+        return "install the missing libraries and run sudo ldconfig (or re-run the deploy)"
+    return "; ".join(reinstall_fix(p).split(" (or re-run")[0] for p in packages) + " (or re-run the deploy)"

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from conftest import expect
-from libs import ROLES, provider_libraries, reinstall_fix
+from libs import ROLES, fix_for_missing, provider_libraries, reinstall_fix
 
 
 def test_toolkit_nvcc_version(host, applied):
@@ -64,6 +64,7 @@ def test_libraries_load_in_the_service_environment(service_env, applied):
             "    except OSError as e: bad[lib] = str(e)\n"
             "print(json.dumps(bad))")
     rc, bad, res = service_env.python(code)
+    missing = sorted({m for err in (bad or {}).values() for m in re.findall(r"(lib[\w.+-]+\.so\.\d+): cannot open", err)})
     expect(rc == 0 and bad == {}, f"as the service: {bad if bad else res.stderr.strip()}",
            "every CUDA/cuDNN library loads for the service user with the service environment",
-           "re-run the deploy (linker config + ldconfig); the service must not rely on a shell's LD_LIBRARY_PATH")
+           fix_for_missing(applied, missing) + "; the service must not rely on a shell's LD_LIBRARY_PATH")

@@ -3,6 +3,7 @@
 import pytest
 
 from conftest import expect
+from libs import fix_for_missing
 from piper_gpu.settings import ONNXRUNTIME_DISTRIBUTIONS
 
 DISTS = """
@@ -39,15 +40,14 @@ def test_cuda_provider_available(service_env, applied):
            "CUDAExecutionProvider available", "the CPU onnxruntime is installed instead of onnxruntime-gpu: re-run the deploy")
 
 
-def test_cuda_provider_library_dependencies_resolve(service_env, target):
+def test_cuda_provider_library_dependencies_resolve(service_env, target, applied):
     lib = service_env.run(f"ls {target['venv_dir']}/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime_providers_cuda.so")
     expect(lib.rc == 0, "no libonnxruntime_providers_cuda.so in the venv", "onnxruntime-gpu's CUDA provider library",
            "re-run the deploy (installs onnxruntime-gpu)")
     ldd = service_env.run(f"ldd {lib.stdout.strip()}")
-    missing = [line.split()[0] for line in ldd.stdout.splitlines() if "not found" in line]
+    missing = sorted({line.split()[0] for line in ldd.stdout.splitlines() if "not found" in line})
     expect(ldd.rc == 0 and not missing, f"ldd: {', '.join(missing)} not found" if missing else ldd.stderr.strip(),
-           "every dependency of the CUDA provider resolves",
-           "install the missing CUDA/cuDNN libraries and run sudo ldconfig (or re-run the deploy)")
+           "every dependency of the CUDA provider resolves", fix_for_missing(applied, missing))
 
 
 SESSION = """
