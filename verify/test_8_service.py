@@ -61,6 +61,10 @@ def test_service_running(host, target):
         status = host.run(f"{target['ctl']} status")
         expect(status.rc == 0, status.stdout.strip() or status.stderr.strip(), "piper-tts running (pid file, live process)",
                f"sudo {target['ctl']} start (prints the log tail if it fails); or re-run the deploy")
+        autostart = host.file("/etc/profile.d/piper-tts-autostart.sh")
+        expect(autostart.exists and target["ctl"] in autostart.content_string,
+               "no /etc/profile.d/piper-tts-autostart.sh", "the profile start (how the service is enabled without systemd)",
+               "re-run the deploy")
 
 
 def test_service_listens(host, applied):
