@@ -204,6 +204,11 @@ class Settings:
     max_text_chars: int = 2000
     #: Warm-up synthesis per voice at start (first request otherwise pays for CUDA init).
     warmup: bool = True
+    #: Requires ``Authorization: Bearer <key>`` (or ``X-API-Key``) on POST /tts; stored on the host
+    #: in /etc/piper-gpu/api-key (root:service user, 0640), never in the rendered server.
+    api_key: str | None = None
+    #: Requests synthesising or waiting at once; beyond it POST /tts answers 503 with Retry-After.
+    max_pending: int = 8
 
     # --- checks -------------------------------------------------------------------------
     #: Provision hosts without a usable NVIDIA GPU/driver (build machines, tests). Loud.
@@ -284,7 +289,9 @@ class Settings:
         return reqs
 
     def to_json(self) -> str:
+        """The applied settings as recorded on the host (secrets left out)."""
         data = dataclasses.asdict(self)
+        data["api_key"] = None
         data["voices"] = [dataclasses.asdict(v) for v in self.voices]
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
@@ -305,6 +312,9 @@ class Settings:
               f"service_mode={self.service_mode!r}: use 'auto', 'systemd' or 'profile'")
         check(isinstance(self.port, int) and 0 < self.port < 65536, f"port={self.port!r} is not a TCP port")
         check(self.max_text_chars > 0, "max_text_chars must be positive")
+        check(self.max_pending > 0, "max_pending must be positive")
+        check(self.api_key is None or len(self.api_key) >= 16,
+              "api_key must be at least 16 characters (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
         check(self.min_speedup > 0, "min_speedup must be positive")
         if self.cudnn_source == "local-deb":
             check(bool(self.cudnn_deb_url and self.cudnn_deb_sha256),

@@ -14,7 +14,7 @@ def _target(applied, target) -> Target:
 
 
 def test_server_is_the_deployed_template(host, applied, target):
-    want = render("piper_http_server.py.j2", defaults_repr=repr(server_defaults(_target(applied, target))))
+    want = render("piper_http_server.py.j2", defaults_repr=repr(server_defaults(_target(applied, target), target.get("api_key_file"))))
     f = host.file(target["server_path"])
     have = f.content_string if f.exists else None
     expect(have == want, f"{target['server_path']} " + ("missing" if have is None else "differs from the deployed template "

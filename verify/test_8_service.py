@@ -12,7 +12,10 @@ TEXTS = json.loads((Path(__file__).resolve().parent.parent / "piper_gpu" / "text
 
 REQUEST = """
 import io, json, time, urllib.request, urllib.error, wave
-req = urllib.request.Request({url!r}, data=json.dumps({body!r}).encode(), headers={{"Content-Type": "application/json"}})
+headers = {{"Content-Type": "application/json"}}
+if {key_file!r}:
+    headers["Authorization"] = "Bearer " + open({key_file!r}).read().strip()
+req = urllib.request.Request({url!r}, data=json.dumps({body!r}).encode(), headers=headers)
 out = {{}}
 t = time.perf_counter()
 try:
@@ -34,8 +37,9 @@ def text_for(voice_name: str, size: str = "medium") -> str:
     return TEXTS[f"{lang}_{size}"]
 
 
-def post_tts(service_env, base_url, body):
-    rc, data, res = service_env.python(REQUEST.format(url=f"{base_url}/tts", body=body))
+def post_tts(service_env, base_url, body, with_key=True):
+    key_file = service_env.target.get("api_key_file") if with_key else None
+    rc, data, res = service_env.python(REQUEST.format(url=f"{base_url}/tts", body=body, key_file=key_file))
     return data or {"error": res.stderr.strip()[-300:]}
 
 
@@ -101,13 +105,33 @@ def test_tts_returns_a_valid_wav(service_env, base_url, applied):
                "a plausible duration (0.02-0.6 s per character)", "the voice files may not match the voice: re-run the deploy")
 
 
+def test_tts_requires_the_api_key(service_env, base_url, applied, target):
+    if not target.get("api_key_file"):
+        pytest.skip("no api_key set: POST /tts is open (bound to " + applied.bind_address + ")")
+    r = post_tts(service_env, base_url, {"text": "hello"}, with_key=False)
+    expect(r.get("status") == 401, f"POST /tts without the key: {r.get('status')}", "401",
+           "re-run the deploy (the server reads the key from " + target["api_key_file"] + ")")
+
+
+def test_metrics_answer(service_env, base_url, applied):
+    code = f"import urllib.request; print(urllib.request.urlopen({base_url + '/metrics'!r}, timeout=10).read().decode())"
+    res = service_env.run(f"{service_env.target['venv_dir']}/bin/python -c {shlex.quote(code)}")
+    for voice in applied.voices:
+        expect(f'piper_tts_voice_provider{{voice="{voice.name}"' in res.stdout,
+               f"GET /metrics: {res.stdout[:200] or res.stderr.strip()[-200:]}",
+               "Prometheus metrics naming each voice's provider", "re-run the deploy (the patched server serves /metrics)")
+    expect("piper_tts_requests_total" in res.stdout, "no piper_tts_requests_total", "request counters", "re-run the deploy")
+
+
 def test_server_uses_the_gpu_during_a_request(needs_gpu, host, service_env, base_url, applied, target):
     if target["is_wsl"]:
         pytest.skip("WSL2's driver does not list per-process GPU use (nvidia-smi --query-compute-apps is empty there)")
     pid = server_pid(host, target)
     voice = applied.voices[0].name
     body = shlex.quote(json.dumps({"text": text_for(voice, "long"), "voice": voice}))
-    host.run(f"(curl -s -o /dev/null -X POST {base_url}/tts -d {body} &) ; sleep 0.3")
+    key = target.get("api_key_file")
+    auth = f'-H "Authorization: Bearer $(cat {key})" ' if key else ""
+    host.run(f"(curl -s -o /dev/null {auth}-X POST {base_url}/tts -d {body} &) ; sleep 0.3")
     apps = host.run(f"{needs_gpu['path']} --query-compute-apps=pid,used_memory --format=csv,noheader").stdout
     pids = [line.split(",")[0].strip() for line in apps.splitlines()]
     expect(pid in pids, f"GPU compute processes: {pids or 'none'}; server pid {pid}", "the server among them",

@@ -22,10 +22,17 @@ SETTINGS_FILE = "/etc/piper-gpu/settings.json"
 TARGET_FILE = "/etc/piper-gpu/target.json"
 PERF = "/usr/local/bin/piper-tts-perf"
 TEXTS_FILE = "/etc/piper-gpu/texts.json"
+API_KEY_FILE = "/etc/piper-gpu/api-key"
 
 
-def server_defaults(target: Target) -> dict:
-    """The defaults baked into the rendered server (each overridable on its command line)."""
+def api_key_path(settings) -> str | None:
+    """Where the server reads its API key, or None when POST /tts is open."""
+    return API_KEY_FILE if settings.api_key else None
+
+
+def server_defaults(target: Target, api_key_file: str | None) -> dict:
+    """The defaults baked into the rendered server (each overridable on its command line).
+    The key itself is never rendered: the server reads ``api_key_file``."""
     s = target.settings
     return {
         "host": s.bind_address,
@@ -35,6 +42,8 @@ def server_defaults(target: Target) -> dict:
         "max_text_chars": s.max_text_chars,
         "warmup": s.warmup,
         "log_file": target.log_path,
+        "api_key_file": api_key_file,
+        "max_pending": s.max_pending,
     }
 
 
@@ -55,6 +64,7 @@ def target_record(target: Target) -> dict:
         "cuda_lib_dir": target.cuda_lib_dir,
         "voice_files": {v.name: f"{target.voice_dir(v)}/{v.name}.onnx" for v in target.settings.voices},
         "ctl": CTL,
+        "api_key_file": api_key_path(target.settings),
         "perf": PERF,
         "perf_out": f"{target.piper_dir}/perf/latest.json",
         "unit": UNIT,
@@ -72,6 +82,17 @@ def piper_server(target: Target):
         mode="644",
         cuda_home=s.cuda_home,
     )
+    if s.api_key:
+        key = files.put(
+            name=f"API key for POST /tts ({API_KEY_FILE}, root:{s.service_user} 0640)",
+            src=StringIO(s.api_key + "\n"),
+            dest=API_KEY_FILE,
+            user="root",
+            group=s.service_user,
+            mode="640",
+        )
+    else:
+        key = files.file(name=f"No API key file ({API_KEY_FILE})", path=API_KEY_FILE, present=False)
     code = files.template(
         name=f"Server {target.server_path} ({'CUDA' if s.use_gpu else 'CPU'} provider, port {s.port})",
         src=template_path("piper_http_server.py.j2"),
@@ -79,7 +100,7 @@ def piper_server(target: Target):
         user=s.service_user,
         group=s.service_user,
         mode="750",
-        defaults_repr=repr(server_defaults(target)),
+        defaults_repr=repr(server_defaults(target, api_key_path(s))),
     )
     files.put(
         name=f"Performance test texts {TEXTS_FILE}",
@@ -98,8 +119,9 @@ def piper_server(target: Target):
         texts_file=TEXTS_FILE,
         out=f"{target.piper_dir}/perf/latest.json",
         runs=s.perf_runs,
+        api_key_file=api_key_path(s),
     )
-    return [env, code]
+    return [env, key, code]
 
 
 @deploy("Service: piper-tts")

@@ -14,6 +14,7 @@ from conftest import Lab
 pytestmark = pytest.mark.e2e
 DEB = "libcudnn9-cuda-12_9.1.1.17-1_amd64.deb"
 EXTRACTED = "/opt/cudnn-9.1.1.17-cuda12/usr/lib/x86_64-linux-gnu"
+API_KEY = "variant-api-key-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,8 @@ def variant():
         "cudnn_deb_sha256": sha256(CACHE / "mirror/cuda/repos/debian12/x86_64" / DEB),
         "cudnn_deb_extract": True,
         "service_user": "tts",
+        "api_key": API_KEY,
+        "max_pending": 2,
     })
     yield lab
     lab.box.destroy()
@@ -53,10 +56,23 @@ def test_verify_passes_and_skips_nvcc_checks(variant, tmp_path):
     assert not [k for k, v in results.items() if v["outcome"] == "failed"], variant.last_screen
     assert results["toolkit_nvcc_version"]["reason"] == "cuda_install=runtime: no nvcc by design"
     assert results["cudnn_version"]["outcome"] == "passed"
+    assert results["tts_requires_the_api_key"]["outcome"] == "passed"
+    assert results["metrics_answer"]["outcome"] == "passed"
+    assert results["performance_script_runs_and_writes_json"]["outcome"] == "passed"
 
 
 def test_service_runs_as_its_user(variant):
     pid = (variant.root / "home/tts/piper_env/run/piper-tts.pid").read_text().strip()
     assert variant.sh(f"ps -o user= -p {pid}").stdout.strip() == "tts"
-    r = requests.post(f"http://127.0.0.1:{variant.port}/tts", json={"text": "Hello there."}, timeout=60)
+    url = f"http://127.0.0.1:{variant.port}/tts"
+    assert requests.post(url, json={"text": "Hello there."}, timeout=60).status_code == 401
+    r = requests.post(url, json={"text": "Hello there."}, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60)
     assert r.status_code == 200 and r.content[:4] == b"RIFF"
+
+
+def test_api_key_file_is_private_and_not_in_recorded_settings(variant):
+    st = (variant.root / "etc/piper-gpu/api-key").stat()
+    assert oct(st.st_mode & 0o777) == "0o640" and st.st_uid == 0
+    assert variant.sh("stat -c %G /etc/piper-gpu/api-key").stdout.strip() == "tts"
+    assert API_KEY not in (variant.root / "etc/piper-gpu/settings.json").read_text()
+    assert API_KEY not in (variant.root / "home/tts/piper_env/piper_http_server.py").read_text()

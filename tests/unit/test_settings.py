@@ -124,3 +124,11 @@ def test_json_round_trip_is_what_verify_reads():
 def test_settings_fields_are_typed():
     for f in dataclasses.fields(Settings):
         assert f.type, f.name
+
+
+def test_api_key_is_validated_and_never_recorded():
+    with pytest.raises(SettingsError, match="api_key must be at least 16 characters"):
+        make(api_key="short")
+    s = make(api_key="x" * 24, max_pending="3")
+    assert s.max_pending == 3
+    assert json.loads(s.to_json())["api_key"] is None  # /etc/piper-gpu/settings.json holds no secret

@@ -23,7 +23,7 @@ def target():
 
 
 def test_server_renders_to_python_with_the_deployed_defaults(target):
-    code = render("piper_http_server.py.j2", defaults_repr=repr(server_defaults(target)))
+    code = render("piper_http_server.py.j2", defaults_repr=repr(server_defaults(target, None)))
     tree = ast.parse(code)
     assign = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "DEFAULTS")
     defaults = ast.literal_eval(assign.value)
