@@ -97,6 +97,37 @@ class Sandbox:
             raise RuntimeError(f"in sandbox {self.name}: `{command}` failed ({cp.returncode}): {cp.stderr or cp.stdout}")
         return cp
 
+    def start_sshd(self, port: int, user: str = "deploy") -> dict:
+        """A real sshd inside the sandbox on 127.0.0.1:port; ``user`` logs in with a key and has
+        passwordless sudo (the way operators run pyinfra against remote hosts). Returns the
+        connection details: user, port, key, and an ssh_config for testinfra."""
+        key = self.dir / "id_ed25519"
+        if not key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"piper-gpu-lab-{self.name}", "-f", str(key)])
+        if not (self.root / "usr/sbin/sshd").exists():
+            log(f"installing openssh-server and sudo in sandbox {self.name}")
+            self.chroot("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                        "--no-install-recommends openssh-server sudo >/dev/null")
+        home = f"/home/{user}"
+        self.chroot(f"id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash {user}; "
+                    f"echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/{user} && chmod 440 /etc/sudoers.d/{user}; "
+                    f"mkdir -p {home}/.ssh && chmod 700 {home}/.ssh")
+        (self.root / home.lstrip("/") / ".ssh/authorized_keys").write_text((key.with_suffix(".pub")).read_text())
+        self.chroot(f"chown -R {user}:{user} {home}/.ssh && chmod 600 {home}/.ssh/authorized_keys && mkdir -p /run/sshd")
+        if not _port_open(port):
+            self.chroot(f"/usr/sbin/sshd -p {port} -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no "
+                        "-o KbdInteractiveAuthentication=no")
+            for _ in range(50):
+                if _port_open(port):
+                    break
+                time.sleep(0.1)
+        config = self.dir / "ssh_config"
+        config.write_text(
+            f"Host 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
+            "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+        )
+        return {"user": user, "port": port, "key": str(key), "ssh_config": str(config)}
+
     def stop_processes(self) -> None:
         """Stop every process whose root is this sandbox (the piper-tts server, mostly)."""
         if self.exists() and (self.root / "usr/local/bin/piper-tts-ctl").exists():
@@ -200,15 +231,17 @@ def up(name: str, extra: dict | None = None) -> tuple[Sandbox, str]:
     return box, url
 
 
-def provision(box: Sandbox, mirror_url: str, extra_args: list[str] | None = None, echo: bool = True) -> Provisioned:
+def provision(box: Sandbox, mirror_url: str, extra_args: list[str] | None = None, echo: bool = True,
+              inventory: str = "inventory/sandbox.py", env_extra: dict | None = None) -> Provisioned:
     env = {
         **os.environ,
         "PIPER_SANDBOX_ROOT": str(box.root),
         "PIPER_MIRROR_URL": mirror_url,
         "PIPER_SANDBOX_DATA": str(box.data_file),
+        **(env_extra or {}),
     }
     pyinfra = Path(sys.executable).with_name("pyinfra")
-    cmd = [str(pyinfra), "-y", "inventory/sandbox.py", "deploy.py", *(extra_args or [])]
+    cmd = [str(pyinfra), "-y", inventory, "deploy.py", *(extra_args or [])]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     lines = []

@@ -80,3 +80,14 @@ def test_autostart_only_in_interactive_shells(tmp_path):
     assert not marker.exists()  # non-interactive: never starts the service
     subprocess.run(["sh", "-i", "-c", f". {tmp_path}/s.sh"], check=True, capture_output=True)
     assert marker.exists()  # interactive root shell starts it
+
+
+@pytest.mark.parametrize("api_key_file", [None, "/etc/piper-gpu/api-key"])
+def test_perf_script_renders_to_python(api_key_file):
+    code = render("tts_perf.py.j2", python="/venv/bin/python", base_url="http://127.0.0.1:5005",
+                  voices={"en_US-joe-medium": "/m/en_US-joe-medium.onnx"}, texts_file="/etc/piper-gpu/texts.json",
+                  out="/p/perf/latest.json", runs=5, api_key_file=api_key_file)
+    namespace = {}
+    exec(compile(code.replace('if __name__ == "__main__":', "if False:"), "tts_perf", "exec"), namespace)
+    assert namespace["API_KEY_FILE"] == api_key_file and namespace["DEFAULT_RUNS"] == 5
+    assert namespace["VOICES"] == {"en_US-joe-medium": "/m/en_US-joe-medium.onnx"}
