@@ -106,6 +106,18 @@ class HeldPackages(FactBase):
         return {line.strip() for line in output if line.strip()}
 
 
+class DpkgInterrupted(FactBase):
+    """Packages an interrupted dpkg run left unconfigured or half-installed (``dpkg --audit``)."""
+
+    default = list
+
+    def command(self) -> str:
+        return "dpkg --audit 2>/dev/null | sed -n 's/^ \\([a-z0-9][a-z0-9.+-]*\\) .*/\\1/p' || true"
+
+    def process(self, output):
+        return [line.strip() for line in output if line.strip()]
+
+
 class InstalledDebVersions(FactBase):
     """{package: version} of installed Debian packages (dpkg-query)."""
 

@@ -8,7 +8,35 @@ import shlex
 from pyinfra import host
 from pyinfra.api import operation
 
+from pyinfra.facts.files import File, Sha256File
+
 from piper_gpu.facts import HeldPackages, InstalledDebVersions, VenvDistributions
+
+
+@operation()
+def fetch(src: str, dest: str, sha256: str | None, user: str | None = None, group: str | None = None,
+          mode: str | None = None):
+    """``dest`` holds the file at ``src`` (http(s):// or file://), checked against ``sha256``.
+
+    Downloaded only when missing or not matching. curl retries transient failures (timeouts,
+    408/429/5xx) with exponential backoff; a failure names the URL and curl's reason, a checksum
+    mismatch names both digests. The file appears at ``dest`` only once it is complete and verified.
+    """
+    if host.get_fact(File, path=dest) and (sha256 is None or host.get_fact(Sha256File, path=dest) == sha256):
+        host.noop(f"{dest} present" + (" and verified" if sha256 else ""))
+        return
+    q_src, q_dest, q_part = shlex.quote(src), shlex.quote(dest), shlex.quote(dest + ".part")
+    yield (f"curl -sSLf --retry 6 --connect-timeout 20 -o {q_part} {q_src} || "
+           f"{{ rc=$?; rm -f {q_part}; echo \"download failed (curl exit $rc): {src}\" >&2; exit $rc; }}")
+    if sha256:
+        yield (f"got=$(sha256sum {q_part} | cut -d' ' -f1); if [ \"$got\" != {shlex.quote(sha256)} ]; then "
+               f"rm -f {q_part}; echo \"sha256 mismatch for {src}: expected {sha256}, got $got\" >&2; exit 1; fi")
+    if user or group:
+        owner = f"{user or ''}:{group or ''}"
+        yield f"chown {shlex.quote(owner)} {q_part}"
+    if mode:
+        yield f"chmod {shlex.quote(str(mode))} {q_part}"
+    yield f"mv -f {q_part} {q_dest}"
 from piper_gpu.settings import ONNXRUNTIME_DISTRIBUTIONS
 
 
@@ -70,7 +98,7 @@ def venv_locked(venv_dir: str, user: str, wanted: dict[str, str], pip_args: list
     if not stray_ort and not to_install:
         host.noop(f"{venv_dir}: {len(norm)} pinned distributions present, one ONNX Runtime")
         return
-    pip = f"{shlex.quote(python)} -m pip --disable-pip-version-check --no-input"
+    pip = f"{shlex.quote(python)} -m pip --disable-pip-version-check --no-input --retries 5 --timeout 30"
     if stray_ort:
         yield _as_user(user, f"{pip} uninstall -y " + " ".join(stray_ort))
         for n in ONNXRUNTIME_DISTRIBUTIONS:

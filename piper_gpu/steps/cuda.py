@@ -12,8 +12,8 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server
 
-from piper_gpu.facts import InstalledDebVersions
-from piper_gpu.operations import deb_file_installed
+from piper_gpu.facts import DpkgInterrupted, InstalledDebVersions
+from piper_gpu.operations import deb_file_installed, fetch
 from piper_gpu.render import template_path
 from piper_gpu.steps.preflight import Target
 
@@ -28,9 +28,28 @@ def _missing(packages: list[str]) -> list[str]:
     return [p for p in packages if p.split("=")[0] not in installed]
 
 
+APT_CONF = """// Managed by piper-gpu-deploy: wait for another apt/dpkg instead of failing, retry downloads.
+DPkg::Lock::Timeout "300";
+Acquire::Retries "5";
+"""
+
+
 @deploy("Base system: packages, service user")
 def base_system(target: Target):
     s = target.settings
+    files.put(
+        name="apt waits for a held dpkg lock (5 min) and retries downloads",
+        src=StringIO(APT_CONF),
+        dest="/etc/apt/apt.conf.d/90piper-gpu-deploy",
+        mode="644",
+    )
+    interrupted = host.get_fact(DpkgInterrupted)
+    server.shell(
+        name="Finish an interrupted dpkg run (dpkg --configure -a)" + (f": {', '.join(interrupted)}" if interrupted else ""),
+        commands=["DEBIAN_FRONTEND=noninteractive dpkg --configure -a",
+                  "DEBIAN_FRONTEND=noninteractive apt-get install -f -y"],
+        _if=lambda: bool(interrupted),
+    )
     missing = _missing(BASE_PACKAGES)
     apt.update(name="Refresh apt lists for missing base packages", _if=lambda: bool(missing))
     apt.packages(name="Install base packages", packages=BASE_PACKAGES, no_recommends=True)
@@ -62,11 +81,11 @@ def repo_base(target: Target) -> str:
 def cuda_repository(target: Target):
     s = target.settings
     deb = f"{CACHE}/cuda-keyring_{s.cuda_keyring_version}_all.deb"
-    files.download(
+    fetch(
         name=f"Download cuda-keyring {s.cuda_keyring_version}",
         src=f"{repo_base(target)}/cuda-keyring_{s.cuda_keyring_version}_all.deb",
         dest=deb,
-        sha256sum=s.cuda_keyring_sha256,
+        sha256=s.cuda_keyring_sha256,
     )
     check = (
         f"dpkg-deb --fsys-tarfile {deb} | tar -xO .{KEYRING} > {CACHE}/cuda-keyring.check.gpg && "

@@ -7,9 +7,9 @@ from __future__ import annotations
 import shlex
 
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files, server
+from pyinfra.operations import apt, server
 
-from piper_gpu.operations import deb_file_installed, held
+from piper_gpu.operations import deb_file_installed, fetch, held
 from piper_gpu.steps.cuda import CACHE
 from piper_gpu.steps.preflight import Target
 
@@ -48,7 +48,7 @@ def cudnn(target: Target):
         return op
     if s.cudnn_source == "local-deb":
         deb = f"{CACHE}/{pkg}_{ver}.deb"
-        files.download(name=f"Fetch {label} .deb", src=s.cudnn_deb_url, dest=deb, sha256sum=s.cudnn_deb_sha256)
+        fetch(name=f"Fetch {label} .deb", src=s.cudnn_deb_url, dest=deb, sha256=s.cudnn_deb_sha256)
         if not s.cudnn_deb_extract:
             op = deb_file_installed(name=f"Install {label} from {deb}", package=pkg, version=ver, deb_path=deb)
             held(name=f"Hold {pkg} at {ver}", packages=[pkg])
@@ -62,7 +62,7 @@ def cudnn(target: Target):
             _if=lambda: stale,
         )
     archive = f"{CACHE}/cudnn-{s.cudnn_version}-cuda{s.cuda_major}.tar.xz"
-    files.download(name=f"Fetch {label} archive", src=s.cudnn_archive_url, dest=archive, sha256sum=s.cudnn_archive_sha256)
+    fetch(name=f"Fetch {label} archive", src=s.cudnn_archive_url, dest=archive, sha256=s.cudnn_archive_sha256)
     dest = cudnn_extract_dir(target)
     stale = _marker_differs(dest, s.cudnn_archive_sha256)
     return server.shell(

@@ -8,7 +8,7 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import files
 
-from piper_gpu.operations import venv_locked, venv_present
+from piper_gpu.operations import fetch, venv_locked, venv_present
 from piper_gpu.steps.preflight import Target
 
 
@@ -46,11 +46,11 @@ def voices(target: Target):
         files.directory(name=f"Directory {vdir}", path=vdir, user=s.service_user, group=s.service_user, mode="750")
         for suffix, digest in ((".onnx", voice.onnx_sha256), (".onnx.json", voice.json_sha256)):
             changed.append(
-                files.download(
+                fetch(
                     name=f"Voice {voice.name}{suffix} (sha256 {digest[:12]}...)",
                     src=s.voice_url(voice, suffix),
                     dest=f"{vdir}/{voice.name}{suffix}",
-                    sha256sum=digest,
+                    sha256=digest,
                     user=s.service_user,
                     group=s.service_user,
                     mode="640",

@@ -1,0 +1,96 @@
+"""A deploy that stops half-way converges on the next run without manual repair: a step that
+fails, a killed run, a dpkg lock held by someone else, an interrupted dpkg."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from piper_gpu.lab.sandbox import provision, start_provision
+
+from conftest import Lab
+
+pytestmark = pytest.mark.e2e
+LOCK_HOLDER = ("import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); "
+               "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep({seconds})")
+
+
+@pytest.fixture(scope="module")
+def box():
+    lab = Lab("e2e-resume", 15008)
+    yield lab
+    lab.box.destroy()
+
+
+def set_data(lab, **values):
+    data = json.loads(lab.box.data_file.read_text())
+    for key, value in values.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    lab.box.data_file.write_text(json.dumps(data, indent=2))
+
+
+def test_a_failing_step_names_url_and_reason_then_the_next_run_converges(box):
+    bad = f"{box.mirror_url}/no-such-voices"
+    set_data(box, voices_base_url=bad)
+    failed = provision(box.box, box.mirror_url, echo=False)
+    assert failed.returncode != 0
+    assert f"{bad}/en/en_US/joe/medium/en_US-joe-medium.onnx" in failed.output
+    assert "curl: (22)" in failed.output and "404" in failed.output
+    assert "cuda-toolkit-12-4" in box.sh("dpkg-query -W -f='${Package}\\n'").stdout  # earlier steps took effect
+    set_data(box, voices_base_url=None)
+    voices = json.loads(box.box.data_file.read_text())["voices"]
+    set_data(box, voices=[{**voices[0], "onnx_sha256": "0" * 64}])
+    mismatch = provision(box.box, box.mirror_url, echo=False)
+    assert mismatch.returncode != 0
+    assert (f"sha256 mismatch for {box.mirror_url}/voices/en/en_US/joe/medium/en_US-joe-medium.onnx: "
+            f"expected {'0' * 64}, got {voices[0]['onnx_sha256']}") in mismatch.output
+    assert not (box.root / "home/piper/piper_models/en/en_US-joe-medium/en_US-joe-medium.onnx").exists()
+    set_data(box, voices=voices)
+    assert box.deploy().changes > 0
+    assert box.deploy().changes == 0
+
+
+def test_a_killed_run_converges_on_the_next(box):
+    box.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q cuda-toolkit-12-4 cuda-nvcc-12-4 >/dev/null")
+    proc = start_provision(box.box, box.mirror_url)
+    for line in proc.stdout:
+        if "Install CUDA 12.4 toolkit" in line:
+            time.sleep(0.5)  # apt/dpkg is at work
+            os.killpg(proc.pid, signal.SIGKILL)
+            box.box.stop_processes()  # like a crash: apt, dpkg and the service die with it
+            break
+    proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    resumed = box.deploy()  # finishes an interrupted dpkg, installs what is missing, starts the service
+    assert resumed.changes > 0
+    assert box.sh("/usr/local/cuda-12.4/bin/nvcc --version").returncode == 0
+    assert box.deploy().changes == 0
+
+
+def test_a_held_dpkg_lock_is_waited_for(box):
+    box.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q iproute2 >/dev/null")
+    holder = subprocess.Popen(["chroot", str(box.root), "python3", "-c", LOCK_HOLDER.format(seconds=15)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    result = box.deploy()
+    holder.wait(30)
+    assert time.monotonic() - started >= 10  # it waited for the lock instead of failing
+    assert result.changes > 0 and box.sh("command -v ss").returncode == 0
+    assert box.deploy().changes == 0
+
+
+def test_an_interrupted_dpkg_is_finished_first(box):
+    deb = box.sh("ls /var/cache/apt/archives/ | grep '^libcurand-12-4_' | head -1").stdout.strip()
+    box.sh(f"dpkg --unpack /var/cache/apt/archives/{deb} >/dev/null 2>&1")
+    assert "libcurand-12-4" in box.sh("dpkg --audit").stdout
+    result = box.deploy()
+    assert "Finish an interrupted dpkg run (dpkg --configure -a): libcurand-12-4" in result.output
+    assert box.sh("dpkg --audit").stdout.strip() == ""
+    assert box.deploy().changes == 0
