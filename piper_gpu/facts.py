@@ -119,7 +119,9 @@ class DpkgInterrupted(FactBase):
 
 
 class InstalledDebVersions(FactBase):
-    """{package: version} of installed Debian packages (dpkg-query)."""
+    """{package: version} of installed Debian packages (dpkg-query), held ones included.
+
+    ``${db:Status-Abbrev}`` is want/status/error: "ii " installed, "hi " installed and held."""
 
     default = dict
 
@@ -130,7 +132,7 @@ class InstalledDebVersions(FactBase):
         result = {}
         for line in output:
             parts = line.split()
-            if len(parts) == 3 and parts[0].startswith("ii"):
+            if len(parts) == 3 and len(parts[0]) >= 2 and parts[0][1] == "i":
                 result[parts[1]] = parts[2]
         return result
 

@@ -210,6 +210,13 @@ class Settings:
     #: Requests synthesising or waiting at once; beyond it POST /tts answers 503 with Retry-After.
     max_pending: int = 8
 
+    # --- undeploy.py ----------------------------------------------------------------------
+    #: Also delete the voices (models_dir).
+    undeploy_voices: bool = False
+    #: Also purge the CUDA/cuDNN packages, and the base packages and service user the deploy
+    #: added (recorded in /var/lib/piper-gpu when it added them).
+    undeploy_system: bool = False
+
     # --- checks -------------------------------------------------------------------------
     #: Provision hosts without a usable NVIDIA GPU/driver (build machines, tests). Loud.
     allow_no_gpu: bool = False

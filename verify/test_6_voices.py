@@ -1,6 +1,5 @@
 """Plan step 6: voices in place, matching their pinned sha256."""
 
-import pytest
 
 from conftest import expect
 

@@ -232,8 +232,9 @@ def up(name: str, extra: dict | None = None) -> tuple[Sandbox, str]:
 
 
 def start_provision(box: Sandbox, mirror_url: str, extra_args: list[str] | None = None,
-                    inventory: str = "inventory/sandbox.py", env_extra: dict | None = None) -> subprocess.Popen:
-    """Start ``pyinfra -y INVENTORY deploy.py`` against the sandbox (its own process group)."""
+                    inventory: str = "inventory/sandbox.py", env_extra: dict | None = None,
+                    deploy_file: str = "deploy.py") -> subprocess.Popen:
+    """Start ``pyinfra -y INVENTORY deploy.py`` (or undeploy.py) against the sandbox (own process group)."""
     env = {
         **os.environ,
         "PIPER_SANDBOX_ROOT": str(box.root),
@@ -242,15 +243,16 @@ def start_provision(box: Sandbox, mirror_url: str, extra_args: list[str] | None 
         **(env_extra or {}),
     }
     pyinfra = Path(sys.executable).with_name("pyinfra")
-    cmd = [str(pyinfra), "-y", inventory, "deploy.py", *(extra_args or [])]
+    cmd = [str(pyinfra), "-y", inventory, deploy_file, *(extra_args or [])]
     return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
 def provision(box: Sandbox, mirror_url: str, extra_args: list[str] | None = None, echo: bool = True,
-              inventory: str = "inventory/sandbox.py", env_extra: dict | None = None) -> Provisioned:
+              inventory: str = "inventory/sandbox.py", env_extra: dict | None = None,
+              deploy_file: str = "deploy.py") -> Provisioned:
     started = time.monotonic()
-    proc = start_provision(box, mirror_url, extra_args, inventory, env_extra)
+    proc = start_provision(box, mirror_url, extra_args, inventory, env_extra, deploy_file)
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:

@@ -12,7 +12,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server
 
-from piper_gpu.facts import DpkgInterrupted, InstalledDebVersions
+from piper_gpu.facts import DpkgInterrupted, InstalledDebVersions, UserHome
 from piper_gpu.operations import deb_file_installed, fetch
 from piper_gpu.render import template_path
 from piper_gpu.steps.preflight import Target
@@ -21,6 +21,11 @@ BASE_PACKAGES = ["ca-certificates", "curl", "python3", "python3-venv", "procps",
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
 CACHE = "/var/cache/piper-gpu"
 TOOLS = "/usr/local/lib/piper-gpu"
+#: What the deploy added that was not there before (undeploy removes exactly that).
+STATE = "/var/lib/piper-gpu"
+ADDED_PACKAGES = f"{STATE}/added-packages"
+ADDED_USER = f"{STATE}/added-user"
+APT_CONF_FILE = "/etc/apt/apt.conf.d/90piper-gpu-deploy"
 
 
 def _missing(packages: list[str]) -> list[str]:
@@ -40,7 +45,7 @@ def base_system(target: Target):
     files.put(
         name="apt waits for a held dpkg lock (5 min) and retries downloads",
         src=StringIO(APT_CONF),
-        dest="/etc/apt/apt.conf.d/90piper-gpu-deploy",
+        dest=APT_CONF_FILE,
         mode="644",
     )
     interrupted = host.get_fact(DpkgInterrupted)
@@ -50,10 +55,17 @@ def base_system(target: Target):
                   "DEBIAN_FRONTEND=noninteractive apt-get install -f -y"],
         _if=lambda: bool(interrupted),
     )
+    files.directory(name=f"Create {STATE} (what this deploy added)", path=STATE, mode="755")
     missing = _missing(BASE_PACKAGES)
     apt.update(name="Refresh apt lists for missing base packages", _if=lambda: bool(missing))
     apt.packages(name="Install base packages", packages=BASE_PACKAGES, no_recommends=True)
+    server.shell(
+        name=f"Record the base packages this deploy added ({ADDED_PACKAGES})",
+        commands=[f"printf '%s\\n' {' '.join(missing)} >> {ADDED_PACKAGES} && sort -u -o {ADDED_PACKAGES} {ADDED_PACKAGES}"],
+        _if=lambda: bool(missing),
+    )
     if s.create_service_user:
+        user_missing = host.get_fact(UserHome, user=s.service_user) is None
         server.user(
             name=f"Service user {s.service_user}",
             user=s.service_user,
@@ -61,6 +73,11 @@ def base_system(target: Target):
             shell="/bin/bash",
             create_home=True,
             system=True,
+        )
+        server.shell(
+            name=f"Record that this deploy created the user {s.service_user} ({ADDED_USER})",
+            commands=[f"echo {shlex.quote(s.service_user)} > {ADDED_USER}"],
+            _if=lambda: user_missing,
         )
     files.directory(name=f"Create {CACHE}", path=CACHE, mode="755")
     files.directory(name=f"Create {TOOLS}", path=TOOLS, mode="755")

@@ -140,11 +140,11 @@ def choose_service_mode(settings: Settings, systemd_running: bool, is_wsl: bool)
     return settings.service_mode
 
 
-@deploy("Preflight: WSL2, distro, NVIDIA driver")
-def preflight(settings: Settings) -> Target:
+def inspect_host(settings: Settings, checks: bool) -> Target:
+    """Read the host (facts) into a Target; with ``checks``, refuse hosts the deploy would break."""
     wsl = host.get_fact(WslInfo)
     is_wsl = wsl["is_wsl"]
-    if is_wsl and not wsl["wsl_lib"]:
+    if checks and is_wsl and not wsl["wsl_lib"]:
         raise PreflightError(
             f"WSL kernel {wsl['kernel']} but no /usr/lib/wsl/lib: GPU support is missing. "
             "Run `wsl --update` on Windows and use WSL2 (not WSL1)"
@@ -155,33 +155,44 @@ def preflight(settings: Settings) -> Target:
         raise PreflightError(f"architecture {deb_arch} (dpkg --print-architecture) has no NVIDIA CUDA repository")
     repo_path = check_distro(host.get_fact(OsRelease), settings, is_wsl)
     driver = host.get_fact(NvidiaDriver)
-    check_driver(driver, settings, is_wsl)
-    check_no_linux_driver(host.get_fact(InstalledDebVersions), is_wsl)
+    if checks:
+        check_driver(driver, settings, is_wsl)
+        check_no_linux_driver(host.get_fact(InstalledDebVersions), is_wsl)
     systemd_running = host.get_fact(SystemdRunning)
     home = host.get_fact(UserHome, user=settings.service_user) or (
         "/root" if settings.service_user == "root" else f"/home/{settings.service_user}"
     )
-    if is_wsl:
-        files.put(
-            name="Forbid Linux NVIDIA driver packages inside WSL2 (apt pin)",
-            src=_as_file(
-                "# Managed by piper-gpu-deploy: on WSL2 the driver comes from Windows.\n"
-                "Package: cuda-drivers* nvidia-driver-* nvidia-kernel-* nvidia-dkms-*\n"
-                "Pin: release *\nPin-Priority: -1\n"
-            ),
-            dest="/etc/apt/preferences.d/piper-gpu-no-linux-nvidia-driver",
-            mode="644",
-        )
     return Target(
         settings=settings,
         is_wsl=is_wsl,
         arch=arch,
         repo_path=repo_path,
         home=home,
-        service_mode=choose_service_mode(settings, systemd_running, is_wsl),
+        service_mode=choose_service_mode(settings, systemd_running, is_wsl) if checks else settings.service_mode,
         systemd_running=systemd_running,
         gpu=driver,
     )
+
+
+@deploy("Preflight: WSL2, distro, NVIDIA driver")
+def preflight(settings: Settings) -> Target:
+    target = inspect_host(settings, checks=True)
+    if target.is_wsl:
+        files.put(
+            name="Forbid Linux NVIDIA driver packages inside WSL2 (apt pin)",
+            src=_as_file(WSL_DRIVER_PIN),
+            dest=WSL_DRIVER_PIN_FILE,
+            mode="644",
+        )
+    return target
+
+
+WSL_DRIVER_PIN_FILE = "/etc/apt/preferences.d/piper-gpu-no-linux-nvidia-driver"
+WSL_DRIVER_PIN = (
+    "# Managed by piper-gpu-deploy: on WSL2 the driver comes from Windows.\n"
+    "Package: cuda-drivers* nvidia-driver-* nvidia-kernel-* nvidia-dkms-*\n"
+    "Pin: release *\nPin-Priority: -1\n"
+)
 
 
 def _as_file(text: str):

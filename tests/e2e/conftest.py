@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,8 +42,10 @@ class Lab:
 
     def diagnose(self, tmp_path) -> dict[str, dict]:
         out = tmp_path / f"diagnose-{len(list(tmp_path.iterdir()))}.json"
+        started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "piper_gpu", "diagnose", f"--hosts={self.root}",
                                "--connection=chroot", "--json", str(out)], cwd=REPO, capture_output=True, text=True)
+        self.diagnose_seconds = time.monotonic() - started
         results = json.loads(out.read_text())
         self.last_screen = proc.stdout
         return {r["check"]: r for r in results}
@@ -54,3 +57,14 @@ def lab():
     yield lab
     if not os.environ.get("PIPER_E2E_KEEP"):
         lab.box.destroy()
+
+
+def record(name: str, **figures) -> None:
+    """Add measured figures to $PIPER_RESULTS_DIR/<name>.json (when set)."""
+    out = os.environ.get("PIPER_RESULTS_DIR")
+    if not out:
+        return
+    path = Path(out, f"{name}.json")
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.update(figures)
+    path.write_text(json.dumps(data, indent=2) + "\n")

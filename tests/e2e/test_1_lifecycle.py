@@ -6,10 +6,11 @@ import os
 import platform
 import re
 import wave
-from pathlib import Path
 
 import pytest
 import requests
+
+from conftest import record
 
 pytestmark = pytest.mark.e2e
 TEXTS = json.loads(open("piper_gpu/texts.json").read())
@@ -24,15 +25,10 @@ def test_converge(lab):
 def test_second_run_changes_nothing(lab):
     second = lab.deploy()
     assert second.changes == 0, re.findall(r".*\| .*Success.*", second.output)
-    out = os.environ.get("PIPER_RESULTS_DIR")
-    if out:
-        first = lab.runs[0]
-        Path(out, "lifecycle.json").write_text(json.dumps({
-            "command": "PIPER_RESULTS_DIR=results scripts/test tests/e2e",
-            "machine": f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}",
-            "converge": {"seconds": round(first.seconds, 1), "changes": first.changes},
-            "second_run": {"seconds": round(second.seconds, 1), "changes": second.changes},
-        }, indent=2) + "\n")
+    first = lab.runs[0]
+    record("lifecycle", machine=f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}",
+           converge={"seconds": round(first.seconds, 1), "changes": first.changes},
+           second_run={"seconds": round(second.seconds, 1), "changes": second.changes})
 
 
 def test_nvcc_is_12_4(lab):
@@ -84,6 +80,7 @@ def test_verify_suite_passes_with_gpu_checks_skipped(lab, tmp_path):
     results = lab.diagnose(tmp_path)
     failed = {k: v for k, v in results.items() if v["outcome"] == "failed"}
     assert not failed, lab.last_screen
+    record("lifecycle", verify={"seconds": round(lab.diagnose_seconds, 1), "checks": len(results)})
     skipped = {k: v["reason"] for k, v in results.items() if v["outcome"] == "skipped"}
     for gpu_check in ("driver_is_visible", "real_session_uses_cuda", "health_reports_cuda",
                       "server_uses_the_gpu_during_a_request", "gpu_faster_than_cpu"):

@@ -1,8 +1,6 @@
 """Break a provisioned host one way at a time (what hurt the users), and prove the verify suite
 fails on the right check with the right fix; then repair it and prove the host passes again."""
 
-import json
-import os
 import shutil
 import zipfile
 from pathlib import Path
@@ -10,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from piper_gpu.lab.mirror import fetch_fault_wheels
+
+from conftest import record
 
 pytestmark = pytest.mark.e2e
 
@@ -128,9 +128,6 @@ def test_fault_is_detected_named_and_fixed(lab, tmp_path, fault):
 def test_every_fault_detected_and_host_converged(lab):
     detected = sum(d["detected"] for d in DETECTED.values())
     print(f"\nfault matrix: {detected}/{len(FAULTS)} faults detected by the named check with the named fix")
-    out = os.environ.get("PIPER_RESULTS_DIR")
-    if out:
-        Path(out, "fault-matrix.json").write_text(json.dumps(
-            {"detected": detected, "faults": len(FAULTS), "results": DETECTED}, indent=2, ensure_ascii=False) + "\n")
+    record("fault-matrix", detected=detected, faults=len(FAULTS), results=DETECTED)
     assert detected == len(FAULTS), DETECTED
     assert lab.deploy().changes == 0

@@ -2,7 +2,6 @@
 operator-supplied .deb unpacked under /opt (the fallback when its dependencies do not fit the
 distro), another service user and port."""
 
-import json
 
 import pytest
 import requests

@@ -1,0 +1,91 @@
+"""Undeploy: remove what the deploy added, in reverse order. Voices (``undeploy_voices``) and the
+CUDA/cuDNN packages, base packages and service user the deploy added (``undeploy_system``) only
+when asked. Idempotent like the deploy: a second run changes nothing."""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.files import File, FileContents
+from pyinfra.operations import files, server
+
+from piper_gpu.facts import HeldPackages, InstalledDebVersions, SystemdRunning
+from piper_gpu.steps.cuda import ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, CACHE, KEYRING, STATE, TOOLS
+from piper_gpu.steps.preflight import WSL_DRIVER_PIN_FILE, Target
+from piper_gpu.steps.service import CTL, PERF, UNIT
+
+LD_CONF = "/etc/ld.so.conf.d/piper-gpu-cuda.conf"
+PROFILE = "/etc/profile.d/piper-gpu-cuda.sh"
+AUTOSTART = "/etc/profile.d/piper-tts-autostart.sh"
+
+
+def _recorded(path: str) -> list[str]:
+    return [line.strip() for line in (host.get_fact(FileContents, path=path) or []) if line.strip()]
+
+
+@deploy("Undeploy: stop and remove the piper-tts service")
+def remove_service(target: Target):
+    unit_path = f"/etc/systemd/system/{UNIT}"
+    if host.get_fact(File, path=unit_path):
+        if host.get_fact(SystemdRunning):
+            server.shell(name=f"Stop and disable {UNIT}", commands=[f"systemctl disable --now {UNIT}"])
+        files.file(name=f"Remove {unit_path}", path=unit_path, present=False)
+        server.shell(name="systemctl daemon-reload", commands=["systemctl daemon-reload || true"])
+    has_ctl = bool(host.get_fact(File, path=CTL))
+    server.shell(name="Stop piper-tts (pid file)", commands=[f"{CTL} stop"], _if=lambda: has_ctl)
+    for path in (CTL, AUTOSTART):
+        files.file(name=f"Remove {path}", path=path, present=False)
+
+
+@deploy("Undeploy: the server, venv, logs, settings and tools")
+def remove_files(target: Target):
+    files.directory(name=f"Remove {target.piper_dir} (venv, server, logs, lock)", path=target.piper_dir, present=False)
+    for path in ("/etc/piper-gpu", TOOLS, CACHE):
+        files.directory(name=f"Remove {path}", path=path, present=False)
+    files.file(name=f"Remove {PERF}", path=PERF, present=False)
+    if target.settings.undeploy_voices:
+        files.directory(name=f"Remove the voices ({target.models_dir})", path=target.models_dir, present=False)
+
+
+@deploy("Undeploy: CUDA environment, linker config, apt source and keyring")
+def remove_environment(target: Target):
+    conf = files.file(name=f"Remove {LD_CONF}", path=LD_CONF, present=False)
+    server.shell(name="Rebuild the linker cache (ldconfig)", commands=["ldconfig"], _if=conf.did_change)
+    files.file(name=f"Remove {PROFILE}", path=PROFILE, present=False)
+    if host.get_fact(File, path=f"{target.home}/.bashrc"):
+        files.block(
+            name=f"~{target.settings.service_user}/.bashrc: remove the CUDA block",
+            path=f"{target.home}/.bashrc",
+            marker="# {mark} piper-gpu-deploy CUDA environment",
+            present=False,
+        )
+    files.file(name="Remove the CUDA apt source", present=False,
+               path=f"/etc/apt/sources.list.d/cuda-{target.repo_path}-{target.arch}.list")
+    keyring = "cuda-keyring" in host.get_fact(InstalledDebVersions)
+    server.shell(name=f"Purge cuda-keyring ({KEYRING})", commands=["dpkg --purge cuda-keyring"], _if=lambda: keyring)
+    for path in (APT_CONF_FILE, WSL_DRIVER_PIN_FILE):
+        files.file(name=f"Remove {path}", path=path, present=False)
+
+
+@deploy("Undeploy: CUDA/cuDNN packages, and the base packages and user the deploy added")
+def remove_system(target: Target):
+    s = target.settings
+    installed = host.get_fact(InstalledDebVersions)
+    held = [p for p in host.get_fact(HeldPackages) if p == s.cudnn_package]
+    server.shell(name=f"Unhold {s.cudnn_package}", commands=[f"apt-mark unhold {s.cudnn_package}"], _if=lambda: bool(held))
+    added = _recorded(ADDED_PACKAGES)
+    purge = [p for p in [*s.cuda_packages, s.cudnn_package, *added] if p in installed]
+    server.shell(
+        name=f"Purge {', '.join(purge) or 'nothing'} and what only they needed",
+        commands=["DEBIAN_FRONTEND=noninteractive apt-get purge -y " + " ".join(purge),
+                  "DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y"],
+        _if=lambda: bool(purge),
+    )
+    users = _recorded(ADDED_USER)
+    remove_home = " -r" if s.undeploy_voices else ""
+    for user in users:
+        server.shell(name=f"Remove the user {user} this deploy created" + (" and its home" if remove_home else ""),
+                     commands=[f"userdel{remove_home} {shlex.quote(user)}"])
+    files.directory(name=f"Remove {STATE}", path=STATE, present=False)

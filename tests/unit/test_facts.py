@@ -1,0 +1,27 @@
+"""Fact parsers, fed the output their commands print."""
+
+from piper_gpu.facts import DpkgInterrupted, InstalledDebVersions, NvidiaDriver, WslInfo
+
+
+def test_installed_packages_include_held_ones():
+    out = ["ii  curl 7.88.1-10", "hi  libcudnn9-cuda-12 9.1.1.17-1", "rc  oldpkg 1.0", "iU  half 2.0", "un  gone <none>"]
+    assert InstalledDebVersions().process(out) == {"curl": "7.88.1-10", "libcudnn9-cuda-12": "9.1.1.17-1"}
+
+
+def test_nvidia_smi_parsing():
+    out = ["path=/usr/lib/wsl/lib/nvidia-smi", "cuda=12.6", "gpu=NVIDIA GeForce RTX 4090, 560.94"]
+    assert NvidiaDriver().process(out) == {"path": "/usr/lib/wsl/lib/nvidia-smi", "driver_version": "560.94",
+                                           "cuda_version": "12.6", "gpus": ["NVIDIA GeForce RTX 4090"]}
+    assert NvidiaDriver().process(["none"]) is None
+    failed = NvidiaDriver().process(["path=/usr/bin/nvidia-smi", "gpu=NVIDIA-SMI has failed because it couldn't communicate"])
+    assert failed["gpus"] == []
+
+
+def test_wsl_detection():
+    assert WslInfo().process(["kernel=5.15.153.1-microsoft-standard-WSL2", "wsl_lib=yes"])["is_wsl"] is True
+    assert WslInfo().process(["kernel=6.1.0-26-amd64", "wsl_lib=no"]) == {"kernel": "6.1.0-26-amd64", "wsl_lib": False,
+                                                                         "is_wsl": False}
+
+
+def test_interrupted_dpkg_list():
+    assert DpkgInterrupted().process(["libcurand-12-4", ""]) == ["libcurand-12-4"]
