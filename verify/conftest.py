@@ -17,6 +17,7 @@ import shlex
 import pytest
 
 from piper_gpu.settings import Settings, settings_from_json
+from piper_gpu.steps.service import client_host
 
 SETTINGS_FILE = "/etc/piper-gpu/settings.json"
 TARGET_FILE = "/etc/piper-gpu/target.json"
@@ -109,9 +110,7 @@ def service_env(host, applied, target) -> ServiceEnv:
 
 @pytest.fixture(scope="module")
 def base_url(applied) -> str:
-    bind = applied.bind_address
-    client = "127.0.0.1" if bind in ("0.0.0.0", "") else ("[::1]" if bind == "::" else bind)
-    return f"http://{client}:{applied.port}"
+    return f"http://{client_host(applied.bind_address)}:{applied.port}"
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server
 
-from piper_gpu.facts import DpkgInterrupted, InstalledDebVersions, UserHome
+from piper_gpu.facts import DpkgInterrupted, UserHome
 from piper_gpu.operations import deb_file_installed, fetch
 from piper_gpu.render import template_path
 from piper_gpu.steps.preflight import Target
@@ -174,6 +174,3 @@ def cuda_environment(target: Target, extra_lib_dirs: list[str], packages_changed
         try_prevent_shell_expansion=True,
     )
 
-
-def installed_version(package: str) -> str | None:
-    return host.get_fact(InstalledDebVersions).get(package)

@@ -114,7 +114,7 @@ def piper_server(target: Target):
         dest=PERF,
         mode="755",
         python=target.venv_python,
-        base_url=f"http://{_client_host(s.bind_address)}:{s.port}",
+        base_url=f"http://{client_host(s.bind_address)}:{s.port}",
         voices={v.name: f"{target.voice_dir(v)}/{v.name}.onnx" for v in s.voices},
         texts_file=TEXTS_FILE,
         out=f"{target.piper_dir}/perf/latest.json",
@@ -181,7 +181,7 @@ def _profile_service(target: Target, inputs_changed):
         python=target.venv_python,
         server=target.server_path,
         env_file=ENV_FILE,
-        health_url=f"http://{_client_host(s.bind_address)}:{s.port}/health",
+        health_url=f"http://{client_host(s.bind_address)}:{s.port}/health",
     )
     files.template(
         name="Start piper-tts from the shell profile when it is not running",
@@ -199,7 +199,8 @@ def _profile_service(target: Target, inputs_changed):
     )
 
 
-def _client_host(bind: str) -> str:
+def client_host(bind: str) -> str:
+    """The address a local client uses to reach a server bound to ``bind``."""
     return "127.0.0.1" if bind in ("0.0.0.0", "") else ("[::1]" if bind == "::" else bind)
 
 
