@@ -7,10 +7,10 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import operation
-
 from pyinfra.facts.files import File, Sha256File
 
 from piper_gpu.facts import HeldPackages, InstalledDebVersions, VenvDistributions
+from piper_gpu.settings import ONNXRUNTIME_DISTRIBUTIONS
 
 
 @operation()
@@ -37,7 +37,6 @@ def fetch(src: str, dest: str, sha256: str | None, user: str | None = None, grou
     if mode:
         yield f"chmod {shlex.quote(str(mode))} {q_part}"
     yield f"mv -f {q_part} {q_dest}"
-from piper_gpu.settings import ONNXRUNTIME_DISTRIBUTIONS
 
 
 def _as_user(user: str, command: str) -> str:

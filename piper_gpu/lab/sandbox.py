@@ -117,10 +117,8 @@ class Sandbox:
         if not _port_open(port):
             self.chroot(f"/usr/sbin/sshd -p {port} -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no "
                         "-o KbdInteractiveAuthentication=no")
-            for _ in range(50):
-                if _port_open(port):
-                    break
-                time.sleep(0.1)
+            if not _wait_for_port(port):
+                raise RuntimeError(f"sshd in sandbox {self.name} did not listen on 127.0.0.1:{port}")
         config = self.dir / "ssh_config"
         config.write_text(
             f"Host 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
@@ -166,6 +164,15 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _wait_for_port(port: int, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if _port_open(port):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def serve_mirror(root: Path, port: int = MIRROR_PORT) -> str:
     """Serve ``root`` on 127.0.0.1:port (background, survives this process); return the URL."""
     url = f"http://127.0.0.1:{port}"
@@ -180,10 +187,8 @@ def serve_mirror(root: Path, port: int = MIRROR_PORT) -> str:
         stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     pidfile.write_text(str(proc.pid))
-    for _ in range(50):
-        if _port_open(port):
-            return url
-        time.sleep(0.1)
+    if _wait_for_port(port):
+        return url
     raise RuntimeError(f"mirror HTTP server on port {port} did not start; see {log_file.name}")
 
 

@@ -76,6 +76,15 @@ class Target:
     def voice_dir(self, voice) -> str:
         return f"{self.models_dir}/{voice.language_dir}/{voice.name}"
 
+    @property
+    def voice_models(self) -> dict[str, str]:
+        """Voice name -> its .onnx on the host (the .onnx.json lies beside it)."""
+        return {v.name: f"{self.voice_dir(v)}/{v.name}.onnx" for v in self.settings.voices}
+
+    @property
+    def perf_out(self) -> str:
+        return f"{self.piper_dir}/perf/latest.json"
+
 
 def check_distro(os_release: dict, settings: Settings, is_wsl: bool) -> str:
     distro, version = os_release.get("ID", "?"), os_release.get("VERSION_ID", "?")

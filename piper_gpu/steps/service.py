@@ -37,7 +37,7 @@ def server_defaults(target: Target, api_key_file: str | None) -> dict:
     return {
         "host": s.bind_address,
         "port": s.port,
-        "voices": {v.name: f"{target.voice_dir(v)}/{v.name}.onnx" for v in s.voices},
+        "voices": target.voice_models,
         "use_gpu": s.use_gpu,
         "max_text_chars": s.max_text_chars,
         "warmup": s.warmup,
@@ -62,11 +62,11 @@ def target_record(target: Target) -> dict:
         "log_path": target.log_path,
         "pid_file": f"{target.run_dir}/piper-tts.pid",
         "cuda_lib_dir": target.cuda_lib_dir,
-        "voice_files": {v.name: f"{target.voice_dir(v)}/{v.name}.onnx" for v in target.settings.voices},
+        "voice_files": target.voice_models,
         "ctl": CTL,
         "api_key_file": api_key_path(target.settings),
         "perf": PERF,
-        "perf_out": f"{target.piper_dir}/perf/latest.json",
+        "perf_out": target.perf_out,
         "unit": UNIT,
     }
 
@@ -115,9 +115,9 @@ def piper_server(target: Target):
         mode="755",
         python=target.venv_python,
         base_url=f"http://{client_host(s.bind_address)}:{s.port}",
-        voices={v.name: f"{target.voice_dir(v)}/{v.name}.onnx" for v in s.voices},
+        voices=target.voice_models,
         texts_file=TEXTS_FILE,
-        out=f"{target.piper_dir}/perf/latest.json",
+        out=target.perf_out,
         runs=s.perf_runs,
         api_key_file=api_key_path(s),
     )
