@@ -212,6 +212,28 @@ def test_overload_answers_503_with_retry_after(guarded):
     assert post(url, {"text": "hello"}, headers=auth).status_code == 200  # the slot is free again
 
 
+def test_back_to_back_requests_never_meet_their_own_slot(guarded):
+    """With one slot, a client that sends its next request the moment the previous one is
+    answered must not get 503: the slot is released before the answer is written."""
+    url, key = guarded
+    auth = {"Authorization": f"Bearer {key}"}
+    with requests.Session() as kept_alive:
+        codes = [kept_alive.post(url + "/tts", json={"text": "hi"}, headers=auth, timeout=60).status_code
+                 for _ in range(25)]
+    codes += [post(url, {"text": "hi"}, headers=auth).status_code for _ in range(25)]  # a new connection each
+    assert codes == [200] * 50, codes
+
+
+def test_early_answer_closes_a_kept_alive_connection(guarded):
+    """A 401 is answered before the body is read; the unread body must not be taken for the next request."""
+    url, key = guarded
+    with requests.Session() as kept_alive:
+        refused = kept_alive.post(url + "/tts", json={"text": "x" * 500}, timeout=30)
+        assert refused.status_code == 401 and refused.headers["Connection"] == "close"
+        after = kept_alive.post(url + "/tts", json={"text": "hi"}, headers={"X-API-Key": key}, timeout=60)
+        assert after.status_code == 200 and after.headers["Content-Type"] == "audio/wav"
+
+
 def test_metrics_count_requests_and_name_the_provider(server):
     url, _ = server
     post(url, {"text": TEXTS["en_short"], "voice": VOICE})
