@@ -1,8 +1,9 @@
 """python -m piper_gpu diagnose --hosts=HOST [--connection=...] [--sudo] [--json FILE]
+python -m piper_gpu bundle OUT --settings FILE.json [--repo-path debian12] [--python 3.11]
 
-Runs the verify/ checks against a provisioned host and prints one screen: pass/fail/skip per step
-of the plan, and for each failure what was found, what was expected and the exact fix.
-Exit status: 0 when nothing failed, 1 otherwise.
+diagnose runs the verify/ checks against a provisioned host and prints one screen: pass/fail/skip
+per step of the plan, and for each failure what was found, what was expected and the exact fix.
+Exit status: 0 when nothing failed, 1 otherwise. bundle: see piper_gpu/bundle.py.
 """
 
 from __future__ import annotations
@@ -94,7 +95,21 @@ def main(argv=None) -> int:
     d = sub.add_parser("diagnose", help="run the verify checks and explain each failure")
     d.add_argument("--hosts", required=True, help="testinfra host spec: local://, ssh://user@host, /root --connection=chroot")
     d.add_argument("--json", dest="json_out", help="also write the results as JSON")
+    b = sub.add_parser("bundle", help="collect every artifact a deploy needs into a directory (offline hosts)")
+    b.add_argument("out", help="directory to write (re-running skips files already there and verified)")
+    b.add_argument("--settings", help="JSON file of settings (as in group data); pins and sources to bundle from")
+    b.add_argument("--data", action="append", metavar="KEY=VALUE", help="one setting (repeatable), like pyinfra --data")
+    b.add_argument("--repo-path", default="ubuntu2204",
+                   help="NVIDIA repository path of the target hosts: wsl-ubuntu, ubuntu2204, ubuntu2404, debian12")
+    b.add_argument("--arch", default="x86_64")
+    b.add_argument("--python", default="3.11", help="the targets' python3 version (wheel ABI): 3.10, 3.11, 3.12")
     args, extra = p.parse_known_args(argv)
+    if args.command == "bundle":
+        from piper_gpu import bundle
+
+        if extra:
+            p.error(f"unrecognised arguments: {' '.join(extra)}")
+        return bundle.main(args)
     rc, _ = diagnose(args.hosts, extra, args.json_out)
     return rc
 

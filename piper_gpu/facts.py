@@ -84,6 +84,19 @@ class OsRelease(FactBase):
         return data
 
 
+class PythonVersion(FactBase):
+    """'3.11': the python3 a venv gets, from python3 itself or, before it is installed, from
+    apt's candidate for the python3 package. None when neither tells."""
+
+    def command(self) -> str:
+        return ("python3 -c 'import sys; print(\"%d.%d\" % sys.version_info[:2])' 2>/dev/null || "
+                "apt-cache policy python3 2>/dev/null | sed -n 's/^ *Candidate: *\\([0-9]*\\.[0-9]*\\).*/\\1/p'")
+
+    def process(self, output):
+        found = [line.strip() for line in output if re.fullmatch(r"\d+\.\d+", line.strip())]
+        return found[0] if found else None
+
+
 class SystemdRunning(FactBase):
     """True when systemd is PID 1 (the way sd_booted() decides)."""
 

@@ -3,6 +3,7 @@ only when they differ (so a second run reports "No change")."""
 
 from __future__ import annotations
 
+import re
 import shlex
 
 from pyinfra import host
@@ -93,11 +94,15 @@ def venv_locked(venv_dir: str, user: str, wanted: dict[str, str], pip_args: list
     have = host.get_fact(VenvDistributions, python=python) or {}
     norm = {k.lower().replace("_", "-"): v for k, v in wanted.items()}
     stray_ort = sorted(d for d in ONNXRUNTIME_DISTRIBUTIONS if d in have and d not in norm)
+    # NVIDIA's CUDA wheels left from cuda_source="pip" (or an older pin set) go too
+    stray_cuda = sorted(d for d in have if re.fullmatch(r"nvidia-[a-z0-9-]+-cu\d+", d) and d not in norm)
     to_install = {n: v for n, v in norm.items() if have.get(n) != v}
-    if not stray_ort and not to_install:
+    if not stray_ort and not stray_cuda and not to_install:
         host.noop(f"{venv_dir}: {len(norm)} pinned distributions present, one ONNX Runtime")
         return
     pip = f"{shlex.quote(python)} -m pip --disable-pip-version-check --no-input --retries 5 --timeout 30"
+    if stray_cuda:
+        yield _as_user(user, f"{pip} uninstall -y " + " ".join(stray_cuda))
     if stray_ort:
         yield _as_user(user, f"{pip} uninstall -y " + " ".join(stray_ort))
         for n in ONNXRUNTIME_DISTRIBUTIONS:

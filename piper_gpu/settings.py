@@ -43,6 +43,7 @@ ORT_GPU_BUILDS: dict[str, tuple[int, int]] = {
 #: cuDNN releases -> the CUDA version the CUDA-12 build of that release targets.
 #: Only releases whose build target we know; others need ``cudnn_cuda_version`` set explicitly.
 CUDNN_BUILT_FOR: dict[str, str] = {
+    "9.1.0": "12.4",  # NVIDIA's 9.1.0 support matrix: "the recommended configuration ... CUDA 12.4"
     "9.1.1": "12.4",
     "9.12.0": "12.9",
 }
@@ -77,6 +78,16 @@ DEFAULT_PYTHON_LOCK: dict[str, str] = {
     "protobuf": "7.36.2",
     "sympy": "1.14.0",
     "mpmath": "1.3.0",
+}
+
+#: NVIDIA's PyPI wheels of the CUDA 12.4 libraries ONNX Runtime's CUDA provider links
+#: (cuda_source="pip"); cuDNN's wheel comes from ``cudnn_version``. Versions are CUDA 12.4.1's.
+CUDA_WHEELS_12_4: dict[str, str] = {
+    "nvidia-cuda-runtime-cu12": "12.4.127",
+    "nvidia-cublas-cu12": "12.4.5.8",
+    "nvidia-cufft-cu12": "11.2.1.3",
+    "nvidia-curand-cu12": "10.3.5.147",
+    "nvidia-cuda-nvrtc-cu12": "12.4.127",
 }
 
 #: Every distribution that provides the ``onnxruntime`` module. Exactly one may be installed.
@@ -161,6 +172,15 @@ class Settings:
     python_lock: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PYTHON_LOCK))
 
     # --- sources (every download can come from a mirror or a local path) -------------------
+    #: An offline bundle (``python -m piper_gpu bundle``): file:///path or http://host:port.
+    #: Set, it replaces every source below: the CUDA repository, wheels, voices, cuDNN files.
+    bundle_url: str | None = None
+    #: "apt": NVIDIA's CUDA apt repository (toolkit or runtime packages, cuDNN package, held);
+    #: "pip": NVIDIA's nvidia-*-cu12 wheels installed into the Piper venv, the service's linker
+    #: pointed at them; no apt repository, no nvcc.
+    cuda_source: str = "apt"
+    #: With cuda_source="pip": the CUDA library wheels (name -> version) for ``cuda_version``.
+    cuda_wheels: dict[str, str] = field(default_factory=lambda: dict(CUDA_WHEELS_12_4))
     cuda_repo_url: str = "https://developer.download.nvidia.com/compute/cuda/repos"
     #: None = chosen from the distro (wsl-ubuntu, ubuntu2204, ubuntu2404, debian12).
     cuda_repo_path: str | None = None
@@ -288,11 +308,23 @@ class Settings:
             args += ["--find-links", self.pip_find_links]
         return args
 
+    @property
+    def cudnn_wheel(self) -> str:
+        """NVIDIA's PyPI distribution of this cuDNN: nvidia-cudnn-cu12."""
+        return f"nvidia-cudnn-cu{self.cuda_major}"
+
+    def cuda_wheel_requirements(self) -> dict[str, str]:
+        """With cuda_source="pip": the NVIDIA wheels the venv holds (CUDA libraries + cuDNN)."""
+        if self.cuda_source != "pip":
+            return {}
+        return {**self.cuda_wheels, self.cudnn_wheel: self.cudnn_version}
+
     def python_requirements(self) -> dict[str, str]:
         """Every distribution the venv must hold, pinned (name -> version)."""
         reqs = dict(self.python_lock)
         reqs["piper-tts"] = self.piper_tts_version
         reqs["onnxruntime-gpu"] = self.onnxruntime_gpu_version
+        reqs.update(self.cuda_wheel_requirements())
         return reqs
 
     def to_json(self) -> str:
@@ -315,6 +347,17 @@ class Settings:
               f"cuda_install={self.cuda_install!r}: use 'toolkit' or 'runtime'")
         check(self.cudnn_source in ("repo", "local-deb", "archive"),
               f"cudnn_source={self.cudnn_source!r}: use 'repo', 'local-deb' or 'archive'")
+        check(self.cuda_source in ("apt", "pip"), f"cuda_source={self.cuda_source!r}: use 'apt' or 'pip'")
+        if self.cuda_source == "pip":
+            check(self.cudnn_source == "repo",
+                  f"cudnn_source={self.cudnn_source!r} applies to cuda_source='apt'; with cuda_source='pip' "
+                  f"cuDNN is the {self.cudnn_wheel}=={self.cudnn_version} wheel (leave cudnn_source unset)")
+            runtime = self.cuda_wheels.get(f"nvidia-cuda-runtime-cu{self.cuda_major}", "")
+            check(runtime.startswith(f"{self.cuda_version}."),
+                  f"cuda_wheels pins nvidia-cuda-runtime-cu{self.cuda_major}=={runtime or '(none)'}, not a CUDA "
+                  f"{self.cuda_version} release: set cuda_wheels to NVIDIA's CUDA {self.cuda_version} wheels")
+            wrong = sorted(n for n in self.cuda_wheels if not n.endswith(f"-cu{self.cuda_major}"))
+            check(not wrong, f"cuda_wheels: {wrong} are not CUDA {self.cuda_major} wheels (-cu{self.cuda_major})")
         check(self.service_mode in ("auto", "systemd", "profile"),
               f"service_mode={self.service_mode!r}: use 'auto', 'systemd' or 'profile'")
         check(isinstance(self.port, int) and 0 < self.port < 65536, f"port={self.port!r} is not a TCP port")
@@ -428,10 +471,33 @@ def settings_from(data: Mapping[str, Any] | Any) -> Settings:
             value = tuple(Voice.parse(v) for v in value)
         elif f.name == "python_lock":
             value = {**DEFAULT_PYTHON_LOCK, **dict(value)}
+        elif f.name == "cuda_wheels":
+            value = dict(json.loads(value) if isinstance(value, str) else value)
         else:
             value = _coerce(f.name, value, getattr(defaults, f.name))
         overrides[f.name] = value
-    return dataclasses.replace(defaults, **overrides).validate()
+    settings = dataclasses.replace(defaults, **overrides)
+    if settings.bundle_url:
+        settings = dataclasses.replace(settings, **bundle_sources(settings))
+    return settings.validate()
+
+
+def bundle_sources(s: Settings) -> dict[str, Any]:
+    """The source settings of a deploy from ``s.bundle_url`` (the layout ``piper_gpu.bundle`` writes)."""
+    b = s.bundle_url.rstrip("/")
+
+    def in_bundle(url: str | None) -> str | None:
+        return f"{b}/cudnn/{url.rstrip('/').rsplit('/', 1)[-1]}" if url else None
+
+    return {
+        "cuda_repo_url": f"{b}/cuda/repos",
+        "pip_no_index": True,
+        "pip_index_url": Settings.pip_index_url,
+        "pip_find_links": f"{b}/pypi/",
+        "voices": tuple(dataclasses.replace(v, url=f"{b}/voices/{v.name}") for v in s.voices),
+        "cudnn_deb_url": in_bundle(s.cudnn_deb_url),
+        "cudnn_archive_url": in_bundle(s.cudnn_archive_url),
+    }
 
 
 def settings_from_json(text: str) -> Settings:

@@ -21,12 +21,22 @@ def provider_libraries(s: Settings) -> dict[str, tuple[str, str]]:
     }
     for part in CUDNN_PARTS:
         libs[f"cudnn{part}"] = (f"libcudnn{part}.so.{s.cudnn_major}", f"{s.cudnn_package}={s.cudnn_apt_version}")
+    if s.cuda_source == "pip":  # the owners are NVIDIA's wheels in the venv
+        wheels = {"cudart": "cuda-runtime", "cublas": "cublas", "cublasLt": "cublas", "cufft": "cufft",
+                  "curand": "curand", "nvrtc": "cuda-nvrtc"}
+        pins = s.cuda_wheel_requirements()
+        for role, (soname, _) in libs.items():
+            wheel = s.cudnn_wheel if role.startswith("cudnn") else f"nvidia-{wheels[role]}-cu{m}"
+            libs[role] = (soname, f"pip:{wheel}=={pins.get(wheel, '?')}")
     return libs
 
 
 def reinstall_fix(package: str) -> str:
     """The command that puts a package's files back; a pinned (held) package keeps its hold,
-    which ``apt-get install --reinstall`` drops."""
+    which ``apt-get install --reinstall`` drops. ``pip:NAME==VERSION``: a wheel in the venv."""
+    if package.startswith("pip:"):
+        return (f"reinstall the wheel into the Piper venv: <venv>/bin/pip install --no-deps --force-reinstall "
+                f"{package[4:]} && sudo ldconfig (or re-run the deploy)")
     if "=" in package:
         name = package.split("=")[0]
         return (f"sudo apt-get install --reinstall --allow-change-held-packages {package} && "
@@ -35,7 +45,7 @@ def reinstall_fix(package: str) -> str:
 
 
 def cudnn_fix(s: Settings) -> str:
-    return reinstall_fix(f"{s.cudnn_package}={s.cudnn_apt_version}")
+    return reinstall_fix(provider_libraries(s)["cudnn"][1])
 
 
 def fix_for_missing(s: Settings, sonames: list[str]) -> str:

@@ -8,9 +8,15 @@ from conftest import expect
 from libs import ROLES, fix_for_missing, provider_libraries, reinstall_fix
 
 
-def test_toolkit_nvcc_version(host, applied):
+def _skip_without_nvcc(applied):
+    if applied.cuda_source == "pip":
+        pytest.skip("cuda_source=pip: CUDA libraries from NVIDIA's wheels, no nvcc by design")
     if applied.cuda_install != "toolkit":
         pytest.skip("cuda_install=runtime: no nvcc by design")
+
+
+def test_toolkit_nvcc_version(host, applied):
+    _skip_without_nvcc(applied)
     out = host.run(f"{applied.cuda_home}/bin/nvcc --version")
     found = re.search(r"release (\d+\.\d+)", out.stdout)
     expect(out.rc == 0 and found and found.group(1) == applied.cuda_version,
@@ -19,8 +25,7 @@ def test_toolkit_nvcc_version(host, applied):
 
 
 def test_login_shell_finds_nvcc(host, applied):
-    if applied.cuda_install != "toolkit":
-        pytest.skip("cuda_install=runtime: no nvcc by design")
+    _skip_without_nvcc(applied)
     out = host.run("bash -lc 'command -v nvcc'")
     expect(out.stdout.strip() == f"{applied.cuda_home}/bin/nvcc", f"login shell: {out.stdout.strip() or 'nvcc not on PATH'}",
            f"{applied.cuda_home}/bin/nvcc", "re-run the deploy (restores /etc/profile.d/piper-gpu-cuda.sh), then open a new shell")
@@ -28,10 +33,15 @@ def test_login_shell_finds_nvcc(host, applied):
 
 def test_linker_config_lists_cuda(host, target):
     conf = host.file("/etc/ld.so.conf.d/piper-gpu-cuda.conf")
-    expect(conf.exists and target["cuda_lib_dir"] in conf.content_string,
-           "no /etc/ld.so.conf.d/piper-gpu-cuda.conf" if not conf.exists else "it does not list the CUDA library directory",
-           f"{target['cuda_lib_dir']} in /etc/ld.so.conf.d/piper-gpu-cuda.conf",
+    listed = conf.content_string.split() if conf.exists else []
+    missing = [d for d in target["lib_dirs"] if d not in listed]
+    expect(conf.exists and not missing,
+           "no /etc/ld.so.conf.d/piper-gpu-cuda.conf" if not conf.exists else f"it does not list {missing}",
+           f"{target['lib_dirs']} in /etc/ld.so.conf.d/piper-gpu-cuda.conf",
            "re-run the deploy (writes the linker config and runs ldconfig)")
+    gone = [d for d in target["lib_dirs"] if not host.file(d).is_directory]
+    expect(not gone, f"listed library directories missing: {gone}", "each directory present",
+           "re-run the deploy (installs the CUDA/cuDNN packages or wheels that own them)")
 
 
 def _linker_cache(host) -> dict[str, str]:
@@ -49,7 +59,8 @@ def test_library_resolves_in_linker_cache(host, applied, target, role):
     cache = _linker_cache(host)
     if lib in cache:
         return
-    on_disk = host.run(f"ls {target['cuda_lib_dir']}/{lib} /usr/lib/*-linux-gnu/{lib} 2>/dev/null").stdout.strip()
+    places = " ".join(f"{d}/{lib}" for d in target["lib_dirs"])
+    on_disk = host.run(f"ls {places} /usr/lib/*-linux-gnu/{lib} 2>/dev/null").stdout.strip()
     fix = ("the file exists but the linker does not search its directory: re-run the deploy (linker config + ldconfig)"
            if on_disk else reinstall_fix(package))
     expect(False, f"{lib}: cannot open shared object file (not in `ldconfig -p`)" + (f"; file at {on_disk}" if on_disk else ""),

@@ -1,5 +1,7 @@
 """Plan step 4: cuDNN, exact version, built for this CUDA major, held."""
 
+import pytest
+
 from conftest import expect
 from libs import cudnn_fix
 
@@ -47,6 +49,8 @@ def test_cudnn_built_for_this_cuda(service_env, applied):
 
 
 def test_cudnn_package_pinned_and_held(host, applied):
+    if applied.cuda_source == "pip":
+        pytest.skip(f"cuda_source=pip: cuDNN is the {applied.cudnn_wheel} wheel, pinned in the venv")
     if applied.cudnn_source != "repo" and not (applied.cudnn_source == "local-deb" and not applied.cudnn_deb_extract):
         return
     pkg = host.package(applied.cudnn_package)

@@ -34,6 +34,13 @@ def test_piper_tts_version(dists, applied):
            f"piper-tts {applied.piper_tts_version}", "re-run the deploy")
 
 
+def test_venv_holds_every_pinned_distribution(dists, applied, target):
+    """The whole lock, NVIDIA's CUDA wheels included when cuda_source=pip."""
+    wrong = {n: dists.get(n, "missing") for n, v in applied.python_requirements().items() if dists.get(n) != v}
+    expect(not wrong, f"venv distributions off the lock: {wrong}",
+           f"every pin in {target['piper_dir']}/requirements.lock", "re-run the deploy (installs the lock)")
+
+
 def test_cuda_provider_available(service_env, applied):
     rc, data, res = service_env.python("import json, onnxruntime; print(json.dumps(onnxruntime.get_available_providers()))")
     expect(rc == 0 and "CUDAExecutionProvider" in (data or []), f"available providers: {data or res.stderr.strip()[-200:]}",

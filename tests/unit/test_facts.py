@@ -1,6 +1,8 @@
 """Fact parsers, fed the output their commands print."""
 
-from piper_gpu.facts import DpkgInterrupted, InstalledDebVersions, NvidiaDriver, WslInfo
+import subprocess
+
+from piper_gpu.facts import DpkgInterrupted, InstalledDebVersions, NvidiaDriver, PythonVersion, WslInfo
 
 
 def test_installed_packages_include_held_ones():
@@ -25,3 +27,11 @@ def test_wsl_detection():
 
 def test_interrupted_dpkg_list():
     assert DpkgInterrupted().process(["libcurand-12-4", ""]) == ["libcurand-12-4"]
+
+
+def test_python_version_from_python3_or_apts_candidate():
+    out = subprocess.run(["sh", "-c", PythonVersion().command()], capture_output=True, text=True).stdout.splitlines()
+    assert PythonVersion().process(out) == subprocess.run(
+        ["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True).stdout.strip()
+    assert PythonVersion().process(["3.12"]) == "3.12"
+    assert PythonVersion().process([]) is None

@@ -132,3 +132,40 @@ def test_api_key_is_validated_and_never_recorded():
     s = make(api_key="x" * 24, max_pending="3")
     assert s.max_pending == 3
     assert json.loads(s.to_json())["api_key"] is None  # /etc/piper-gpu/settings.json holds no secret
+
+
+def test_pip_cuda_source_puts_nvidia_wheels_in_the_lock():
+    s = make(**{"cuda_source": "pip"})
+    reqs = s.python_requirements()
+    assert reqs["nvidia-cublas-cu12"] == "12.4.5.8" and reqs["nvidia-cuda-runtime-cu12"] == "12.4.127"
+    assert reqs["nvidia-cudnn-cu12"] == "9.1.1.17"
+    assert "nvidia-cudnn-cu12" not in make().python_requirements()
+
+
+def test_pip_cuda_source_rejects_apt_only_cudnn_sources_and_foreign_wheels():
+    with pytest.raises(SettingsError) as err:
+        make(**{"cuda_source": "pip", "cudnn_source": "archive", "cudnn_archive_url": "file:///x",
+                       "cudnn_archive_sha256": "0" * 64, "cuda_wheels": {"nvidia-cuda-runtime-cu12": "12.6.77",
+                                                                         "nvidia-cublas-cu11": "11.11.3.6"}})
+    msg = str(err.value)
+    assert "cudnn_source='archive' applies to cuda_source='apt'" in msg
+    assert "nvidia-cuda-runtime-cu12==12.6.77, not a CUDA 12.4 release" in msg
+    assert "['nvidia-cublas-cu11'] are not CUDA 12 wheels" in msg
+    with pytest.raises(SettingsError, match="cuda_source='conda': use 'apt' or 'pip'"):
+        make(**{"cuda_source": "conda"})
+
+
+def test_bundle_url_replaces_every_source():
+    s = make(**{"bundle_url": "file:///srv/piper-bundle/", "cuda_repo_url": "https://example/cuda",
+                       "pip_index_url": "https://example/simple", "cudnn_source": "local-deb",
+                       "cudnn_deb_url": "https://example/x/libcudnn9-cuda-12_9.1.1.17-1_amd64.deb",
+                       "cudnn_deb_sha256": "1" * 64})
+    assert s.cuda_repo_url == "file:///srv/piper-bundle/cuda/repos"
+    assert s.pip_source_args() == ["--no-index", "--find-links", "file:///srv/piper-bundle/pypi/"]
+    assert s.voice_url(s.voices[0], ".onnx") == "file:///srv/piper-bundle/voices/zh_CN-huayan-medium/zh_CN-huayan-medium.onnx"
+    assert s.cudnn_deb_url == "file:///srv/piper-bundle/cudnn/libcudnn9-cuda-12_9.1.1.17-1_amd64.deb"
+    assert s.cudnn_deb_sha256 == "1" * 64  # checksums stay the operator's pins
+
+
+def test_cudnn_9_1_0_is_in_the_matrix_for_12_4():
+    assert make(**{"cudnn_version": "9.1.0.70"}).cudnn_built_for == "12.4"
