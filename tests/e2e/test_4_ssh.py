@@ -54,3 +54,21 @@ def test_verify_over_ssh(remote, tmp_path):
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 failed" in proc.stdout and "passed" in proc.stdout
+
+
+def test_limit_restricts_the_run_to_the_named_group(remote, tmp_path):
+    """An inventory with two groups, one host unreachable: --limit runs only the named group."""
+    lab, _, env = remote
+    inventory = tmp_path / "two_groups.py"
+    inventory.write_text(
+        "import runpy\n"
+        f"gpu_lab = runpy.run_path({str(REPO / 'inventory/sandbox.py')!r})['sandbox']\n"
+        "unreachable = [('gpu-02', {'ssh_hostname': '127.0.0.1', 'ssh_port': 1, 'allow_no_gpu': True})]\n"
+    )
+    limited = provision(lab.box, lab.mirror_url, echo=False, inventory=str(inventory), env_extra=env,
+                        extra_args=["--limit", "gpu_lab"])
+    assert limited.returncode == 0, limited.output[-3000:]
+    assert "gpu-02" not in limited.output and f"[@chroot/{lab.root}] Connected" in limited.output
+    other = provision(lab.box, lab.mirror_url, echo=False, inventory=str(inventory), env_extra=env,
+                      extra_args=["--limit", "unreachable"])
+    assert other.returncode != 0 and "[gpu-02]" in other.output and str(lab.root) not in other.output

