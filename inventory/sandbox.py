@@ -8,8 +8,10 @@ PIPER_SANDBOX_DATA (JSON file of extra settings written by the lab: voice checks
 import json
 import os
 
+from piper_gpu.lab.mirror import source_settings
+
 root = os.environ["PIPER_SANDBOX_ROOT"]
-mirror = os.environ["PIPER_MIRROR_URL"].rstrip("/")
+mirror = os.environ["PIPER_MIRROR_URL"]
 extra = json.load(open(os.environ["PIPER_SANDBOX_DATA"])) if os.environ.get("PIPER_SANDBOX_DATA") else {}
 
 sandbox = [
@@ -18,10 +20,7 @@ sandbox = [
         {
             # No GPU on the test machines: provision anyway, loudly; the server WARNs at start.
             "allow_no_gpu": True,
-            "cuda_repo_url": f"{mirror}/cuda/repos",
-            "pip_no_index": True,
-            "pip_find_links": f"{mirror}/pypi/",
-            "voices_base_url": f"{mirror}/voices",
+            **source_settings(mirror),
             **extra,
         },
     ),

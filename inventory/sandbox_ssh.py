@@ -7,7 +7,9 @@ Environment: as inventory/sandbox.py, plus PIPER_SSH_PORT, PIPER_SSH_USER, PIPER
 import json
 import os
 
-mirror = os.environ["PIPER_MIRROR_URL"].rstrip("/")
+from piper_gpu.lab.mirror import source_settings
+
+mirror = os.environ["PIPER_MIRROR_URL"]
 extra = json.load(open(os.environ["PIPER_SANDBOX_DATA"])) if os.environ.get("PIPER_SANDBOX_DATA") else {}
 
 sandbox_ssh = [
@@ -21,10 +23,7 @@ sandbox_ssh = [
             "ssh_known_hosts_file": "/dev/null",
             "_sudo": True,  # the SSH user is not root: privileged steps go through sudo
             "allow_no_gpu": True,
-            "cuda_repo_url": f"{mirror}/cuda/repos",
-            "pip_no_index": True,
-            "pip_find_links": f"{mirror}/pypi/",
-            "voices_base_url": f"{mirror}/voices",
+            **source_settings(mirror),
             **extra,
         },
     ),

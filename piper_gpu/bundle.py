@@ -37,7 +37,8 @@ from functools import cmp_to_key
 from pathlib import Path
 
 from piper_gpu import openpgp
-from piper_gpu.settings import Settings, settings_from
+from piper_gpu.settings import (BUNDLE_CUDA_REPOS, BUNDLE_WHEELS, Settings, bundle_cudnn_file, bundle_voice_dir,
+                                settings_from)
 
 KEYRING_MEMBER = "./usr/share/keyrings/cuda-archive-keyring.gpg"
 MANIFEST = "bundle.json"
@@ -53,6 +54,12 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def wheel_download_args(python: str) -> list[str]:
+    """``pip download`` arguments for binary wheels a Linux x86_64 CPython ``python`` installs."""
+    platforms = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64"]
+    return ["--only-binary=:all:", "--python-version", python, *[a for p in platforms for a in ("--platform", p)]]
 
 
 def download(url: str, dest: Path, sha256: str | None = None) -> Path:
@@ -190,7 +197,7 @@ def _inrelease_sha256(inrelease: str, name: str) -> str | None:
 
 def collect_cuda_repo(s: Settings, repo_path: str, arch: str, out: Path) -> dict:
     base = f"{s.cuda_repo_url.rstrip('/')}/{repo_path}/{arch}"
-    dest = out / "cuda" / "repos" / repo_path / arch
+    dest = out / BUNDLE_CUDA_REPOS / repo_path / arch
     keyring_deb = download(f"{base}/cuda-keyring_{s.cuda_keyring_version}_all.deb",
                            dest / f"cuda-keyring_{s.cuda_keyring_version}_all.deb", s.cuda_keyring_sha256)
     with tempfile.TemporaryDirectory() as tmp:
@@ -215,9 +222,9 @@ def collect_cuda_repo(s: Settings, repo_path: str, arch: str, out: Path) -> dict
                               f"{verify.stderr.strip()}")
     inrelease = (dest / "InRelease").read_text()
     packages_sha = _inrelease_sha256(inrelease, "Packages")
-    packages = download(f"{base}/Packages", dest / "Packages", packages_sha)
     if packages_sha is None:
         raise BundleError(f"{base}/InRelease lists no SHA256 for Packages")
+    packages = download(f"{base}/Packages", dest / "Packages", packages_sha)
     gz_sha = _inrelease_sha256(inrelease, "Packages.gz")
     if gz_sha:
         download(f"{base}/Packages.gz", dest / "Packages.gz", gz_sha)
@@ -235,12 +242,11 @@ def collect_cuda_repo(s: Settings, repo_path: str, arch: str, out: Path) -> dict
 # ------------------------------------------------------------------------------------------
 
 def collect_wheels(s: Settings, python: str, out: Path) -> list[str]:
-    dest = out / "pypi"
+    dest = out / BUNDLE_WHEELS
     dest.mkdir(parents=True, exist_ok=True)
-    platforms = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64"]
     specs = [f"{n}=={v}" for n, v in sorted(s.python_requirements().items())]
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", python,
-           *[a for p in platforms for a in ("--platform", p)], *s.pip_source_args(), "-d", str(dest), *specs]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *wheel_download_args(python), *s.pip_source_args(),
+           "-d", str(dest), *specs]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise BundleError(f"pip download failed ({' '.join(cmd)}):\n{res.stderr.strip()[-2000:]}")
@@ -250,7 +256,7 @@ def collect_wheels(s: Settings, python: str, out: Path) -> list[str]:
 def collect_voices(s: Settings, out: Path) -> list[str]:
     for v in s.voices:
         for suffix, digest in ((".onnx", v.onnx_sha256), (".onnx.json", v.json_sha256)):
-            download(s.voice_url(v, suffix), out / "voices" / v.name / f"{v.name}{suffix}", digest)
+            download(s.voice_url(v, suffix), out / bundle_voice_dir(v.name) / f"{v.name}{suffix}", digest)
     return [v.name for v in s.voices]
 
 
@@ -259,9 +265,8 @@ def collect_cudnn_file(s: Settings, out: Path) -> str | None:
         return None
     url, digest = ((s.cudnn_deb_url, s.cudnn_deb_sha256) if s.cudnn_source == "local-deb"
                    else (s.cudnn_archive_url, s.cudnn_archive_sha256))
-    name = url.rstrip("/").rsplit("/", 1)[-1]
-    download(url, out / "cudnn" / name, digest)
-    return name
+    download(url, out / bundle_cudnn_file(url), digest)
+    return bundle_cudnn_file(url)
 
 
 # ------------------------------------------------------------------------------------------

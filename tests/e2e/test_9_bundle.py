@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from piper_gpu.lab.mirror import CACHE
+from piper_gpu.lab.mirror import CACHE, source_settings
 from piper_gpu.lab.sandbox import MIRROR_PORT, provision
 from piper_gpu.steps.cuda import BASE_PACKAGES
 
@@ -28,8 +28,7 @@ def offline():
     lab = Lab("e2e-bundle", 15012)
     data = json.loads(lab.box.data_file.read_text())
     # The connected machine: the operator's settings, with the upstream sources (the test mirror).
-    upstream = {**data, "cuda_repo_url": f"{lab.mirror_url}/cuda/repos", "pip_no_index": True,
-                "pip_find_links": f"{lab.mirror_url}/pypi/", "voices_base_url": f"{lab.mirror_url}/voices"}
+    upstream = {**data, **source_settings(lab.mirror_url)}
     settings_file = lab.box.dir / "operator-settings.json"
     settings_file.write_text(json.dumps(upstream))
     lab.bundle = subprocess.run(
