@@ -1,9 +1,13 @@
 """python -m piper_gpu diagnose --hosts=HOST [--connection=...] [--sudo] [--json FILE]
 python -m piper_gpu bundle OUT --settings FILE.json [--repo-path debian12] [--python 3.11]
+python -m piper_gpu lock --python 3.10 [--platform wsl2-ubuntu2204] [--resolve | --check]
 
 diagnose runs the verify/ checks against a provisioned host and prints one screen: pass/fail/skip
 per step of the plan, and for each failure what was found, what was expected and the exact fix.
 Exit status: 0 when nothing failed, 1 otherwise. bundle: see piper_gpu/bundle.py.
+lock: print the venv lock a host with that Python gets (one name==version per line); --resolve
+rewrites piper_gpu/locks/python<X.Y>.txt from pip's resolver; --check downloads each pinned wheel for
+that Python (exit 1, naming the pins that have none). See piper_gpu/locks.py.
 """
 
 from __future__ import annotations
@@ -89,6 +93,37 @@ def diagnose(hosts: str, extra: list[str], json_out: str | None = None) -> tuple
     return (1 if any(r["outcome"] == "failed" for r in results) or not results else 0), results
 
 
+def lock(args) -> int:
+    from piper_gpu import locks, platforms
+    from piper_gpu.settings import SettingsError, settings_from
+
+    data = dict(item.partition("=")[::2] for item in args.data or [])
+    try:
+        s = settings_from(data, validate=False)  # voices and their checksums play no part in a lock
+        if args.resolve:
+            top = {"piper-tts": s.piper_tts_version, "onnxruntime-gpu": s.onnxruntime_gpu_version}
+            pins = locks.resolve(args.python, top, s.pip_source_args())
+            print(f"wrote {locks.write(args.python, {n: v for n, v in pins.items() if n not in top}, top)}")
+            return 0
+        locks.load(args.python)  # refuses a Python without a lock, naming the ones there are
+        fits = [pl for pl in platforms.PLATFORMS if pl.python == args.python]
+        platform = platforms.by_key(args.platform) if args.platform else (fits or [platforms.PLATFORMS[0]])[0]
+        resolved = s.for_host(platform, args.python)
+        resolved._check_matrix()
+        pins = resolved.python_requirements()
+    except (locks.LockError, SettingsError, platforms.UnsupportedPlatform) as exc:
+        print(f"lock: {exc}", file=sys.stderr)
+        return 1
+    if args.check:
+        failures = locks.check(args.python, pins, Path(args.download_dir), s.pip_source_args())
+        for pin, reason in failures.items():
+            print(f"lock: {pin} has no wheel for CPython {args.python} on manylinux x86_64: {reason}", file=sys.stderr)
+        print(f"{len(pins) - len(failures)} of {len(pins)} pins have a wheel for CPython {args.python}")
+        return 1 if failures else 0
+    print("".join(f"{n}=={v}\n" for n, v in sorted(pins.items())), end="")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m piper_gpu", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,7 +138,20 @@ def main(argv=None) -> int:
                    help="NVIDIA repository path of the target hosts: wsl-ubuntu, ubuntu2204, ubuntu2404, debian12")
     b.add_argument("--arch", default="x86_64")
     b.add_argument("--python", default="3.11", help="the targets' python3 version (wheel ABI): 3.10, 3.11, 3.12")
+    lk = sub.add_parser("lock", help="the venv lock for a Python: print, --resolve or --check")
+    lk.add_argument("--python", required=True, help="the host's python3: 3.10 (Ubuntu 22.04), 3.11 (Debian 12), 3.12")
+    lk.add_argument("--platform", help="platform table key (default: the first with that Python): "
+                                       "decides cuda_source and so whether NVIDIA's wheels are in the venv")
+    lk.add_argument("--data", action="append", metavar="KEY=VALUE", help="one setting (repeatable)")
+    mode = lk.add_mutually_exclusive_group()
+    mode.add_argument("--resolve", action="store_true", help="rewrite the lock file from pip's resolver (PyPI)")
+    mode.add_argument("--check", action="store_true", help="download every pinned wheel for that Python")
+    lk.add_argument("--download-dir", default="/var/cache/piper-gpu-deploy/lock-check", help="with --check")
     args, extra = p.parse_known_args(argv)
+    if args.command == "lock":
+        if extra:
+            p.error(f"unrecognised arguments: {' '.join(extra)}")
+        return lock(args)
     if args.command == "bundle":
         from piper_gpu import bundle
 

@@ -37,8 +37,9 @@ from functools import cmp_to_key
 from pathlib import Path
 
 from piper_gpu import openpgp
+from piper_gpu import locks, platforms
 from piper_gpu.settings import (BUNDLE_CUDA_REPOS, BUNDLE_WHEELS, Settings, bundle_cudnn_file, bundle_voice_dir,
-                                settings_from)
+                                settings_from, SettingsError)
 
 KEYRING_MEMBER = "./usr/share/keyrings/cuda-archive-keyring.gpg"
 MANIFEST = "bundle.json"
@@ -58,8 +59,7 @@ def sha256_file(path: Path) -> str:
 
 def wheel_download_args(python: str) -> list[str]:
     """``pip download`` arguments for binary wheels a Linux x86_64 CPython ``python`` installs."""
-    platforms = ["manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64"]
-    return ["--only-binary=:all:", "--python-version", python, *[a for p in platforms for a in ("--platform", p)]]
+    return locks.wheel_args(python)
 
 
 def download(url: str, dest: Path, sha256: str | None = None) -> Path:
@@ -261,10 +261,12 @@ def collect_voices(s: Settings, out: Path) -> list[str]:
 
 
 def collect_cudnn_file(s: Settings, out: Path) -> str | None:
-    if s.cuda_source != "apt" or s.cudnn_source == "repo":
+    if s.cuda_source != "apt" or s.cudnn_source in ("repo", "wheel"):
         return None
-    url, digest = ((s.cudnn_deb_url, s.cudnn_deb_sha256) if s.cudnn_source == "local-deb"
-                   else (s.cudnn_archive_url, s.cudnn_archive_sha256))
+    url, digest = {"local-deb": (s.cudnn_deb_url, s.cudnn_deb_sha256),
+                   "local-repo": (s.cudnn_local_repo_url, s.cudnn_local_repo_sha256)}.get(s.cudnn_source, s.cudnn_archive)
+    if url.startswith("/"):
+        url = f"file://{url}"
     download(url, out / bundle_cudnn_file(url), digest)
     return bundle_cudnn_file(url)
 
@@ -301,8 +303,11 @@ def main(args) -> int:
     data.pop("bundle_url", None)  # a bundle is made from the real sources
     try:
         s = settings_from(data)
+        platform = next((p for p in platforms.PLATFORMS if p.repo_path == args.repo_path and p.python == args.python),
+                        next(p for p in platforms.PLATFORMS if p.repo_path == args.repo_path))
+        s = s.for_host(platform, args.python).validate()  # the sources and lock of the target hosts
         manifest = make_bundle(s, Path(args.out), args.repo_path, args.arch, args.python)
-    except BundleError as exc:
+    except (BundleError, SettingsError, StopIteration) as exc:
         print(f"bundle: {exc}", file=sys.stderr)
         return 1
     size = sum((Path(args.out) / p).stat().st_size for p in manifest["files"]) / 1e6

@@ -184,3 +184,35 @@ class UserHome(FactBase):
 
     def process(self, output):
         return output[0].strip() if output and output[0].strip() else None
+
+
+class AptOffers(FactBase):
+    """{package: [(version, source), ...]} of what the configured apt sources offer (apt-cache madison)."""
+
+    default = dict
+
+    def command(self, packages: list[str]) -> str:
+        return "apt-cache madison " + " ".join(shlex.quote(p) for p in packages) + " 2>/dev/null || true"
+
+    def process(self, output):
+        offers: dict[str, list[tuple[str, str]]] = {}
+        for line in output:
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) == 3:
+                offers.setdefault(parts[0], []).append((parts[1], parts[2].replace(" Packages", "").strip()))
+        return offers
+
+
+class FilesDiffer(FactBase):
+    """Files matching ``pattern`` that have no identical copy in ``dest_dir`` ([] when all do);
+    None when nothing matches."""
+
+    def command(self, pattern: str, dest_dir: str) -> str:
+        d = shlex.quote(dest_dir)
+        return (f"found=no; for f in {pattern}; do [ -f \"$f\" ] || continue; found=yes; "
+                f"cmp -s \"$f\" {d}/\"$(basename \"$f\")\" || echo \"differs=$f\"; done; echo \"found=$found\"")
+
+    def process(self, output):
+        if "found=yes" not in [line.strip() for line in output]:
+            return None
+        return [line.strip()[len("differs="):] for line in output if line.strip().startswith("differs=")]

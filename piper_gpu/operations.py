@@ -10,8 +10,8 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.files import File, Sha256File
 
-from piper_gpu.facts import HeldPackages, InstalledDebVersions, VenvDistributions
-from piper_gpu.settings import ONNXRUNTIME_DISTRIBUTIONS
+from piper_gpu.facts import AptOffers, FilesDiffer, HeldPackages, InstalledDebVersions, VenvDistributions
+from piper_gpu.matrix import ONNXRUNTIME_DISTRIBUTIONS
 
 
 @operation()
@@ -48,16 +48,22 @@ def _as_user(user: str, command: str) -> str:
 
 
 @operation()
-def deb_file_installed(package: str, version: str, deb_path: str, keyring_check: str | None = None):
+def deb_file_installed(package: str, version: str | None, deb_path: str, keyring_check: str | None = None,
+                       use_dpkg: bool = False):
     """Install a local .deb with apt (dependencies resolved) unless ``package`` is at ``version``.
 
     ``keyring_check``: a command run first that must succeed (e.g. check the key inside the .deb).
+    ``use_dpkg``: ``dpkg -i`` (a package without dependencies, such as NVIDIA's local-repo installers).
     """
-    if host.get_fact(InstalledDebVersions).get(package) == version:
-        host.noop(f"{package} {version} is installed")
+    have = host.get_fact(InstalledDebVersions).get(package)
+    if have is not None and (version is None or have == version):
+        host.noop(f"{package} {have} is installed")
         return
     if keyring_check:
         yield keyring_check
+    if use_dpkg:
+        yield f"DEBIAN_FRONTEND=noninteractive dpkg -i {shlex.quote(deb_path)}"
+        return
     yield f"DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-downgrades --allow-change-held-packages {shlex.quote(deb_path)}"
 
 
@@ -113,3 +119,47 @@ def venv_locked(venv_dir: str, user: str, wanted: dict[str, str], pip_args: list
         args = " ".join(shlex.quote(a) for a in pip_args)
         specs = " ".join(shlex.quote(f"{n}=={v}") for n, v in sorted(to_install.items()))
         yield _as_user(user, f"{pip} install --no-deps{force} {args} {specs}")
+
+
+@operation()
+def apt_sources_offer(packages: dict[str, str | None], fixes: dict[str, str]):
+    """The configured apt sources offer each package at its version (None: any version).
+
+    Runs when the deploy runs, after the apt lists were refreshed (a plan shows it as a check).
+    Changes nothing; when a package is not offered, it fails with a message naming what each source
+    offers and the setting that fixes it, before anything is installed from those sources.
+    """
+    if not host.state.is_executing:
+        host.noop("checked when the deploy runs, after apt-get update")
+        return
+    offers = host.get_fact(AptOffers, packages=sorted(packages))
+    problems = []
+    for name, version in packages.items():
+        seen = offers.get(name, [])
+        if any(version is None or v == version for v, _ in seen):
+            continue
+        found = "; ".join(f"{v} from {src}" for v, src in seen) or "no version from any configured source"
+        problems.append(f"{name}{'=' + version if version else ''} is not offered ({found}). "
+                        f"Fix: {fixes.get(name, 'point the apt source at a repository that has it')}")
+    if not problems:
+        host.noop("every pinned package is offered: " + ", ".join(
+            f"{n} from {offers[n][0][1]}" for n in packages if offers.get(n)))
+        return
+    message = ("The configured apt sources do not offer what this deploy pins; nothing was installed from them.\n  - "
+               + "\n  - ".join(problems))
+    yield f"echo {shlex.quote(message)} >&2; exit 1"
+
+
+@operation()
+def keyrings_installed(pattern: str, dest_dir: str):
+    """Every file matching ``pattern`` (a shell glob, e.g. a local repository's cudnn-*-keyring.gpg) has
+    an identical copy in ``dest_dir`` (NVIDIA's local installers ask for this by hand: `sudo cp ...`)."""
+    differ = host.get_fact(FilesDiffer, pattern=pattern, dest_dir=dest_dir)
+    if differ is None:
+        yield f"echo {shlex.quote(f'no file matches {pattern}: the local repository is not installed')} >&2; exit 1"
+        return
+    if not differ:
+        host.noop(f"{pattern} present in {dest_dir}")
+        return
+    for path in differ:
+        yield f"install -m 644 {shlex.quote(path)} {shlex.quote(dest_dir)}/"

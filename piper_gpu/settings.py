@@ -13,49 +13,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-# ---------------------------------------------------------------------------------------------
-# Version matrix (sources in the README's "Version matrix" section)
-# ---------------------------------------------------------------------------------------------
+from pyinfra.api.exceptions import PyinfraError
 
-#: onnxruntime-gpu releases on PyPI -> (CUDA major, cuDNN major) they were built for.
-#: ORT docs: 1.18.1+ CUDA 12.x / cuDNN 9.x; 1.18.0 cuDNN 8.x. PyPI metadata checked 2026-11-25:
-#: 1.22-1.25.1 depend on nvidia-*-cu12, 1.27.0 and 1.31.1 on CUDA 13.
-ORT_GPU_BUILDS: dict[str, tuple[int, int]] = {
-    "1.18.0": (12, 8),
-    "1.18.1": (12, 9),
-    "1.19.0": (12, 9),
-    "1.19.2": (12, 9),
-    "1.20.0": (12, 9),
-    "1.20.2": (12, 9),
-    "1.21.0": (12, 9),
-    "1.21.1": (12, 9),
-    "1.22.0": (12, 9),
-    "1.23.0": (12, 9),
-    "1.23.2": (12, 9),
-    "1.24.1": (12, 9),
-    "1.24.4": (12, 9),
-    "1.25.0": (12, 9),
-    "1.25.1": (12, 9),
-    "1.27.0": (13, 9),
-    "1.31.1": (13, 9),
-}
+from piper_gpu import locks, platforms
+from piper_gpu.matrix import (CUDA_WHEELS_12_4, CUDNN_ARCHIVE_SHA256, CUDNN_BUILT_FOR, DEFAULT_ORT_GPU,  # noqa: F401
+                              ONNXRUNTIME_DISTRIBUTIONS, ORT_GPU_BUILDS)
 
-#: cuDNN releases -> the CUDA version the CUDA-12 build of that release targets.
-#: Only releases whose build target we know; others need ``cudnn_cuda_version`` set explicitly.
-CUDNN_BUILT_FOR: dict[str, str] = {
-    "9.1.0": "12.4",  # NVIDIA's 9.1.0 support matrix: "the recommended configuration ... CUDA 12.4"
-    "9.1.1": "12.4",
-    "9.12.0": "12.9",
-}
-
-#: NVIDIA repository path per (distro id, version id); WSL2 on Ubuntu uses "wsl-ubuntu".
-NVIDIA_REPO_PATHS: dict[tuple[str, str], str] = {
-    ("ubuntu", "22.04"): "ubuntu2204",
-    ("ubuntu", "24.04"): "ubuntu2404",
-    ("debian", "12"): "debian12",
-}
-
-#: Packages that must never be installed inside WSL2: the Linux driver comes from Windows.
+#: Packages that must never be installed inside WSL2: the Linux driver comes from Windows, and any
+#: package shipping a Linux libcuda.so.1 (the driver's user-space part) shadows WSL's
+#: /usr/lib/wsl/lib/libcuda.so.1: CUDA then fails with error 100 (no device). Names from Ubuntu's and
+#: NVIDIA's driver packaging (nvidia-driver-*, libnvidia-compute-*, nvidia-utils-*) and Debian's
+#: (libcuda1); NVIDIA's CUDA on WSL guide: "do not install any Linux display driver in WSL".
 WSL_FORBIDDEN_PACKAGE_PATTERNS = (
     r"^cuda$",
     r"^cuda-drivers(-.*)?$",
@@ -63,47 +31,19 @@ WSL_FORBIDDEN_PACKAGE_PATTERNS = (
     r"^nvidia-kernel-.*$",
     r"^nvidia-dkms-.*$",
     r"^cuda-runtime-\d+-\d+$",  # depends on cuda-drivers
-)
-
-#: Fully pinned venv (cp311/cp312 manylinux x86_64 wheels exist for each). piper-tts is
-#: installed without its dependency on the CPU ``onnxruntime``: the GPU build provides the
-#: same ``onnxruntime`` module.
-DEFAULT_PYTHON_LOCK: dict[str, str] = {
-    "pathvalidate": "3.3.1",
-    "numpy": "2.4.6",
-    "coloredlogs": "15.0.1",
-    "humanfriendly": "10.0",
-    "flatbuffers": "25.12.19",
-    "packaging": "26.3",
-    "protobuf": "7.36.2",
-    "sympy": "1.14.0",
-    "mpmath": "1.3.0",
-}
-
-#: NVIDIA's PyPI wheels of the CUDA 12.4 libraries ONNX Runtime's CUDA provider links
-#: (cuda_source="pip"); cuDNN's wheel comes from ``cudnn_version``. Versions are CUDA 12.4.1's.
-CUDA_WHEELS_12_4: dict[str, str] = {
-    "nvidia-cuda-runtime-cu12": "12.4.127",
-    "nvidia-cublas-cu12": "12.4.5.8",
-    "nvidia-cufft-cu12": "11.2.1.3",
-    "nvidia-curand-cu12": "10.3.5.147",
-    "nvidia-cuda-nvrtc-cu12": "12.4.127",
-}
-
-#: Every distribution that provides the ``onnxruntime`` module. Exactly one may be installed.
-ONNXRUNTIME_DISTRIBUTIONS = (
-    "onnxruntime",
-    "onnxruntime-gpu",
-    "onnxruntime-directml",
-    "onnxruntime-openvino",
-    "onnxruntime-training",
-    "ort-nightly",
-    "ort-nightly-gpu",
+    r"^libnvidia-compute-\d+(-server)?$",  # Ubuntu: ships libcuda.so.1
+    r"^nvidia-utils-\d+(-server)?$",  # Ubuntu: a Linux nvidia-smi
+    r"^libcuda1(:.*)?$",  # Debian: libcuda.so.1
+    r"^nvidia-compute-utils-\d+(-server)?$",
 )
 
 
-class SettingsError(ValueError):
-    """A setting is invalid or settings contradict each other."""
+CUDNN_SOURCES = ("auto", "repo", "local-repo", "archive", "wheel", "local-deb")
+
+
+class SettingsError(PyinfraError, ValueError):
+    """A setting is invalid or settings contradict each other. (A PyinfraError: pyinfra prints it
+    as one message, without a traceback.)"""
 
 
 def _major_minor(version: str, what: str) -> tuple[int, int]:
@@ -167,18 +107,22 @@ class Settings:
     cudnn_version: str = "9.1.1.17"
     #: CUDA version the cuDNN build targets; None = from CUDNN_BUILT_FOR.
     cudnn_cuda_version: str | None = None
-    onnxruntime_gpu_version: str = "1.20.2"
+    onnxruntime_gpu_version: str = DEFAULT_ORT_GPU
     piper_tts_version: str = "1.8.0"
-    python_lock: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_PYTHON_LOCK))
+    #: Pins over the lock for the host's Python (piper_gpu/locks/python<X.Y>.txt); after preflight
+    #: (``for_host``), the whole lock the venv gets.
+    python_lock: dict[str, str] = field(default_factory=dict)
+    #: The host's python3 (set by preflight; the lock is chosen by it).
+    python_version: str | None = None
 
     # --- sources (every download can come from a mirror or a local path) -------------------
     #: An offline bundle (``python -m piper_gpu bundle``): file:///path or http://host:port.
     #: Set, it replaces every source below: the CUDA repository, wheels, voices, cuDNN files.
     bundle_url: str | None = None
-    #: "apt": NVIDIA's CUDA apt repository (toolkit or runtime packages, cuDNN package, held);
+    #: "apt": NVIDIA's CUDA apt repository (toolkit or runtime packages);
     #: "pip": NVIDIA's nvidia-*-cu12 wheels installed into the Piper venv, the service's linker
-    #: pointed at them; no apt repository, no nvcc.
-    cuda_source: str = "apt"
+    #: pointed at them; no apt repository, no nvcc. "auto": the platform table's default.
+    cuda_source: str = "auto"
     #: With cuda_source="pip": the CUDA library wheels (name -> version) for ``cuda_version``.
     cuda_wheels: dict[str, str] = field(default_factory=lambda: dict(CUDA_WHEELS_12_4))
     cuda_repo_url: str = "https://developer.download.nvidia.com/compute/cuda/repos"
@@ -189,15 +133,22 @@ class Settings:
     cuda_keyring_sha256: str | None = None
     #: Fingerprint of the key the keyring must install (NVIDIA's CUDA repository key, 3bf863cc).
     cuda_repo_key_fingerprint: str = "EB693B3035CD5710E231E123A4B469963BF863CC"
-    #: "repo": libcudnn9-cuda-12 from the CUDA repo; "local-deb": an operator-supplied .deb of
-    #: that package (URL or path + sha256), installed with dpkg; "archive": NVIDIA's redist
-    #: tarball (cudnn-linux-x86_64-<ver>_cuda12-archive.tar.xz) unpacked under /opt.
-    cudnn_source: str = "repo"
+    #: Where cuDNN comes from (piper_gpu/platforms.py explains each): "auto" (the platform table's
+    #: default), "repo", "local-repo", "archive", "wheel" or "local-deb".
+    cudnn_source: str = "auto"
+    #: With "local-repo": NVIDIA's local installer cudnn-local-repo-<distro>-<release>_1.0-1_amd64.deb
+    #: (a URL, file:// URL or a path on the host, e.g. /mnt/c/Users/you/Downloads/...) and its sha256.
+    cudnn_local_repo_url: str | None = None
+    cudnn_local_repo_sha256: str | None = None
+    #: With "local-deb": an operator-supplied libcudnn9-cuda-12 .deb (URL or path) and its sha256.
     cudnn_deb_url: str | None = None
     cudnn_deb_sha256: str | None = None
-    #: With "local-deb": unpack the .deb under /opt instead of installing it (when its
-    #: dependencies do not fit the distro); the linker config then points there.
+    #: With "local-deb" or "local-repo": unpack the library .deb under /opt instead of installing it
+    #: (when its dependencies do not fit the distro); the linker config then points there.
     cudnn_deb_extract: bool = False
+    #: With "archive": NVIDIA's redistributable archive. None = ``cudnn_redist_url`` + NVIDIA's file
+    #: name, and the sha256 NVIDIA's redistrib_<release>.json lists (piper_gpu/matrix.py).
+    cudnn_redist_url: str = "https://developer.download.nvidia.com/compute/cudnn/redist"
     cudnn_archive_url: str | None = None
     cudnn_archive_sha256: str | None = None
     pip_index_url: str = "https://pypi.org/simple"
@@ -314,14 +265,44 @@ class Settings:
         return f"nvidia-cudnn-cu{self.cuda_major}"
 
     def cuda_wheel_requirements(self) -> dict[str, str]:
-        """With cuda_source="pip": the NVIDIA wheels the venv holds (CUDA libraries + cuDNN)."""
-        if self.cuda_source != "pip":
-            return {}
-        return {**self.cuda_wheels, self.cudnn_wheel: self.cudnn_version}
+        """NVIDIA's wheels the venv holds: the CUDA libraries with cuda_source="pip", cuDNN with
+        cudnn_source="wheel" (which cuda_source="pip" implies)."""
+        wheels = dict(self.cuda_wheels) if self.cuda_source == "pip" else {}
+        if self.cudnn_source == "wheel" or self.cuda_source == "pip":
+            wheels[self.cudnn_wheel] = self.cudnn_version
+        return wheels
+
+    @property
+    def cudnn_archive_name(self) -> str:
+        """NVIDIA's redistributable archive: cudnn-linux-x86_64-9.1.1.17_cuda12-archive.tar.xz."""
+        return f"cudnn-linux-x86_64-{self.cudnn_version}_cuda{self.cuda_major}-archive.tar.xz"
+
+    @property
+    def cudnn_archive(self) -> tuple[str, str | None]:
+        """(URL, sha256) of the redistributable archive: the settings, else NVIDIA's layout under
+        ``cudnn_redist_url`` (cudnn/linux-x86_64/<name>) and the digest of NVIDIA's manifest."""
+        url = self.cudnn_archive_url or f"{self.cudnn_redist_url.rstrip('/')}/cudnn/linux-x86_64/{self.cudnn_archive_name}"
+        digest = self.cudnn_archive_sha256 or CUDNN_ARCHIVE_SHA256.get((self.cudnn_version, "x86_64", self.cuda_major))
+        return url, digest
+
+    def lock(self) -> dict[str, str]:
+        """The venv lock without the top-level pins: the resolved lock for ``python_version`` under
+        the ``python_lock`` pins (after ``for_host``, ``python_lock`` is the whole lock)."""
+        base = locks.load(self.python_version) if self.python_version in locks.available() else {}
+        return {**base, **self.python_lock}
+
+    def for_host(self, platform: "platforms.Platform", python: str) -> "Settings":
+        """These settings on a host: "auto" sources from the platform table, the lock for its Python."""
+        cuda_source = platform.cuda_source if self.cuda_source == "auto" else self.cuda_source
+        cudnn_source = self.cudnn_source
+        if cudnn_source == "auto":
+            cudnn_source = "wheel" if cuda_source == "pip" else platform.cudnn_source
+        resolved = dataclasses.replace(self, cuda_source=cuda_source, cudnn_source=cudnn_source, python_version=python)
+        return dataclasses.replace(resolved, python_lock=resolved.lock())
 
     def python_requirements(self) -> dict[str, str]:
         """Every distribution the venv must hold, pinned (name -> version)."""
-        reqs = dict(self.python_lock)
+        reqs = self.lock()
         reqs["piper-tts"] = self.piper_tts_version
         reqs["onnxruntime-gpu"] = self.onnxruntime_gpu_version
         reqs.update(self.cuda_wheel_requirements())
@@ -345,11 +326,11 @@ class Settings:
 
         check(self.cuda_install in ("toolkit", "runtime"),
               f"cuda_install={self.cuda_install!r}: use 'toolkit' or 'runtime'")
-        check(self.cudnn_source in ("repo", "local-deb", "archive"),
-              f"cudnn_source={self.cudnn_source!r}: use 'repo', 'local-deb' or 'archive'")
-        check(self.cuda_source in ("apt", "pip"), f"cuda_source={self.cuda_source!r}: use 'apt' or 'pip'")
+        check(self.cudnn_source in CUDNN_SOURCES,
+              f"cudnn_source={self.cudnn_source!r}: use one of {', '.join(repr(c) for c in CUDNN_SOURCES)}")
+        check(self.cuda_source in ("auto", "apt", "pip"), f"cuda_source={self.cuda_source!r}: use 'auto', 'apt' or 'pip'")
         if self.cuda_source == "pip":
-            check(self.cudnn_source == "repo",
+            check(self.cudnn_source in ("auto", "wheel"),
                   f"cudnn_source={self.cudnn_source!r} applies to cuda_source='apt'; with cuda_source='pip' "
                   f"cuDNN is the {self.cudnn_wheel}=={self.cudnn_version} wheel (leave cudnn_source unset)")
             runtime = self.cuda_wheels.get(f"nvidia-cuda-runtime-cu{self.cuda_major}", "")
@@ -369,9 +350,15 @@ class Settings:
         if self.cudnn_source == "local-deb":
             check(bool(self.cudnn_deb_url and self.cudnn_deb_sha256),
                   "cudnn_source='local-deb' needs cudnn_deb_url and cudnn_deb_sha256")
+        if self.cudnn_source == "local-repo":
+            check(bool(self.cudnn_local_repo_url and self.cudnn_local_repo_sha256),
+                  "cudnn_source='local-repo' needs cudnn_local_repo_url (the path or URL of your "
+                  f"cudnn-local-repo-<distro>-{self.cudnn_release}_1.0-1_amd64.deb) and cudnn_local_repo_sha256 "
+                  "(sha256sum of that file)")
         if self.cudnn_source == "archive":
-            check(bool(self.cudnn_archive_url and self.cudnn_archive_sha256),
-                  "cudnn_source='archive' needs cudnn_archive_url and cudnn_archive_sha256")
+            check(self.cudnn_archive[1] is not None,
+                  f"cudnn_source='archive': no sha256 known for {self.cudnn_archive_name}; set cudnn_archive_sha256 "
+                  f"to the value NVIDIA's {self.cudnn_redist_url.rstrip('/')}/redistrib_{self.cudnn_release}.json lists")
         names = [v.name for v in self.voices]
         check(len(names) > 0, "voices: at least one voice is needed")
         check(len(names) == len(set(names)), f"voices: duplicate names in {names}")
@@ -407,15 +394,24 @@ class Settings:
             raise SettingsError(
                 f"onnxruntime-gpu {self.onnxruntime_gpu_version} is not in the version matrix "
                 f"(known: {', '.join(ORT_GPU_BUILDS)}); pick a known release or add it to "
-                "ORT_GPU_BUILDS with the CUDA and cuDNN majors its PyPI wheel was built for"
+                "ORT_GPU_BUILDS (piper_gpu/matrix.py) with the CUDA and cuDNN majors its PyPI wheel links"
             )
-        ort_cuda, ort_cudnn = build
+        ort_cuda, ort_cudnn = build.cuda, build.cudnn
+        if self.python_version and self.python_version not in build.pythons:
+            fits = [v for v, b in ORT_GPU_BUILDS.items()
+                    if self.python_version in b.pythons and (b.cuda, b.cudnn) == (cuda_major, self.cudnn_major)]
+            raise SettingsError(
+                f"onnxruntime-gpu {self.onnxruntime_gpu_version} has no wheel for this host's Python "
+                f"{self.python_version} (its wheels: Python {', '.join(build.pythons)}); releases for CUDA "
+                f"{cuda_major} / cuDNN {self.cudnn_major} with a Python {self.python_version} wheel: "
+                f"{', '.join(fits) or 'none'}"
+            )
         if ort_cuda != cuda_major:
             raise SettingsError(
                 f"onnxruntime-gpu {self.onnxruntime_gpu_version} is built for CUDA {ort_cuda}, "
                 f"but cuda_version is {self.cuda_version}: its CUDA provider would look for "
                 f"libcublasLt.so.{ort_cuda} and fail. Use an onnxruntime-gpu release built for "
-                f"CUDA {cuda_major} (e.g. 1.20.2) or a CUDA {ort_cuda} toolkit"
+                f"CUDA {cuda_major} (e.g. {DEFAULT_ORT_GPU}) or a CUDA {ort_cuda} toolkit"
             )
         if ort_cudnn != self.cudnn_major:
             raise SettingsError(
@@ -453,7 +449,7 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
-def settings_from(data: Mapping[str, Any] | Any) -> Settings:
+def settings_from(data: Mapping[str, Any] | Any, validate: bool = True) -> Settings:
     """Build validated Settings from a mapping or a pyinfra ``host.data`` object.
 
     Only keys naming a Settings field are read; everything else in host data is ignored.
@@ -470,7 +466,7 @@ def settings_from(data: Mapping[str, Any] | Any) -> Settings:
                 value = json.loads(value) if value.strip().startswith("[") else value.split(",")
             value = tuple(Voice.parse(v) for v in value)
         elif f.name == "python_lock":
-            value = {**DEFAULT_PYTHON_LOCK, **dict(value)}
+            value = dict(json.loads(value) if isinstance(value, str) else value)
         elif f.name == "cuda_wheels":
             value = dict(json.loads(value) if isinstance(value, str) else value)
         else:
@@ -479,7 +475,7 @@ def settings_from(data: Mapping[str, Any] | Any) -> Settings:
     settings = dataclasses.replace(defaults, **overrides)
     if settings.bundle_url:
         settings = dataclasses.replace(settings, **bundle_sources(settings))
-    return settings.validate()
+    return settings.validate() if validate else settings
 
 
 #: Layout of an offline bundle: ``piper_gpu.bundle`` writes it, ``bundle_url`` reads it.
@@ -504,7 +500,8 @@ def bundle_sources(s: Settings) -> dict[str, Any]:
         "pip_find_links": f"{b}/{BUNDLE_WHEELS}/",
         "voices": tuple(dataclasses.replace(v, url=f"{b}/{bundle_voice_dir(v.name)}") for v in s.voices),
         "cudnn_deb_url": f"{b}/{bundle_cudnn_file(s.cudnn_deb_url)}" if s.cudnn_deb_url else None,
-        "cudnn_archive_url": f"{b}/{bundle_cudnn_file(s.cudnn_archive_url)}" if s.cudnn_archive_url else None,
+        "cudnn_local_repo_url": f"{b}/{bundle_cudnn_file(s.cudnn_local_repo_url)}" if s.cudnn_local_repo_url else None,
+        "cudnn_archive_url": f"{b}/{bundle_cudnn_file(s.cudnn_archive[0])}",
     }
 
 

@@ -62,14 +62,30 @@ def driver(host) -> dict | None:
     return None
 
 
+CUINIT = """
+import ctypes, json
+try:
+    print(json.dumps(ctypes.CDLL("libcuda.so.1").cuInit(0)))
+except (OSError, AttributeError) as exc:
+    print(json.dumps(str(exc)))
+"""
+
+
 @pytest.fixture(scope="module")
-def needs_gpu(driver, applied):
-    """Skip GPU-only checks, with the reason, where no GPU can be used."""
+def needs_gpu(driver, applied, service_env):
+    """Skip GPU-only checks, with the reason, where no GPU can be used: no nvidia-smi, or (only on a
+    host provisioned with allow_no_gpu=True) a CUDA driver that reports no device. On any other host
+    a failing driver fails the checks instead."""
     if driver is None:
         pytest.skip("no NVIDIA GPU on this host (nvidia-smi missing or lists no GPU)"
                     + ("; provisioned with allow_no_gpu=True" if applied.allow_no_gpu else ""))
     if not applied.use_gpu:
         pytest.skip("use_gpu=False in the applied settings")
+    if applied.allow_no_gpu:
+        _, cuinit, _ = service_env.python(CUINIT)
+        if cuinit != 0:
+            pytest.skip(f"no usable NVIDIA GPU on this host: nvidia-smi lists {driver['gpus']} but cuInit(0) gives "
+                        f"{cuinit!r}; provisioned with allow_no_gpu=True")
     return driver
 
 

@@ -19,8 +19,13 @@ def provider_libraries(s: Settings) -> dict[str, tuple[str, str]]:
         "curand": ("libcurand.so.10", f"libcurand-{dash}"),
         "nvrtc": (f"libnvrtc.so.{m}", f"cuda-nvrtc-{dash}"),
     }
+    cudnn_owner = f"{s.cudnn_package}={s.cudnn_apt_version}"
+    if s.cudnn_source == "wheel":
+        cudnn_owner = f"pip:{s.cudnn_wheel}=={s.cudnn_version}"
+    elif s.cudnn_source == "archive" or s.cudnn_deb_extract:
+        cudnn_owner = f"unpacked:cuDNN {s.cudnn_version} ({s.cudnn_source})"
     for part in CUDNN_PARTS:
-        libs[f"cudnn{part}"] = (f"libcudnn{part}.so.{s.cudnn_major}", f"{s.cudnn_package}={s.cudnn_apt_version}")
+        libs[f"cudnn{part}"] = (f"libcudnn{part}.so.{s.cudnn_major}", cudnn_owner)
     if s.cuda_source == "pip":  # the owners are NVIDIA's wheels in the venv
         wheels = {"cudart": "cuda-runtime", "cublas": "cublas", "cublasLt": "cublas", "cufft": "cufft",
                   "curand": "curand", "nvrtc": "cuda-nvrtc"}
@@ -34,6 +39,9 @@ def provider_libraries(s: Settings) -> dict[str, tuple[str, str]]:
 def reinstall_fix(package: str) -> str:
     """The command that puts a package's files back; a pinned (held) package keeps its hold,
     which ``apt-get install --reinstall`` drops. ``pip:NAME==VERSION``: a wheel in the venv."""
+    if package.startswith("unpacked:"):
+        return (f"{package[9:]} is unpacked under /opt by the deploy: delete that directory and re-run the deploy "
+                "(it unpacks the checksummed file again and runs ldconfig)")
     if package.startswith("pip:"):
         return (f"reinstall the wheel into the Piper venv: <venv>/bin/pip install --no-deps --force-reinstall "
                 f"{package[4:]} && sudo ldconfig (or re-run the deploy)")

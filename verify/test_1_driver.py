@@ -27,3 +27,34 @@ def test_wsl2_gpu_library_path(host, target):
     cache = host.run("ldconfig -p").stdout
     expect("libcuda.so.1" in cache, "libcuda.so.1 not in the linker cache", "libcuda.so.1 from /usr/lib/wsl/lib",
            "check /etc/ld.so.conf.d/ld.wsl.conf lists /usr/lib/wsl/lib, then sudo ldconfig")
+
+
+LOADED_LIBCUDA = """
+import ctypes, json, os
+ctypes.CDLL("libcuda.so.1")
+maps = open("/proc/self/maps").read().split()
+print(json.dumps(sorted({os.path.realpath(p) for p in maps if os.path.basename(p).startswith("libcuda.so")})))
+"""
+
+
+def test_wsl2_libcuda_is_the_windows_drivers(host, target, service_env):
+    """On WSL2 the CUDA driver is the Windows driver's /usr/lib/wsl/lib/libcuda.so.1. A Linux driver
+    package's libcuda.so.1 earlier in the linker path shadows it: CUDA then fails with error 100."""
+    if not target["is_wsl"]:
+        pytest.skip("not a WSL2 host")
+    first = next((line.split("=>")[-1].strip() for line in host.run("ldconfig -p").stdout.splitlines()
+                  if line.strip().startswith("libcuda.so.1 ")), None)
+    rc, loaded, res = service_env.python(LOADED_LIBCUDA)
+    wrong = [p for p in ([first] if first else []) + (loaded or []) if not p.startswith("/usr/lib/wsl/")]
+    owners = set()
+    for path in wrong:
+        out = host.run(f"dpkg -S {path} 2>/dev/null || dpkg -S $(realpath {path}) 2>/dev/null").stdout
+        owners.update(line.split(":")[0].strip() for line in out.splitlines() if ":" in line)
+    expect(rc == 0 and first and not wrong,
+           f"libcuda.so.1 resolves to {first}; the service loads {loaded or res.stderr.strip()[-200:]}"
+           + (f" (from the package {', '.join(sorted(owners))})" if owners else ""),
+           "libcuda.so.1 from /usr/lib/wsl/lib (the Windows driver's)",
+           (f"sudo apt-get purge {' '.join(sorted(owners))} && sudo ldconfig: a Linux NVIDIA driver package must not be "
+            "installed inside WSL2" if owners else
+            f"remove {', '.join(wrong) or 'the other libcuda.so.1'} and run sudo ldconfig; "
+            "/etc/ld.so.conf.d/ld.wsl.conf must list /usr/lib/wsl/lib"))

@@ -60,3 +60,41 @@ def test_cudnn_package_pinned_and_held(host, applied):
     held = host.run("apt-mark showhold").stdout.split()
     expect(applied.cudnn_package in held, f"{applied.cudnn_package} not held", "held (apt-mark hold)",
            f"sudo apt-mark hold {applied.cudnn_package} (or re-run the deploy)")
+
+
+#: cuDNN 9's sub-libraries with a version check in its API (cudnn<Sub>VersionCheck(): 0 when the
+#: sub-library is of the same release as the others, CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH if not).
+VERSION_CHECKS = {"libcudnn_graph": "cudnnGraphVersionCheck", "libcudnn_ops": "cudnnOpsVersionCheck",
+                  "libcudnn_cnn": "cudnnCnnVersionCheck", "libcudnn_adv": "cudnnAdvVersionCheck"}
+SUBLIB_PROBE = """
+import ctypes, json
+out = {{}}
+for lib, fn in {checks!r}.items():
+    try:
+        out[lib] = getattr(ctypes.CDLL(lib + ".so.{major}"), fn)()
+    except (OSError, AttributeError) as exc:
+        out[lib] = str(exc)
+print(json.dumps(out))
+"""
+
+
+def test_cudnn_sublibraries_from_one_release(host, service_env, applied):
+    """Every libcudnn_*.so.N the linker resolves lies beside libcudnn.so.N, and cuDNN's own version
+    checks agree: mixed sub-libraries fail at run time with "undefined symbol"."""
+    m = applied.cudnn_major
+    resolved = {}
+    for line in host.run("ldconfig -p").stdout.splitlines():
+        name = line.strip().split(" ", 1)[0]
+        if name.startswith("libcudnn") and name.endswith(f".so.{m}") and "=>" in line and name not in resolved:
+            resolved[name] = line.split("=>")[-1].strip()
+    main = resolved.get(f"libcudnn.so.{m}")
+    expect(main is not None, f"libcudnn.so.{m} not in the linker cache", f"cuDNN {applied.cudnn_version}", cudnn_fix(applied))
+    home = host.run(f"dirname $(realpath {main})").stdout.strip()
+    elsewhere = {n: p for n, p in resolved.items() if host.run(f"dirname $(realpath {p})").stdout.strip() != home}
+    rc, checks, res = service_env.python(SUBLIB_PROBE.format(checks=VERSION_CHECKS, major=m))
+    mismatched = {lib: r for lib, r in (checks or {}).items() if r != 0}
+    expect(rc == 0 and not elsewhere and not mismatched,
+           (f"sub-libraries outside {home}: {elsewhere}; " if elsewhere else "")
+           + (f"version checks: {mismatched}" if mismatched else "") + (res.stderr.strip()[-200:] if rc else ""),
+           f"every libcudnn*.so.{m} from one cuDNN {applied.cudnn_release} in {home}, its version checks 0",
+           "another cuDNN's sub-libraries are mixed in: remove them, then " + cudnn_fix(applied))

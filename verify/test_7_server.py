@@ -4,7 +4,7 @@ import re
 
 from conftest import expect
 from piper_gpu.render import render
-from piper_gpu.steps.preflight import Target
+from piper_gpu.target import Target
 from piper_gpu.steps.service import server_defaults
 
 

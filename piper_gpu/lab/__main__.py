@@ -1,7 +1,8 @@
 """python -m piper_gpu.lab demo|up|provision|destroy [--name NAME]
 
-demo: build/serve the local mirror, create the sandbox if missing, provision it with the real
-deploy through pyinfra, and end with CHANGES=<n> and SANDBOX_ROOT=<path>.
+demo: build/serve the local mirror, create the sandbox if missing (--persona: Debian 12, or the
+users' WSL2 Ubuntu 22.04), provision it with the real deploy through pyinfra, and end with
+CHANGES=<n> and SANDBOX_ROOT=<path>.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m piper_gpu.lab")
     p.add_argument("command", choices=["demo", "up", "destroy"])
     p.add_argument("--name", default="demo")
+    p.add_argument("--persona", default="debian12", help="debian12 or wsl2-ubuntu2204 (piper_gpu/lab/personas.py)")
     args, pyinfra_args = p.parse_known_args(argv)
     if args.command == "destroy":
         Sandbox(args.name).destroy()
         stop_mirror()
         return 0
-    box, url = up(args.name)
+    box, url = up(args.name, persona=args.persona)
     if args.command == "up":
         print(f"SANDBOX_ROOT={box.root}\nPIPER_MIRROR_URL={url}\nPIPER_SANDBOX_DATA={box.data_file}")
         return 0

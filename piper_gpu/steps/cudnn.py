@@ -1,43 +1,74 @@
-"""Step 4: cuDNN built for this CUDA major, exact version, held. From the CUDA repository, from an
-operator-supplied .deb (installed, or extracted when its dependencies do not fit the distro), or
-from NVIDIA's redistributable archive."""
+"""Step 4: cuDNN built for this CUDA major, exact version, from a source that really carries it on
+the platform (piper_gpu/platforms.py): NVIDIA's CUDA repository (held), the operator's local-repo
+installer (its own keyring, then the same held package; or its nested .deb unpacked), NVIDIA's
+redistributable archive (sha256 from NVIDIA's manifest), an operator-supplied .deb, or the
+nvidia-cudnn-cu12 wheel (installed with the venv, step 5)."""
 
 from __future__ import annotations
 
 import shlex
 
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, server
 
-from piper_gpu.operations import deb_file_installed, fetch, held
-from piper_gpu.steps.cuda import CACHE
-from piper_gpu.steps.preflight import Target
-
-
-def cudnn_extract_dir(target: Target) -> str:
-    s = target.settings
-    return f"/opt/cudnn-{s.cudnn_version}-cuda{s.cuda_major}"
+from piper_gpu.operations import deb_file_installed, fetch, held, keyrings_installed
+from piper_gpu.target import CACHE, Target
 
 
 def cudnn_lib_dirs(target: Target) -> list[str]:
     """Library directories the linker must search for this cuDNN source (none for packages)."""
     s = target.settings
-    if s.cudnn_source == "archive" or (s.cudnn_source == "local-deb" and s.cudnn_deb_extract):
-        base = cudnn_extract_dir(target)
-        return [f"{base}/lib"] if s.cudnn_source == "archive" else [f"{base}/usr/lib/{_multiarch(target)}"]
+    base = target.cudnn_extract_dir
+    if s.cudnn_source == "archive":
+        return [f"{base}/lib"]
+    if s.cudnn_source in ("local-deb", "local-repo") and s.cudnn_deb_extract:
+        return [f"{base}/usr/lib/{target.multiarch}"]
+    if s.cudnn_source == "wheel" and s.cuda_source == "apt":
+        return [f"{target.site_packages}/nvidia/cudnn/lib"]
     return []
 
 
 def library_dirs(target: Target) -> list[str]:
     """Every directory the dynamic linker must search for CUDA and cuDNN: the toolkit's (and an
-    unpacked cuDNN's) with cuda_source="apt", the NVIDIA wheels' in the venv with "pip"."""
+    unpacked or wheel cuDNN's) with cuda_source="apt", the NVIDIA wheels' in the venv with "pip"."""
     if target.settings.cuda_source == "pip":
         return target.wheel_lib_dirs
     return [target.cuda_lib_dir, *cudnn_lib_dirs(target)]
 
 
-def _multiarch(target: Target) -> str:
-    return "x86_64-linux-gnu" if target.arch == "x86_64" else "aarch64-linux-gnu"
+def local_repo(target: Target) -> tuple[str, str]:
+    """(package name, directory under /var) of the operator's local-repo installer, from NVIDIA's
+    file name: cudnn-local-repo-ubuntu2204-9.1.1_1.0-1_amd64.deb -> cudnn-local-repo-ubuntu2204-9.1.1."""
+    name = target.settings.cudnn_local_repo_url.rstrip("/").rsplit("/", 1)[-1].split("_", 1)[0]
+    return name, f"/var/{name}"
+
+
+def _url(path_or_url: str) -> str:
+    """A host path (e.g. /mnt/c/Users/you/Downloads/x.deb on WSL2) as a file:// URL for curl."""
+    return f"file://{path_or_url}" if path_or_url.startswith("/") else path_or_url
+
+
+@deploy("cuDNN sources (local-repo installer and its keyring)")
+def cudnn_sources(target: Target) -> list:
+    """With cudnn_source="local-repo": NVIDIA's installer package, which puts a file:// apt
+    repository under /var/cudnn-local-repo-*/ with its own signing key; the key goes where its apt
+    source expects it (NVIDIA's instructions: cp /var/cudnn-local-repo-*/cudnn-*-keyring.gpg
+    /usr/share/keyrings/). Returns the operations whose change needs an apt update."""
+    s = target.settings
+    if s.cudnn_source != "local-repo":
+        return []
+    name, repo_dir = local_repo(target)
+    deb = f"{CACHE}/{name}.deb"
+    fetch(name=f"Fetch the cuDNN local-repo installer {name}", src=_url(s.cudnn_local_repo_url), dest=deb,
+          sha256=s.cudnn_local_repo_sha256)
+    version = s.cudnn_local_repo_url.rsplit("/", 1)[-1].split("_")[1] if "_" in s.cudnn_local_repo_url else None
+    installer = deb_file_installed(name=f"Install {name} (a file:// apt repository in {repo_dir})", package=name,
+                                   version=version, deb_path=deb, use_dpkg=True)
+    keyring = keyrings_installed(name=f"Keyring of {name} into /usr/share/keyrings",
+                                 pattern=f"{repo_dir}/cudnn-*-keyring.gpg", dest_dir="/usr/share/keyrings")
+    return [installer, keyring]
 
 
 @deploy("cuDNN (exact version, held)")
@@ -45,7 +76,9 @@ def cudnn(target: Target):
     s = target.settings
     pkg, ver = s.cudnn_package, s.cudnn_apt_version
     label = f"cuDNN {s.cudnn_version} for CUDA {s.cudnn_built_for}"
-    if s.cudnn_source == "repo":
+    if s.cudnn_source == "wheel":
+        return None  # nvidia-cudnn-cu12 is in the venv lock (step 5)
+    if s.cudnn_source in ("repo", "local-repo") and not (s.cudnn_source == "local-repo" and s.cudnn_deb_extract):
         op = apt.packages(
             name=f"Install {label} ({pkg}={ver})",
             packages=[f"{pkg}={ver}"],
@@ -54,35 +87,43 @@ def cudnn(target: Target):
         )
         held(name=f"Hold {pkg} at {ver}", packages=[pkg])
         return op
+    if s.cudnn_source == "local-repo":  # extract the library .deb nested in the installer's repository
+        _, repo_dir = local_repo(target)
+        return _extract_deb(target, f"{repo_dir}/{pkg}_{ver}_amd64.deb", s.cudnn_local_repo_sha256, label)
     if s.cudnn_source == "local-deb":
         deb = f"{CACHE}/{pkg}_{ver}.deb"
-        fetch(name=f"Fetch {label} .deb", src=s.cudnn_deb_url, dest=deb, sha256=s.cudnn_deb_sha256)
+        fetch(name=f"Fetch {label} .deb", src=_url(s.cudnn_deb_url), dest=deb, sha256=s.cudnn_deb_sha256)
         if not s.cudnn_deb_extract:
             op = deb_file_installed(name=f"Install {label} from {deb}", package=pkg, version=ver, deb_path=deb)
             held(name=f"Hold {pkg} at {ver}", packages=[pkg])
             return op
-        dest = cudnn_extract_dir(target)
-        stale = _marker_differs(dest, s.cudnn_deb_sha256)
-        return server.shell(
-            name=f"Extract {label} from {deb} into {dest} (dependencies do not fit this distro)",
-            commands=[f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && dpkg-deb -x {deb} {dest}.tmp && "
-                      f"rm -rf {dest} && mv {dest}.tmp {dest} && echo {shlex.quote(s.cudnn_deb_sha256)} > {dest}/.source-sha256"],
-            _if=lambda: stale,
-        )
-    archive = f"{CACHE}/cudnn-{s.cudnn_version}-cuda{s.cuda_major}.tar.xz"
-    fetch(name=f"Fetch {label} archive", src=s.cudnn_archive_url, dest=archive, sha256=s.cudnn_archive_sha256)
-    dest = cudnn_extract_dir(target)
-    stale = _marker_differs(dest, s.cudnn_archive_sha256)
+        return _extract_deb(target, deb, s.cudnn_deb_sha256, label)
+    url, digest = s.cudnn_archive
+    archive = f"{CACHE}/{s.cudnn_archive_name}"
+    fetch(name=f"Fetch {label}: {s.cudnn_archive_name} (sha256 {digest[:12]}...)", src=_url(url), dest=archive,
+          sha256=digest)
+    dest = target.cudnn_extract_dir
+    stale = _marker_differs(dest, digest)
     return server.shell(
         name=f"Unpack {label} archive into {dest}",
         commands=[f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && tar -xJf {archive} -C {dest}.tmp --strip-components=1 && "
-                  f"rm -rf {dest} && mv {dest}.tmp {dest} && echo {shlex.quote(s.cudnn_archive_sha256)} > {dest}/.source-sha256"],
+                  f"rm -rf {dest} && mv {dest}.tmp {dest} && echo {shlex.quote(digest)} > {dest}/.source-sha256"],
+        _if=lambda: stale,
+    )
+
+
+def _extract_deb(target: Target, deb: str, digest: str, label: str):
+    """Unpack a cuDNN library .deb under /opt (its dependencies do not fit this distro); the linker
+    config then points there. ``digest`` marks which source the unpacked tree came from."""
+    dest = target.cudnn_extract_dir
+    stale = _marker_differs(dest, digest)
+    return server.shell(
+        name=f"Extract {label} from {deb} into {dest} (dependencies do not fit this distro)",
+        commands=[f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && dpkg-deb -x {deb} {dest}.tmp && "
+                  f"rm -rf {dest} && mv {dest}.tmp {dest} && echo {shlex.quote(digest)} > {dest}/.source-sha256"],
         _if=lambda: stale,
     )
 
 
 def _marker_differs(dest: str, digest: str) -> bool:
-    from pyinfra import host
-    from pyinfra.facts.files import FileContents
-
     return (host.get_fact(FileContents, path=f"{dest}/.source-sha256") or [""])[0].strip() != digest

@@ -9,7 +9,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from piper_gpu.operations import fetch, venv_locked, venv_present
-from piper_gpu.steps.preflight import Target
+from piper_gpu.target import Target
 
 
 @deploy("Piper venv: piper-tts + onnxruntime-gpu (CPU onnxruntime removed)")

@@ -7,115 +7,61 @@ Linux NVIDIA driver from ever being installed there.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
+from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.deb import DebArch
 from pyinfra.operations import files
 
+from piper_gpu import locks, platforms
 from piper_gpu.facts import (InstalledDebVersions, NvidiaDriver, OsRelease, PythonVersion, SystemdRunning, UserHome,
                              WslInfo)
-from piper_gpu.settings import NVIDIA_REPO_PATHS, WSL_FORBIDDEN_PACKAGE_PATTERNS, Settings, _major_minor
+from piper_gpu.settings import WSL_FORBIDDEN_PACKAGE_PATTERNS, Settings, SettingsError, _major_minor
+from piper_gpu.target import WSL_DRIVER_PIN_FILE, Target
 
 DEB_ARCH_TO_NVIDIA = {"amd64": "x86_64", "arm64": "sbsa"}
 
 
-class PreflightError(RuntimeError):
-    """The host is not fit for the deploy; the message says what is wrong and the fix."""
+class PreflightError(PyinfraError):
+    """The host is not fit for the deploy; the message says what is wrong and the fix.
+    (A PyinfraError: pyinfra prints it as one line, without a traceback.)"""
 
 
-@dataclass(frozen=True)
-class Target:
-    """Settings plus what preflight learned about the host; every later step reads this."""
-
-    settings: Settings
-    is_wsl: bool
-    arch: str  # NVIDIA's name: x86_64 / sbsa
-    repo_path: str  # wsl-ubuntu, ubuntu2204, ubuntu2404, debian12
-    home: str
-    service_mode: str  # systemd / profile
-    systemd_running: bool
-    gpu: dict | None
-    python_version: str | None = None  # the venv's python3 (e.g. "3.11")
-
-    def path(self, value: str) -> str:
-        """Expand a leading ~ to the service user's home."""
-        return self.home + value[1:] if value.startswith("~") else value
-
-    @property
-    def piper_dir(self) -> str:
-        return self.path(self.settings.piper_dir)
-
-    @property
-    def venv_dir(self) -> str:
-        return self.path(self.settings.venv_dir)
-
-    @property
-    def models_dir(self) -> str:
-        return self.path(self.settings.models_dir)
-
-    @property
-    def venv_python(self) -> str:
-        return f"{self.venv_dir}/bin/python"
-
-    @property
-    def server_path(self) -> str:
-        return f"{self.piper_dir}/piper_http_server.py"
-
-    @property
-    def run_dir(self) -> str:
-        return f"{self.piper_dir}/run"
-
-    @property
-    def log_path(self) -> str:
-        return f"{self.piper_dir}/logs/piper-tts.log"
-
-    @property
-    def cuda_lib_dir(self) -> str:
-        return self.settings.cuda_lib_dir(self.arch)
-
-    @property
-    def site_packages(self) -> str:
-        return f"{self.venv_dir}/lib/python{self.python_version}/site-packages"
-
-    @property
-    def wheel_lib_dirs(self) -> list[str]:
-        """With cuda_source="pip": each NVIDIA wheel's library directory in the venv
-        (nvidia-cuda-runtime-cu12 -> nvidia/cuda_runtime/lib)."""
-        s = self.settings
-        names = [re.sub(r"^nvidia-|-cu\d+$", "", w).replace("-", "_") for w in s.cuda_wheel_requirements()]
-        return [f"{self.site_packages}/nvidia/{n}/lib" for n in names]
-
-    def voice_dir(self, voice) -> str:
-        return f"{self.models_dir}/{voice.language_dir}/{voice.name}"
-
-    @property
-    def voice_models(self) -> dict[str, str]:
-        """Voice name -> its .onnx on the host (the .onnx.json lies beside it)."""
-        return {v.name: f"{self.voice_dir(v)}/{v.name}.onnx" for v in self.settings.voices}
-
-    @property
-    def perf_out(self) -> str:
-        return f"{self.piper_dir}/perf/latest.json"
-
-
-def check_distro(os_release: dict, settings: Settings, is_wsl: bool) -> str:
+def find_platform(os_release: dict, settings: Settings, is_wsl: bool) -> platforms.Platform:
+    """The host's row in the platform table. A distro outside it is accepted only when the operator
+    names the repository path and the sources (what their mirror serves)."""
     distro, version = os_release.get("ID", "?"), os_release.get("VERSION_ID", "?")
-    if settings.cuda_repo_path:
-        return settings.cuda_repo_path
-    if settings.cuda_source == "pip":  # no apt repository needed
-        return NVIDIA_REPO_PATHS.get((distro, version), "")
-    if is_wsl and distro == "ubuntu":
-        return "wsl-ubuntu"
     try:
-        return NVIDIA_REPO_PATHS[(distro, version)]
-    except KeyError:
+        return platforms.find(distro, version, is_wsl)
+    except platforms.UnsupportedPlatform as exc:
+        explicit = settings.cuda_source == "pip" or (
+            settings.cuda_repo_path and settings.cuda_source == "apt" and settings.cudnn_source != "auto")
+        if not explicit:
+            raise PreflightError(f"{exc} (cuda_source, cuda_repo_path and cudnn_source)") from None
+        return platforms.Platform(
+            key=f"{distro}{version}", title=f"{distro} {version}", distro=distro, version=version, wsl=is_wsl,
+            repo_path=settings.cuda_repo_path, python="", repo_has_cuda_12_4=None, repo_has_cudnn_9_1=None,
+            cuda_source=settings.cuda_source, cudnn_source=settings.cudnn_source, evidence="set by the operator")
+
+
+def check_python(python_version: str | None, settings: Settings) -> None:
+    if python_version is None:
+        raise PreflightError("cannot tell which Python the venv will use: neither `python3` nor "
+                             "`apt-cache policy python3` answers. Install python3 (sudo apt-get install python3)")
+    if python_version not in locks.available():
         raise PreflightError(
-            f"unsupported distro {distro} {version} (/etc/os-release): NVIDIA's CUDA repository "
-            "has paths for Ubuntu 22.04/24.04 (wsl-ubuntu on WSL2) and Debian 12. Use one of them, "
-            "or set cuda_repo_path to a repository path your mirror serves"
-        ) from None
+            f"the host's Python is {python_version} (python3), and there is no venv lock for it: supported are "
+            f"{', '.join(locks.available())} (piper_gpu/locks/). Use a distro from the platform table, or make a lock "
+            f"with: python -m piper_gpu lock --python {python_version} --resolve")
+
+
+def resolve_settings(settings: Settings, platform: platforms.Platform, python_version: str) -> Settings:
+    """The settings for this host (platform defaults, the lock for its Python), checked again."""
+    try:
+        return settings.for_host(platform, python_version).validate()
+    except SettingsError as exc:
+        raise PreflightError(f"on this {platform.title} host with Python {python_version}: {exc}") from None
 
 
 def check_driver(driver: dict | None, settings: Settings, is_wsl: bool) -> None:
@@ -149,8 +95,9 @@ def check_no_linux_driver(installed: dict, is_wsl: bool) -> None:
     bad = sorted(p for p in installed if any(re.match(pat, p) for pat in WSL_FORBIDDEN_PACKAGE_PATTERNS))
     if bad:
         raise PreflightError(
-            f"WSL2 host has Linux NVIDIA driver packages installed ({', '.join(bad)}); they break "
-            f"the Windows driver's GPU passthrough. Fix: sudo apt-get purge {' '.join(bad)}"
+            f"WSL2 host has Linux NVIDIA driver packages installed ({', '.join(bad)}): a Linux libcuda.so.1 "
+            f"shadows the Windows driver's /usr/lib/wsl/lib/libcuda.so.1 and CUDA fails with error 100. "
+            f"Nothing was changed. Fix: sudo apt-get purge {' '.join(bad)} && sudo ldconfig"
         )
 
 
@@ -178,19 +125,22 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
     arch = DEB_ARCH_TO_NVIDIA.get(deb_arch)
     if not arch:
         raise PreflightError(f"architecture {deb_arch} (dpkg --print-architecture) has no NVIDIA CUDA repository")
-    repo_path = check_distro(host.get_fact(OsRelease), settings, is_wsl)
+    if checks:  # a Linux driver inside WSL2 is refused before anything else is looked at or changed
+        check_no_linux_driver(host.get_fact(InstalledDebVersions), is_wsl)
+    platform = find_platform(host.get_fact(OsRelease), settings, is_wsl)
+    python_version = host.get_fact(PythonVersion)
+    if checks:
+        check_python(python_version, settings)
+    if python_version in locks.available():
+        settings = resolve_settings(settings, platform, python_version)
     driver = host.get_fact(NvidiaDriver)
     if checks:
         check_driver(driver, settings, is_wsl)
-        check_no_linux_driver(host.get_fact(InstalledDebVersions), is_wsl)
     systemd_running = host.get_fact(SystemdRunning)
-    python_version = host.get_fact(PythonVersion)
-    if checks and python_version is None:
-        raise PreflightError("cannot tell which Python the venv will use: neither `python3` nor "
-                             "`apt-cache policy python3` answers. Install python3 (sudo apt-get install python3)")
     home = host.get_fact(UserHome, user=settings.service_user) or (
         "/root" if settings.service_user == "root" else f"/home/{settings.service_user}"
     )
+    repo_path = settings.cuda_repo_path or (platform.repo_path if settings.cuda_source == "apt" else "") or ""
     return Target(
         settings=settings,
         is_wsl=is_wsl,
@@ -201,6 +151,7 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
         systemd_running=systemd_running,
         gpu=driver,
         python_version=python_version,
+        platform=platform.key,
     )
 
 
@@ -217,10 +168,11 @@ def preflight(settings: Settings) -> Target:
     return target
 
 
-WSL_DRIVER_PIN_FILE = "/etc/apt/preferences.d/piper-gpu-no-linux-nvidia-driver"
 WSL_DRIVER_PIN = (
-    "# Managed by piper-gpu-deploy: on WSL2 the driver comes from Windows.\n"
-    "Package: cuda-drivers* nvidia-driver-* nvidia-kernel-* nvidia-dkms-*\n"
+    "# Managed by piper-gpu-deploy: on WSL2 the driver comes from Windows, and a Linux libcuda.so.1\n"
+    "# would shadow /usr/lib/wsl/lib/libcuda.so.1 (CUDA error 100).\n"
+    "Package: cuda-drivers* nvidia-driver-* nvidia-kernel-* nvidia-dkms-* libnvidia-compute-* nvidia-utils-* "
+    "nvidia-compute-utils-* libcuda1\n"
     "Pin: release *\nPin-Priority: -1\n"
 )
 

@@ -13,17 +13,10 @@ from pyinfra.operations import files, server, systemd
 
 from piper_gpu.facts import PidAlive
 from piper_gpu.render import template_path
-from piper_gpu.steps.preflight import PreflightError, Target
 from piper_gpu.steps.cudnn import library_dirs
-
-UNIT = "piper-tts.service"
-CTL = "/usr/local/bin/piper-tts-ctl"
-ENV_FILE = "/etc/piper-gpu/piper-tts.env"
-SETTINGS_FILE = "/etc/piper-gpu/settings.json"
-TARGET_FILE = "/etc/piper-gpu/target.json"
-PERF = "/usr/local/bin/piper-tts-perf"
-TEXTS_FILE = "/etc/piper-gpu/texts.json"
-API_KEY_FILE = "/etc/piper-gpu/api-key"
+from piper_gpu.steps.preflight import PreflightError
+from piper_gpu.target import (API_KEY_FILE, CTL, ENV_FILE, ETC, PERF, SETTINGS_FILE, TARGET_FILE, TEXTS_FILE,  # noqa: F401
+                              UNIT, Target)
 
 
 def api_key_path(settings) -> str | None:
@@ -55,6 +48,7 @@ def target_record(target: Target) -> dict:
         "is_wsl": target.is_wsl,
         "arch": target.arch,
         "repo_path": target.repo_path,
+        "platform": target.platform,
         "service_mode": target.service_mode,
         "piper_dir": target.piper_dir,
         "venv_dir": target.venv_dir,
@@ -76,7 +70,7 @@ def target_record(target: Target) -> dict:
 @deploy("Patched Piper HTTP server")
 def piper_server(target: Target):
     s = target.settings
-    files.directory(name="Directory /etc/piper-gpu", path="/etc/piper-gpu", mode="755")
+    files.directory(name=f"Directory {ETC}", path=ETC, mode="755")
     env = files.template(
         name="Service environment (CUDA_HOME, PATH)",
         src=template_path("piper-tts.env.j2"),

@@ -12,11 +12,10 @@ from pyinfra.facts.files import File, FileContents
 from pyinfra.operations import files, server
 
 from piper_gpu.facts import HeldPackages, InstalledDebVersions, SystemdRunning
-from piper_gpu.steps.cuda import ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, CACHE, KEYRING, STATE, TOOLS
-from piper_gpu.steps.preflight import WSL_DRIVER_PIN_FILE, Target
-from piper_gpu.steps.service import CTL, PERF, UNIT
+from piper_gpu.steps.cudnn import local_repo
+from piper_gpu.target import (ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, CACHE, CTL, ETC, KEYRING, LINKER_CONF, PERF,
+                              STATE, TOOLS, UNIT, WSL_DRIVER_PIN_FILE, Target)
 
-LD_CONF = "/etc/ld.so.conf.d/piper-gpu-cuda.conf"
 PROFILE = "/etc/profile.d/piper-gpu-cuda.sh"
 AUTOSTART = "/etc/profile.d/piper-tts-autostart.sh"
 
@@ -42,7 +41,7 @@ def remove_service(target: Target):
 @deploy("Undeploy: the server, venv, logs, settings and tools")
 def remove_files(target: Target):
     files.directory(name=f"Remove {target.piper_dir} (venv, server, logs, lock)", path=target.piper_dir, present=False)
-    for path in ("/etc/piper-gpu", TOOLS, CACHE):
+    for path in (ETC, TOOLS, CACHE):
         files.directory(name=f"Remove {path}", path=path, present=False)
     files.file(name=f"Remove {PERF}", path=PERF, present=False)
     if target.settings.undeploy_voices:
@@ -51,7 +50,7 @@ def remove_files(target: Target):
 
 @deploy("Undeploy: CUDA environment, linker config, apt source and keyring")
 def remove_environment(target: Target):
-    conf = files.file(name=f"Remove {LD_CONF}", path=LD_CONF, present=False)
+    conf = files.file(name=f"Remove {LINKER_CONF}", path=LINKER_CONF, present=False)
     server.shell(name="Rebuild the linker cache (ldconfig)", commands=["ldconfig"], _if=conf.did_change)
     files.file(name=f"Remove {PROFILE}", path=PROFILE, present=False)
     if host.get_fact(File, path=f"{target.home}/.bashrc"):
@@ -67,6 +66,13 @@ def remove_environment(target: Target):
     server.shell(name=f"Purge cuda-keyring ({KEYRING})", commands=["dpkg --purge cuda-keyring"], _if=lambda: keyring)
     for path in (APT_CONF_FILE, WSL_DRIVER_PIN_FILE):
         files.file(name=f"Remove {path}", path=path, present=False)
+    if target.settings.cudnn_source == "local-repo":
+        name, repo_dir = local_repo(target)
+        installed = name in host.get_fact(InstalledDebVersions)
+        server.shell(name=f"Purge the cuDNN local-repo installer {name} and its keyring",
+                     commands=[f"for k in {repo_dir}/cudnn-*-keyring.gpg; do rm -f /usr/share/keyrings/$(basename $k); done",
+                               f"dpkg --purge {shlex.quote(name)}"],
+                     _if=lambda: installed)
 
 
 @deploy("Undeploy: CUDA/cuDNN packages, and the base packages and user the deploy added")

@@ -43,9 +43,11 @@ def test_cudnn_built_for_12_9_with_toolkit_12_4_is_rejected():
     assert "12.4" in str(err.value)
 
 
-def test_cudnn8_onnxruntime_with_cudnn9_is_rejected():
-    with pytest.raises(SettingsError, match="built for cuDNN 8"):
-        make(onnxruntime_gpu_version="1.18.0")
+@pytest.mark.parametrize("release", ["1.18.0", "1.18.1"])
+def test_pypi_1_18_is_a_cuda_11_build_and_is_rejected(release):
+    # The PyPI 1.18.x wheels' CUDA provider links libcublasLt.so.11 and libcudnn.so.8.
+    with pytest.raises(SettingsError, match=f"onnxruntime-gpu {release} is built for CUDA 11"):
+        make(onnxruntime_gpu_version=release)
 
 
 def test_unknown_onnxruntime_release_is_rejected_with_the_fix():
@@ -89,8 +91,12 @@ def test_data_strings_from_the_cli_are_coerced():
 def test_local_sources_need_their_checksums():
     with pytest.raises(SettingsError, match="cudnn_deb_url and cudnn_deb_sha256"):
         make(cudnn_source="local-deb")
-    with pytest.raises(SettingsError, match="cudnn_archive_url and cudnn_archive_sha256"):
-        make(cudnn_source="archive", cudnn_archive_url="file:///x.tar.xz")
+    with pytest.raises(SettingsError, match="cudnn_local_repo_url .* and cudnn_local_repo_sha256"):
+        make(cudnn_source="local-repo")
+    # the archive's digest comes from NVIDIA's manifest for known releases, else it must be set
+    assert make(cudnn_source="archive").cudnn_archive[1] == "992b4be26899cc4c618bb1f6989261df7d0a9f9032b2217bf1fce9dd3228c904"
+    with pytest.raises(SettingsError, match="no sha256 known for cudnn-linux-x86_64-9.1.0.70_cuda12-archive.tar.xz"):
+        make(cudnn_source="archive", cudnn_version="9.1.0.70")
 
 
 def test_voice_urls_follow_hugging_face_layout_or_explicit_url():
@@ -151,7 +157,7 @@ def test_pip_cuda_source_rejects_apt_only_cudnn_sources_and_foreign_wheels():
     assert "cudnn_source='archive' applies to cuda_source='apt'" in msg
     assert "nvidia-cuda-runtime-cu12==12.6.77, not a CUDA 12.4 release" in msg
     assert "['nvidia-cublas-cu11'] are not CUDA 12 wheels" in msg
-    with pytest.raises(SettingsError, match="cuda_source='conda': use 'apt' or 'pip'"):
+    with pytest.raises(SettingsError, match="cuda_source='conda': use 'auto', 'apt' or 'pip'"):
         make(**{"cuda_source": "conda"})
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from piper_gpu.render import render
 from piper_gpu.settings import settings_from
-from piper_gpu.steps.preflight import Target
+from piper_gpu.target import Target
 from piper_gpu.steps.service import ENV_FILE, server_defaults
 
 SHA = "b" * 64

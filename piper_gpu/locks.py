@@ -1,0 +1,107 @@
+"""The Piper venv's lock, one per target Python (piper_gpu/locks/python<X.Y>.txt).
+
+Each lock is produced by pip's resolver, never by hand:
+
+    python -m piper_gpu lock --python 3.10 --resolve     # rewrite the lock from PyPI (pip install --dry-run --report)
+    python -m piper_gpu lock --python 3.10               # print what a host with Python 3.10 gets
+    python -m piper_gpu lock --python 3.10 --check       # every pin has a wheel for it (pip download)
+
+The resolver is asked for piper-tts and onnxruntime-gpu at their pinned versions, for CPython X.Y on
+manylinux x86_64, binary wheels only. piper-tts requires the CPU ``onnxruntime``; the lock leaves it
+out (the deploy installs ``--no-deps`` and removes it), its other requirements are also
+onnxruntime-gpu's, so the rest of the resolution holds for the GPU build alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+LOCK_DIR = Path(__file__).resolve().parent / "locks"
+#: Left out of every lock: the CPU build piper-tts asks for, replaced by onnxruntime-gpu.
+EXCLUDED = ("onnxruntime",)
+#: Linux x86_64 wheel tags pip may pick for the distros in the platform table (glibc 2.35-2.39).
+PLATFORMS = ("manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux_2_27_x86_64", "manylinux_2_28_x86_64")
+
+
+class LockError(RuntimeError):
+    pass
+
+
+def wheel_args(python: str) -> list[str]:
+    """pip arguments that select binary wheels a Linux x86_64 CPython ``python`` installs."""
+    return ["--only-binary=:all:", "--implementation", "cp", "--python-version", python,
+            *[a for p in PLATFORMS for a in ("--platform", p)]]
+
+
+def path(python: str) -> Path:
+    return LOCK_DIR / f"python{python}.txt"
+
+
+def available() -> list[str]:
+    found = [m.group(1) for p in LOCK_DIR.glob("python*.txt") if (m := re.fullmatch(r"python(\d+\.\d+)\.txt", p.name))]
+    return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def parse(text: str) -> dict[str, str]:
+    pins = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep:
+            raise LockError(f"lock line {line!r} is not name==version")
+        pins[name.strip().lower().replace("_", "-")] = version.strip()
+    return pins
+
+
+def load(python: str | None) -> dict[str, str]:
+    if python not in available():
+        raise LockError(f"no venv lock for Python {python} (locks: {', '.join(available())}); "
+                        f"make one with: python -m piper_gpu lock --python {python} --resolve")
+    return parse(path(python).read_text())
+
+
+def resolve(python: str, top: dict[str, str], pip_args: list[str] | None = None) -> dict[str, str]:
+    """pip's resolver: every distribution ``top`` needs on CPython ``python`` (minus EXCLUDED)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp, "report.json")
+        cmd = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "install", "--dry-run",
+               "--ignore-installed", "--quiet", "--target", str(Path(tmp, "never-written")), "--report", str(report),
+               *wheel_args(python), *(pip_args or []), *[f"{n}=={v}" for n, v in sorted(top.items())]]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise LockError(f"pip could not resolve {top} for Python {python}:\n{res.stderr.strip()[-3000:]}")
+        installed = json.loads(report.read_text())["install"]
+    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"] for i in installed
+            if i["metadata"]["name"].lower() not in EXCLUDED}
+
+
+def write(python: str, pins: dict[str, str], top: dict[str, str]) -> Path:
+    inputs = " ".join(f"{n}=={v}" for n, v in sorted(top.items()))
+    header = (f"# The Piper venv for CPython {python} on Linux x86_64, from pip's resolver\n"
+              f"# (python -m piper_gpu lock --python {python} --resolve): {inputs}, binary wheels,\n"
+              f"# the CPU onnxruntime left out. Do not edit by hand.\n")
+    path(python).write_text(header + "".join(f"{n}=={v}\n" for n, v in sorted(pins.items())))
+    return path(python)
+
+
+def check(python: str, pins: dict[str, str], download_dir: Path, pip_args: list[str] | None = None) -> dict[str, str]:
+    """{pin: pip's reason} for each pin with no wheel that CPython ``python`` on manylinux x86_64
+    installs (its Requires-Python included: pip download checks it against --python-version).
+    The wheels land in ``download_dir`` (a cache: present ones are not downloaded again)."""
+    download_dir.mkdir(parents=True, exist_ok=True)
+    failures = {}
+    for name, version in sorted(pins.items()):
+        cmd = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "download", "--no-deps",
+               "--quiet", *wheel_args(python), *(pip_args or []), "-d", str(download_dir), f"{name}=={version}"]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        if res.returncode != 0:
+            reason = [line for line in res.stderr.splitlines() if line.startswith("ERROR")]
+            failures[f"{name}=={version}"] = " ".join(reason) or res.stderr.strip()[-500:]
+    return failures

@@ -1,0 +1,119 @@
+"""Where things live on a provisioned host: every path the deploy, undeploy and verify use, defined
+once, and ``Target``: the settings plus what preflight learned about the host, with the paths that
+depend on it (the service user's home, the venv's Python)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from piper_gpu.settings import Settings
+
+# --- fixed host paths -----------------------------------------------------------------------
+ETC = "/etc/piper-gpu"
+SETTINGS_FILE = f"{ETC}/settings.json"  # the applied settings (verify reads them)
+TARGET_FILE = f"{ETC}/target.json"  # the resolved target (verify reads it)
+ENV_FILE = f"{ETC}/piper-tts.env"
+TEXTS_FILE = f"{ETC}/texts.json"
+API_KEY_FILE = f"{ETC}/api-key"
+LINKER_CONF = "/etc/ld.so.conf.d/piper-gpu-cuda.conf"
+PROFILE_SNIPPET = "/etc/profile.d/piper-gpu-cuda.sh"
+APT_CONF_FILE = "/etc/apt/apt.conf.d/90piper-gpu-deploy"
+WSL_DRIVER_PIN_FILE = "/etc/apt/preferences.d/piper-gpu-no-linux-nvidia-driver"
+KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"  # cuda-keyring's file (NVIDIA's name)
+CACHE = "/var/cache/piper-gpu"
+TOOLS = "/usr/local/lib/piper-gpu"
+#: What the deploy added that was not there before (undeploy removes exactly that).
+STATE = "/var/lib/piper-gpu"
+ADDED_PACKAGES = f"{STATE}/added-packages"
+ADDED_USER = f"{STATE}/added-user"
+UNIT = "piper-tts.service"
+CTL = "/usr/local/bin/piper-tts-ctl"
+PERF = "/usr/local/bin/piper-tts-perf"
+WSL_LIB = "/usr/lib/wsl/lib"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Settings plus what preflight learned about the host; every later step reads this."""
+
+    settings: Settings
+    is_wsl: bool
+    arch: str  # NVIDIA's name: x86_64 / sbsa
+    repo_path: str  # wsl-ubuntu, ubuntu2204, ubuntu2404, debian12 ("" when no apt repository is used)
+    home: str
+    service_mode: str  # systemd / profile
+    systemd_running: bool
+    gpu: dict | None
+    python_version: str | None = None  # the venv's python3 (e.g. "3.11")
+    platform: str = ""  # key in the platform table (piper_gpu/platforms.py)
+
+    def path(self, value: str) -> str:
+        """Expand a leading ~ to the service user's home."""
+        return self.home + value[1:] if value.startswith("~") else value
+
+    @property
+    def piper_dir(self) -> str:
+        return self.path(self.settings.piper_dir)
+
+    @property
+    def venv_dir(self) -> str:
+        return self.path(self.settings.venv_dir)
+
+    @property
+    def models_dir(self) -> str:
+        return self.path(self.settings.models_dir)
+
+    @property
+    def venv_python(self) -> str:
+        return f"{self.venv_dir}/bin/python"
+
+    @property
+    def server_path(self) -> str:
+        return f"{self.piper_dir}/piper_http_server.py"
+
+    @property
+    def run_dir(self) -> str:
+        return f"{self.piper_dir}/run"
+
+    @property
+    def log_path(self) -> str:
+        return f"{self.piper_dir}/logs/piper-tts.log"
+
+    @property
+    def cuda_lib_dir(self) -> str:
+        return self.settings.cuda_lib_dir(self.arch)
+
+    @property
+    def site_packages(self) -> str:
+        return f"{self.venv_dir}/lib/python{self.python_version}/site-packages"
+
+    @property
+    def wheel_lib_dirs(self) -> list[str]:
+        """With cuda_source="pip": each NVIDIA wheel's library directory in the venv
+        (nvidia-cuda-runtime-cu12 -> nvidia/cuda_runtime/lib)."""
+        s = self.settings
+        names = [re.sub(r"^nvidia-|-cu\d+$", "", w).replace("-", "_") for w in s.cuda_wheel_requirements()]
+        return [f"{self.site_packages}/nvidia/{n}/lib" for n in names]
+
+    def voice_dir(self, voice) -> str:
+        return f"{self.models_dir}/{voice.language_dir}/{voice.name}"
+
+    @property
+    def voice_models(self) -> dict[str, str]:
+        """Voice name -> its .onnx on the host (the .onnx.json lies beside it)."""
+        return {v.name: f"{self.voice_dir(v)}/{v.name}.onnx" for v in self.settings.voices}
+
+    @property
+    def perf_out(self) -> str:
+        return f"{self.piper_dir}/perf/latest.json"
+
+    @property
+    def cudnn_extract_dir(self) -> str:
+        """Where an unpacked cuDNN (archive, or a .deb with cudnn_deb_extract) lives."""
+        s = self.settings
+        return f"/opt/cudnn-{s.cudnn_version}-cuda{s.cuda_major}"
+
+    @property
+    def multiarch(self) -> str:
+        return "x86_64-linux-gnu" if self.arch == "x86_64" else "aarch64-linux-gnu"
