@@ -428,6 +428,10 @@ class Mirror:
     #: The cuDNN local-repo installer: path under the mirror and sha256
     local_repo: dict
 
+    def keyring_sha256_for(self, repo_path: str) -> str:
+        """cuda-keyring_1.1-1_all.deb differs per repository (its apt source names the path), as NVIDIA's does."""
+        return sha256(self.root / "cuda" / "repos" / repo_path / "x86_64" / "cuda-keyring_1.1-1_all.deb")
+
     def sandbox_data(self) -> dict:
         """Settings the sandbox inventory needs beyond the mirror URL."""
         return {

@@ -133,6 +133,11 @@ def present_as_wsl2(root: Path, chroot) -> None:
     (lib / "nvidia-smi").chmod(0o755)
     stub_libcuda(lib / "libcuda.so.1")
     (root / "etc/ld.so.conf.d/ld.wsl.conf").write_text(LD_WSL_CONF)
+    # Ubuntu's WSL image enables every component and the updates/security pockets (python3-venv is
+    # in universe); debootstrap writes only "jammy main".
+    (root / "etc/apt/sources.list").write_text("".join(
+        f"deb {UBUNTU_MIRROR} {suite} main restricted universe multiverse\n"
+        for suite in ("jammy", "jammy-updates", "jammy-security")))
     chroot(f"ldconfig && useradd -m -s /bin/bash {WSL_USER}")
 
 

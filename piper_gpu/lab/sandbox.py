@@ -245,7 +245,8 @@ def persona_settings(box: Sandbox, m: mirror_mod.Mirror) -> dict:
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest)
-    return {"service_user": personas.WSL_USER, "create_service_user": False, "cudnn_source": "local-repo",
+    return {"service_user": personas.WSL_USER, "create_service_user": False,
+            "cuda_keyring_sha256": m.keyring_sha256_for("wsl-ubuntu"), "cudnn_source": "local-repo",
             "cudnn_local_repo_url": f"{WSL_DOWNLOADS}/{src.name}", "cudnn_local_repo_sha256": m.local_repo["sha256"]}
 
 
