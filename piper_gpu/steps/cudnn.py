@@ -102,24 +102,25 @@ def cudnn(target: Target):
     archive = f"{CACHE}/{s.cudnn_archive_name}"
     fetch(name=f"Fetch {label}: {s.cudnn_archive_name} (sha256 {digest[:12]}...)", src=_url(url), dest=archive,
           sha256=digest)
-    dest = target.cudnn_extract_dir
-    stale = _marker_differs(dest, digest)
-    return server.shell(
-        name=f"Unpack {label} archive into {dest}",
-        commands=[f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && tar -xJf {archive} -C {dest}.tmp --strip-components=1 && "
-                  f"rm -rf {dest} && mv {dest}.tmp {dest} && echo {shlex.quote(digest)} > {dest}/.source-sha256"],
-        _if=lambda: stale,
-    )
+    return _unpacked(target, f"tar -xJf {archive} -C {{tmp}} --strip-components=1", digest,
+                     f"Unpack {label} archive into {target.cudnn_extract_dir}")
 
 
 def _extract_deb(target: Target, deb: str, digest: str, label: str):
     """Unpack a cuDNN library .deb under /opt (its dependencies do not fit this distro); the linker
-    config then points there. ``digest`` marks which source the unpacked tree came from."""
+    config then points there."""
+    return _unpacked(target, f"dpkg-deb -x {deb} {{tmp}}", digest,
+                     f"Extract {label} from {deb} into {target.cudnn_extract_dir} (dependencies do not fit this distro)")
+
+
+def _unpacked(target: Target, extract: str, digest: str, name: str):
+    """``extract`` (with {tmp}) unpacks into a fresh tree that replaces the cuDNN directory whole;
+    ``digest`` marks which source the tree came from, so an unchanged source is not unpacked again."""
     dest = target.cudnn_extract_dir
     stale = _marker_differs(dest, digest)
     return server.shell(
-        name=f"Extract {label} from {deb} into {dest} (dependencies do not fit this distro)",
-        commands=[f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && dpkg-deb -x {deb} {dest}.tmp && "
+        name=name,
+        commands=[f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && {extract.format(tmp=dest + '.tmp')} && "
                   f"rm -rf {dest} && mv {dest}.tmp {dest} && echo {shlex.quote(digest)} > {dest}/.source-sha256"],
         _if=lambda: stale,
     )
