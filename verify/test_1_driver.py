@@ -42,16 +42,18 @@ def test_wsl2_libcuda_is_the_windows_drivers(host, target, service_env):
     package's libcuda.so.1 earlier in the linker path shadows it: CUDA then fails with error 100."""
     if not target["is_wsl"]:
         pytest.skip("not a WSL2 host")
-    first = next((line.split("=>")[-1].strip() for line in host.run("ldconfig -p").stdout.splitlines()
-                  if line.strip().startswith("libcuda.so.1 ")), None)
+    cached = [line.split("=>")[-1].strip() for line in host.run("ldconfig -p").stdout.splitlines()
+              if line.strip().startswith("libcuda.so.1 ")]
+    first = cached[0] if cached else None
     rc, loaded, res = service_env.python(LOADED_LIBCUDA)
-    wrong = [p for p in ([first] if first else []) + (loaded or []) if not p.startswith("/usr/lib/wsl/")]
+    # any Linux libcuda.so.1 the linker knows shadows WSL's for some process (cache order, LD_LIBRARY_PATH)
+    wrong = sorted({p for p in cached + (loaded or []) if not p.startswith("/usr/lib/wsl/")})
     owners = set()
     for path in wrong:
         out = host.run(f"dpkg -S {path} 2>/dev/null || dpkg -S $(realpath {path}) 2>/dev/null").stdout
         owners.update(line.split(":")[0].strip() for line in out.splitlines() if ":" in line)
     expect(rc == 0 and first and not wrong,
-           f"libcuda.so.1 resolves to {first}; the service loads {loaded or res.stderr.strip()[-200:]}"
+           f"libcuda.so.1 in the linker cache: {cached}; the service loads {loaded or res.stderr.strip()[-200:]}"
            + (f" (from the package {', '.join(sorted(owners))})" if owners else ""),
            "libcuda.so.1 from /usr/lib/wsl/lib (the Windows driver's)",
            (f"sudo apt-get purge {' '.join(sorted(owners))} && sudo ldconfig: a Linux NVIDIA driver package must not be "
