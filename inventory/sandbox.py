@@ -8,7 +8,8 @@ PIPER_SANDBOX_DATA (JSON file of extra settings written by the lab: voice checks
 import json
 import os
 
-from piper_gpu.lab.mirror import source_settings
+from piper_gpu.settings import data_keys
+from tests.lab.mirror import source_settings
 
 root = os.environ["PIPER_SANDBOX_ROOT"]
 mirror = os.environ["PIPER_MIRROR_URL"]
@@ -18,10 +19,9 @@ sandbox = [
     (
         f"@chroot/{root}",
         {
-            # No GPU on the test machines: provision anyway, loudly; the server WARNs at start.
-            "allow_no_gpu": True,
-            **source_settings(mirror),
-            **extra,
+            # No GPU on the test machines: provision anyway (allow_no_gpu), loudly; the server WARNs at start.
+            # The lab writes settings by field name (tests/lab/sandbox.py); as pyinfra data: piper_gpu_*
+            **data_keys({"allow_no_gpu": True, **source_settings(mirror), **extra}),
         },
     ),
 ]

@@ -7,7 +7,8 @@ Environment: as inventory/sandbox.py, plus PIPER_SSH_PORT, PIPER_SSH_USER, PIPER
 import json
 import os
 
-from piper_gpu.lab.mirror import source_settings
+from piper_gpu.settings import data_keys
+from tests.lab.mirror import source_settings
 
 mirror = os.environ["PIPER_MIRROR_URL"]
 extra = json.load(open(os.environ["PIPER_SANDBOX_DATA"])) if os.environ.get("PIPER_SANDBOX_DATA") else {}
@@ -22,9 +23,8 @@ sandbox_ssh = [
             "ssh_strict_host_key_checking": "no",
             "ssh_known_hosts_file": "/dev/null",
             "_sudo": True,  # the SSH user is not root: privileged steps go through sudo
-            "allow_no_gpu": True,
-            **source_settings(mirror),
-            **extra,
+            # the lab writes settings by field name (tests/lab/sandbox.py); as pyinfra data: piper_gpu_*
+            **data_keys({"allow_no_gpu": True, **source_settings(mirror), **extra}),
         },
     ),
 ]

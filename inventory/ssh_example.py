@@ -5,5 +5,5 @@
 
 gpu_lab = [
     ("tts-01.example.internal", {"ssh_user": "deploy", "_sudo": True}),
-    ("tts-02.example.internal", {"ssh_user": "deploy", "_sudo": True, "port": 5006}),
+    ("tts-02.example.internal", {"ssh_user": "deploy", "_sudo": True, "piper_gpu_port": 5006}),
 ]

@@ -13,8 +13,8 @@ hosts = [
         {
             "_sudo": True,
             # The service runs as you, with your ~/piper_env and ~/piper_models (the plan's paths).
-            "service_user": getpass.getuser(),
-            "create_service_user": False,
+            "piper_gpu_service_user": getpass.getuser(),
+            "piper_gpu_create_service_user": False,
         },
     ),
 ]

@@ -1,6 +1,7 @@
 """python -m piper_gpu diagnose --hosts=HOST [--connection=...] [--sudo] [--json FILE]
 python -m piper_gpu bundle OUT --settings FILE.json [--repo-path debian12] [--python 3.11]
 python -m piper_gpu lock --python 3.10 [--platform wsl2-ubuntu2204] [--resolve | --check]
+python -m piper_gpu pin-voices [--voice NAME ...] [--settings FILE.json] [--data KEY=VALUE] [--write FILE]
 
 diagnose runs the verify/ checks against a provisioned host and prints one screen: pass/fail/skip
 per step of the plan, and for each failure what was found, what was expected and the exact fix.
@@ -8,6 +9,8 @@ Exit status: 0 when nothing failed, 1 otherwise. bundle: see piper_gpu/bundle.py
 lock: print the venv lock a host with that Python gets (one name==version per line); --resolve
 rewrites piper_gpu/locks/python<X.Y>.txt from pip's resolver; --check downloads each pinned wheel for
 that Python (exit 1, naming the pins that have none). See piper_gpu/locks.py.
+pin-voices: download the configured voices from their source and print (or --write into group data)
+their sha256 pins: piper_gpu/pin_voices.py. Settings (--settings, --data) use the data keys piper_gpu_*.
 """
 
 from __future__ import annotations
@@ -20,17 +23,14 @@ from pathlib import Path
 
 import pytest
 
-VERIFY = Path(__file__).resolve().parent.parent / "verify"
-STEPS = {
-    "test_1_driver": "1 driver",
-    "test_3_cuda": "3 CUDA",
-    "test_4_cudnn": "4 cuDNN",
-    "test_5_venv": "5 venv/ORT",
-    "test_6_voices": "6 voices",
-    "test_7_server": "7 server",
-    "test_8_service": "8 service",
-    "test_9_performance": "9 performance",
-}
+from piper_gpu.resources import data_dir
+
+VERIFY = data_dir("verify")
+
+
+def step_of(module: str) -> str:
+    """The plan step a verify module checks: test_cudnn -> cudnn."""
+    return module.removeprefix("test_")
 
 
 class Collector:
@@ -63,7 +63,7 @@ def render_screen(results: list[dict], host: str) -> str:
     out = [f"piper-gpu diagnose: {host}", ""]
     width = max((len(r["check"]) for r in results), default=20)
     for r in results:
-        step = STEPS.get(r["module"], r["module"])
+        step = step_of(r["module"])
         mark = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[r["outcome"]]
         note = f"  ({r['reason']})" if r.get("reason") else ""
         out.append(f"  {step:14} {r['check']:{width}}  {mark}{note}")
@@ -71,7 +71,7 @@ def render_screen(results: list[dict], host: str) -> str:
     if failed:
         out += ["", "What is wrong, and the fix:"]
         for r in failed:
-            out.append(f"  x {STEPS.get(r['module'], r['module'])} / {r['check']}")
+            out.append(f"  x {step_of(r['module'])} / {r['check']}")
             out.append(f"      cause:    {r.get('found', '?')}")
             if r.get("expected"):
                 out.append(f"      expected: {r['expected']}")
@@ -147,11 +147,22 @@ def main(argv=None) -> int:
     mode.add_argument("--resolve", action="store_true", help="rewrite the lock file from pip's resolver (PyPI)")
     mode.add_argument("--check", action="store_true", help="download every pinned wheel for that Python")
     lk.add_argument("--download-dir", default="/var/cache/piper-gpu-deploy/lock-check", help="with --check")
+    pv = sub.add_parser("pin-voices", help="download the configured voices and print their sha256 pins for group data")
+    pv.add_argument("--voice", action="append", metavar="NAME", help="a voice name (repeatable); default: the settings'")
+    pv.add_argument("--settings", help="JSON file of settings (data keys, as in group data)")
+    pv.add_argument("--data", action="append", metavar="KEY=VALUE", help="one setting (repeatable), like pyinfra --data")
+    pv.add_argument("--write", metavar="FILE", help="put the piper_gpu_voices assignment into FILE (e.g. group_data/all.py)")
     args, extra = p.parse_known_args(argv)
     if args.command == "lock":
         if extra:
             p.error(f"unrecognised arguments: {' '.join(extra)}")
         return lock(args)
+    if args.command == "pin-voices":
+        from piper_gpu import pin_voices
+
+        if extra:
+            p.error(f"unrecognised arguments: {' '.join(extra)}")
+        return pin_voices.main(args)
     if args.command == "bundle":
         from piper_gpu import bundle
 

@@ -38,8 +38,8 @@ from pathlib import Path
 
 from piper_gpu import openpgp
 from piper_gpu import locks, platforms
-from piper_gpu.settings import (BUNDLE_CUDA_REPOS, BUNDLE_WHEELS, Settings, bundle_cudnn_file, bundle_voice_dir,
-                                settings_from, SettingsError)
+from piper_gpu.naming import BUNDLE_CUDA_REPOS, BUNDLE_WHEELS, bundle_cudnn_file, bundle_voice_dir
+from piper_gpu.settings import Settings, SettingsError, data_key, settings_from
 
 KEYRING_MEMBER = "./usr/share/keyrings/cuda-archive-keyring.gpg"
 MANIFEST = "bundle.json"
@@ -300,7 +300,7 @@ def main(args) -> int:
     for item in args.data or []:
         key, _, value = item.partition("=")
         data[key] = value
-    data.pop("bundle_url", None)  # a bundle is made from the real sources
+    data.pop(data_key("bundle_url"), None)  # a bundle is made from the real sources
     try:
         s = settings_from(data)
         platform = next((p for p in platforms.PLATFORMS if p.repo_path == args.repo_path and p.python == args.python),

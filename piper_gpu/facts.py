@@ -1,5 +1,7 @@
-"""pyinfra facts the deploy decides on: WSL2, the NVIDIA driver, distro, systemd, held
-packages, the venv's Python distributions and whether the profile-mode service runs."""
+"""pyinfra facts the deploy decides on that pyinfra has no fact for: WSL2, the NVIDIA driver, the
+Python a venv gets, systemd as PID 1, held packages, dpkg left interrupted, the venv's Python
+distributions, whether the profile-mode service runs, what apt sources offer. (The distro, users and
+installed packages come from pyinfra's own server.OsRelease, server.Users and deb.DebPackages.)"""
 
 from __future__ import annotations
 
@@ -67,23 +69,6 @@ class NvidiaDriver(FactBase):
         return {"path": path, "driver_version": driver, "cuda_version": cuda, "gpus": gpus}
 
 
-class OsRelease(FactBase):
-    """/etc/os-release as a dict (ID, VERSION_ID, VERSION_CODENAME, ...)."""
-
-    default = dict
-
-    def command(self) -> str:
-        return "cat /etc/os-release"
-
-    def process(self, output):
-        data = {}
-        for line in output:
-            if "=" in line:
-                key, _, value = line.partition("=")
-                data[key.strip()] = value.strip().strip('"')
-        return data
-
-
 class PythonVersion(FactBase):
     """'3.11': the python3 a venv gets, from python3 itself or, before it is installed, from
     apt's candidate for the python3 package. None when neither tells."""
@@ -131,25 +116,6 @@ class DpkgInterrupted(FactBase):
         return [line.strip() for line in output if line.strip()]
 
 
-class InstalledDebVersions(FactBase):
-    """{package: version} of installed Debian packages (dpkg-query), held ones included.
-
-    ``${db:Status-Abbrev}`` is want/status/error: "ii " installed, "hi " installed and held."""
-
-    default = dict
-
-    def command(self) -> str:
-        return "dpkg-query -W -f='${db:Status-Abbrev} ${Package} ${Version}\\n' 2>/dev/null || true"
-
-    def process(self, output):
-        result = {}
-        for line in output:
-            parts = line.split()
-            if len(parts) == 3 and len(parts[0]) >= 2 and parts[0][1] == "i":
-                result[parts[1]] = parts[2]
-        return result
-
-
 class VenvDistributions(FactBase):
     """{normalised distribution name: version} in a venv, or None when the venv has no python."""
 
@@ -174,16 +140,6 @@ class PidAlive(FactBase):
 
     def process(self, output):
         return bool(output) and output[0].strip() == "yes"
-
-
-class UserHome(FactBase):
-    """Home directory of a user, or None when the user does not exist."""
-
-    def command(self, user: str) -> str:
-        return f"getent passwd {shlex.quote(user)} | cut -d: -f6 || true"
-
-    def process(self, output):
-        return output[0].strip() if output and output[0].strip() else None
 
 
 class AptOffers(FactBase):

@@ -92,3 +92,54 @@ ONNXRUNTIME_DISTRIBUTIONS = (
     "ort-nightly",
     "ort-nightly-gpu",
 )
+
+
+def cudnn_built_for(cudnn_version: str) -> str:
+    """The CUDA version the CUDA-12 build of a cuDNN release targets (CUDNN_BUILT_FOR)."""
+    from piper_gpu.naming import release
+    from piper_gpu.settings import SettingsError
+
+    try:
+        return CUDNN_BUILT_FOR[release(cudnn_version)]
+    except KeyError:
+        raise SettingsError(
+            f"cuDNN {cudnn_version}: the CUDA version this build targets is not in the matrix "
+            f"({', '.join(sorted(CUDNN_BUILT_FOR))}); set piper_gpu_cudnn_cuda_version "
+            "(NVIDIA's cuDNN release notes name it, e.g. '12.4')"
+        ) from None
+
+
+def check(ort: str, cuda: str, cudnn: str, cudnn_built: str, python: str | None, error: type[Exception]) -> None:
+    """Raise ``error`` naming the conflict and the fix unless onnxruntime-gpu ``ort``, CUDA ``cuda``,
+    cuDNN ``cudnn`` (built for CUDA ``cudnn_built``) and the host's ``python`` (None: not known yet)
+    fit together."""
+    from piper_gpu.naming import major_minor
+
+    cuda_major, cuda_minor = major_minor(cuda, "cuda_version")
+    cudnn_major = major_minor(cudnn, "cudnn_version")[0]
+    build = ORT_GPU_BUILDS.get(ort)
+    if build is None:
+        raise error(
+            f"onnxruntime-gpu {ort} is not in the version matrix (known: {', '.join(ORT_GPU_BUILDS)}); pick a known "
+            "release or add it to ORT_GPU_BUILDS (piper_gpu/matrix.py) with the CUDA and cuDNN majors its PyPI "
+            "wheel links")
+    if python and python not in build.pythons:
+        fits = [v for v, b in ORT_GPU_BUILDS.items() if python in b.pythons and (b.cuda, b.cudnn) == (cuda_major, cudnn_major)]
+        raise error(
+            f"onnxruntime-gpu {ort} has no wheel for this host's Python {python} (its wheels: Python "
+            f"{', '.join(build.pythons)}); releases for CUDA {cuda_major} / cuDNN {cudnn_major} with a Python "
+            f"{python} wheel: {', '.join(fits) or 'none'}")
+    if build.cuda != cuda_major:
+        raise error(
+            f"onnxruntime-gpu {ort} is built for CUDA {build.cuda}, but cuda_version is {cuda}: its CUDA provider "
+            f"would look for libcublasLt.so.{build.cuda} and fail. Use an onnxruntime-gpu release built for CUDA "
+            f"{cuda_major} (e.g. {DEFAULT_ORT_GPU}) or a CUDA {build.cuda} toolkit")
+    if build.cudnn != cudnn_major:
+        raise error(
+            f"onnxruntime-gpu {ort} is built for cuDNN {build.cudnn}, but cudnn_version is {cudnn} (cuDNN "
+            f"{cudnn_major}); ONNX Runtime built with cuDNN {build.cudnn}.x cannot load libcudnn.so.{cudnn_major}")
+    built_major, built_minor = major_minor(cudnn_built, "cudnn_cuda_version")
+    if built_major != cuda_major or built_minor > cuda_minor:
+        raise error(
+            f"cuDNN {cudnn} is built for CUDA {cudnn_built}, but cuda_version is {cuda}: pick a cuDNN built for "
+            f"CUDA {cuda_major}.x no newer than {cuda} (cuDNN 9.1.1 for 12.4)")

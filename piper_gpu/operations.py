@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 import shlex
+from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.api.command import QuoteString, StringCommand
+from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File, Sha256File
 
-from piper_gpu.facts import AptOffers, FilesDiffer, HeldPackages, InstalledDebVersions, VenvDistributions
+from piper_gpu.facts import AptOffers, FilesDiffer, HeldPackages, VenvDistributions
 from piper_gpu.matrix import ONNXRUNTIME_DISTRIBUTIONS
 
 
@@ -40,13 +43,6 @@ def fetch(src: str, dest: str, sha256: str | None, user: str | None = None, grou
     yield f"mv -f {q_part} {q_dest}"
 
 
-def _as_user(user: str, command: str) -> str:
-    """Run a command as the service user (we are root: chroot, ssh root, or _sudo)."""
-    if user == "root":
-        return command
-    return f"runuser -u {shlex.quote(user)} -- {command}"
-
-
 @operation()
 def deb_file_installed(package: str, version: str | None, deb_path: str, keyring_check: str | None = None,
                        use_dpkg: bool = False):
@@ -55,16 +51,17 @@ def deb_file_installed(package: str, version: str | None, deb_path: str, keyring
     ``keyring_check``: a command run first that must succeed (e.g. check the key inside the .deb).
     ``use_dpkg``: ``dpkg -i`` (a package without dependencies, such as NVIDIA's local-repo installers).
     """
-    have = host.get_fact(InstalledDebVersions).get(package)
-    if have is not None and (version is None or have == version):
-        host.noop(f"{package} {have} is installed")
+    have = host.get_fact(DebPackages).get(package) or []
+    if have and (version is None or version in have):
+        host.noop(f"{package} {', '.join(have)} is installed")
         return
     if keyring_check:
         yield keyring_check
     if use_dpkg:
-        yield f"DEBIAN_FRONTEND=noninteractive dpkg -i {shlex.quote(deb_path)}"
+        yield StringCommand("DEBIAN_FRONTEND=noninteractive dpkg -i", QuoteString(deb_path))
         return
-    yield f"DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-downgrades --allow-change-held-packages {shlex.quote(deb_path)}"
+    yield StringCommand("DEBIAN_FRONTEND=noninteractive apt-get install -y --allow-downgrades --allow-change-held-packages",
+                        QuoteString(deb_path))
 
 
 @operation()
@@ -74,51 +71,68 @@ def held(packages: list[str]):
     if not missing:
         host.noop(f"{', '.join(packages)} held")
         return
-    yield "apt-mark hold " + " ".join(shlex.quote(p) for p in missing)
+    yield StringCommand("apt-mark hold", *map(QuoteString, missing))
 
 
-@operation()
-def venv_present(venv_dir: str, user: str, python: str = "python3"):
-    """A venv at ``venv_dir`` owned by ``user``."""
-    if host.get_fact(VenvDistributions, python=f"{venv_dir}/bin/python") is not None:
-        host.noop(f"venv {venv_dir} exists")
-        return
-    yield _as_user(user, f"{shlex.quote(python)} -m venv {shlex.quote(venv_dir)}")
+def as_user(user: str) -> dict:
+    """pyinfra's global arguments that run an operation as ``user`` (sudo; none for root)."""
+    return {} if user == "root" else {"_sudo": True, "_sudo_user": user}
 
 
-@operation()
-def venv_locked(venv_dir: str, user: str, wanted: dict[str, str], pip_args: list[str]):
-    """The venv holds exactly the pinned versions in ``wanted`` and exactly one ONNX Runtime.
+@dataclass(frozen=True)
+class VenvChanges:
+    """What ``venv_locked`` changes in a venv: distributions removed, and installed (name -> (had, wanted))."""
 
-    Any ONNX Runtime distribution not in ``wanted`` (the CPU ``onnxruntime`` that piper-tts pulls
-    in, for one) is removed. They share the ``onnxruntime`` module directory, so removing one
-    deletes files of the other: the wanted one is then reinstalled with --force-reinstall.
-    Installs use --no-deps: the lock is complete, and piper-tts's dependency on the CPU
-    ``onnxruntime`` must not come back.
-    """
-    python = f"{venv_dir}/bin/python"
-    have = host.get_fact(VenvDistributions, python=python) or {}
+    remove: tuple[str, ...]
+    install: dict[str, tuple[str | None, str]]
+    force: bool  # another ONNX Runtime goes: the wanted one is reinstalled over the shared module directory
+
+    def __bool__(self) -> bool:
+        return bool(self.remove or self.install)
+
+    def describe(self) -> str:
+        parts = [f"{n}=={new}" + (f" (was {old})" if old else "") for n, (old, new) in sorted(self.install.items())]
+        text = f"install {', '.join(parts)}" if parts else ""
+        if self.remove:
+            text += ("; " if text else "") + f"remove {', '.join(self.remove)}"
+        return text
+
+
+def venv_changes(have: dict[str, str] | None, wanted: dict[str, str]) -> VenvChanges:
+    """Compare a venv's distributions (``VenvDistributions``) with the lock. Any ONNX Runtime not in
+    ``wanted`` (the CPU ``onnxruntime`` piper-tts pulls in, for one) goes, and so do NVIDIA's CUDA
+    wheels the lock no longer pins (cuda_source="pip" before, or an older pin set)."""
+    have = have or {}
     norm = {k.lower().replace("_", "-"): v for k, v in wanted.items()}
     stray_ort = sorted(d for d in ONNXRUNTIME_DISTRIBUTIONS if d in have and d not in norm)
-    # NVIDIA's CUDA wheels left from cuda_source="pip" (or an older pin set) go too
     stray_cuda = sorted(d for d in have if re.fullmatch(r"nvidia-[a-z0-9-]+-cu\d+", d) and d not in norm)
-    to_install = {n: v for n, v in norm.items() if have.get(n) != v}
-    if not stray_ort and not stray_cuda and not to_install:
-        host.noop(f"{venv_dir}: {len(norm)} pinned distributions present, one ONNX Runtime")
+    install = {n: (have.get(n), v) for n, v in norm.items() if have.get(n) != v}
+    if stray_ort:  # removing one deletes files of the other: reinstall the wanted one
+        install.update({n: (have.get(n), norm[n]) for n in ONNXRUNTIME_DISTRIBUTIONS if n in norm})
+    return VenvChanges(remove=tuple(stray_cuda + stray_ort), install=install, force=bool(stray_ort))
+
+
+@operation()
+def venv_locked(venv_dir: str, wanted: dict[str, str], pip_args: list[str]):
+    """The venv holds exactly the pinned versions in ``wanted`` and exactly one ONNX Runtime.
+
+    ONNX Runtime distributions share the ``onnxruntime`` module directory, so removing a stray one
+    deletes files of the wanted one: that is then reinstalled with --force-reinstall. Installs use
+    --no-deps: the lock is complete, and piper-tts's dependency on the CPU ``onnxruntime`` must not
+    come back. Run it as the venv's owner (``as_user``).
+    """
+    python = f"{venv_dir}/bin/python"
+    changes = venv_changes(host.get_fact(VenvDistributions, python=python), wanted)
+    if not changes:
+        host.noop(f"{venv_dir}: {len(wanted)} pinned distributions present, one ONNX Runtime")
         return
-    pip = f"{shlex.quote(python)} -m pip --disable-pip-version-check --no-input --retries 5 --timeout 30"
-    if stray_cuda:
-        yield _as_user(user, f"{pip} uninstall -y " + " ".join(stray_cuda))
-    if stray_ort:
-        yield _as_user(user, f"{pip} uninstall -y " + " ".join(stray_ort))
-        for n in ONNXRUNTIME_DISTRIBUTIONS:
-            if n in norm:
-                to_install[n] = norm[n]
-    if to_install:
-        force = " --force-reinstall" if stray_ort else ""
-        args = " ".join(shlex.quote(a) for a in pip_args)
-        specs = " ".join(shlex.quote(f"{n}=={v}") for n, v in sorted(to_install.items()))
-        yield _as_user(user, f"{pip} install --no-deps{force} {args} {specs}")
+    pip = [QuoteString(python), "-m pip --disable-pip-version-check --no-input --retries 5 --timeout 30"]
+    if changes.remove:
+        yield StringCommand(*pip, "uninstall -y", *map(QuoteString, changes.remove))
+    if changes.install:
+        yield StringCommand(*pip, "install --no-deps", *(["--force-reinstall"] if changes.force else []),
+                            *map(QuoteString, pip_args),
+                            *(QuoteString(f"{n}=={v}") for n, (_, v) in sorted(changes.install.items())))
 
 
 @operation()

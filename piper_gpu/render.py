@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import jinja2
 
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+from piper_gpu.resources import data_dir
+
+TEMPLATES = data_dir("templates")
 
 
 def template_path(name: str) -> str:

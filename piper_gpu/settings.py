@@ -1,8 +1,11 @@
-"""The one typed place for settings: defaults, overrides from inventory/group data, and the
-version matrix that rejects incompatible combinations before anything on a host changes.
+"""The deploy's inputs: one typed place for their defaults, how pyinfra data overrides them, and
+their validation. Other concerns live apart: the version matrix (matrix.py), the platform table
+(platforms.py), NVIDIA's naming rules and the bundle layout (naming.py), host paths (target.py).
 
-Every field can be overridden by a pyinfra data key of the same name (inventory host data,
-group_data/*.py, or ``--data key=value``).
+Every field ``x`` is read from the pyinfra data key ``piper_gpu_x`` (inventory host data,
+group_data/*.py, ``--data piper_gpu_x=value``, or the ``data_defaults`` of ``deploy_piper_gpu``).
+The prefix keeps the deploy's keys apart from other deploys' in a shared inventory; the
+unprefixed names of earlier releases are refused, naming the new key.
 """
 
 from __future__ import annotations
@@ -15,9 +18,8 @@ from typing import Any, Mapping
 
 from pyinfra.api.exceptions import PyinfraError
 
-from piper_gpu import locks, platforms
-from piper_gpu.matrix import (CUDA_WHEELS_12_4, CUDNN_ARCHIVE_SHA256, CUDNN_BUILT_FOR, DEFAULT_ORT_GPU,  # noqa: F401
-                              ONNXRUNTIME_DISTRIBUTIONS, ORT_GPU_BUILDS)
+from piper_gpu import locks, matrix, naming, platforms
+from piper_gpu.matrix import CUDA_WHEELS_12_4, CUDNN_ARCHIVE_SHA256, DEFAULT_ORT_GPU, ONNXRUNTIME_DISTRIBUTIONS
 
 #: Packages that must never be installed inside WSL2: the Linux driver comes from Windows, and any
 #: package shipping a Linux libcuda.so.1 (the driver's user-space part) shadows WSL's
@@ -44,17 +46,6 @@ CUDNN_SOURCES = ("auto", "repo", "local-repo", "archive", "wheel", "local-deb")
 class SettingsError(PyinfraError, ValueError):
     """A setting is invalid or settings contradict each other. (A PyinfraError: pyinfra prints it
     as one message, without a traceback.)"""
-
-
-def _major_minor(version: str, what: str) -> tuple[int, int]:
-    m = re.match(r"^(\d+)\.(\d+)", str(version))
-    if not m:
-        raise SettingsError(f"{what}: {version!r} is not a version like 12.4")
-    return int(m.group(1)), int(m.group(2))
-
-
-def _release(version: str, parts: int = 3) -> str:
-    return ".".join(str(version).split(".")[:parts])
 
 
 @dataclass(frozen=True)
@@ -195,60 +186,55 @@ class Settings:
     min_speedup: float = 2.0
     perf_runs: int = 5
 
-    # ---------------------------------------------------------------------------------------
+    # --- NVIDIA's names for these versions (naming.py) ------------------------------------
     @property
     def cuda_major(self) -> int:
-        return _major_minor(self.cuda_version, "cuda_version")[0]
+        return naming.major_minor(self.cuda_version, "cuda_version")[0]
 
     @property
     def cuda_dash(self) -> str:
-        major, minor = _major_minor(self.cuda_version, "cuda_version")
-        return f"{major}-{minor}"
+        return naming.cuda_dash(self.cuda_version)
 
     @property
     def cuda_home(self) -> str:
-        major, minor = _major_minor(self.cuda_version, "cuda_version")
-        return f"/usr/local/cuda-{major}.{minor}"
+        return naming.cuda_home(self.cuda_version)
 
     @property
     def cudnn_major(self) -> int:
-        return _major_minor(self.cudnn_version, "cudnn_version")[0]
+        return naming.major_minor(self.cudnn_version, "cudnn_version")[0]
 
     @property
     def cudnn_release(self) -> str:
-        return _release(self.cudnn_version)
+        return naming.release(self.cudnn_version)
 
     @property
     def cudnn_built_for(self) -> str:
-        if self.cudnn_cuda_version:
-            return self.cudnn_cuda_version
-        try:
-            return CUDNN_BUILT_FOR[self.cudnn_release]
-        except KeyError:
-            raise SettingsError(
-                f"cuDNN {self.cudnn_version}: the CUDA version this build targets is not in the "
-                f"matrix ({', '.join(sorted(CUDNN_BUILT_FOR))}); set cudnn_cuda_version "
-                "(NVIDIA's cuDNN release notes name it, e.g. '12.4')"
-            ) from None
+        return self.cudnn_cuda_version or matrix.cudnn_built_for(self.cudnn_version)
 
     @property
     def cudnn_package(self) -> str:
-        """NVIDIA's apt package for this cuDNN: libcudnn9-cuda-12."""
-        return f"libcudnn{self.cudnn_major}-cuda-{self.cuda_major}"
+        return naming.cudnn_package(self.cudnn_version, self.cuda_version)
 
     @property
     def cudnn_apt_version(self) -> str:
-        return f"{self.cudnn_version}-1"
+        return naming.cudnn_apt_version(self.cudnn_version)
 
     @property
     def cuda_packages(self) -> list[str]:
-        if self.cuda_install == "toolkit":
-            return [f"cuda-toolkit-{self.cuda_dash}"]
-        return [f"cuda-libraries-{self.cuda_dash}"]
+        return naming.cuda_packages(self.cuda_version, self.cuda_install)
 
     def cuda_lib_dir(self, arch: str = "x86_64") -> str:
-        return f"{self.cuda_home}/targets/{arch}-linux/lib"
+        return naming.cuda_lib_dir(self.cuda_version, arch)
 
+    @property
+    def cudnn_wheel(self) -> str:
+        return naming.cudnn_wheel(self.cuda_version)
+
+    @property
+    def cudnn_archive_name(self) -> str:
+        return naming.cudnn_archive_name(self.cudnn_version, self.cuda_version)
+
+    # --- sources ---------------------------------------------------------------------------
     def voice_url(self, voice: Voice, suffix: str) -> str:
         base = voice.url or f"{self.voices_base_url.rstrip('/')}/{voice.hf_path()}"
         return f"{base.rstrip('/')}/{voice.name}{suffix}"
@@ -259,11 +245,7 @@ class Settings:
             args += ["--find-links", self.pip_find_links]
         return args
 
-    @property
-    def cudnn_wheel(self) -> str:
-        """NVIDIA's PyPI distribution of this cuDNN: nvidia-cudnn-cu12."""
-        return f"nvidia-cudnn-cu{self.cuda_major}"
-
+    # --- the install plan for a host -----------------------------------------------------------
     def cuda_wheel_requirements(self) -> dict[str, str]:
         """NVIDIA's wheels the venv holds: the CUDA libraries with cuda_source="pip", cuDNN with
         cudnn_source="wheel" (which cuda_source="pip" implies)."""
@@ -273,15 +255,11 @@ class Settings:
         return wheels
 
     @property
-    def cudnn_archive_name(self) -> str:
-        """NVIDIA's redistributable archive: cudnn-linux-x86_64-9.1.1.17_cuda12-archive.tar.xz."""
-        return f"cudnn-linux-x86_64-{self.cudnn_version}_cuda{self.cuda_major}-archive.tar.xz"
-
-    @property
     def cudnn_archive(self) -> tuple[str, str | None]:
         """(URL, sha256) of the redistributable archive: the settings, else NVIDIA's layout under
         ``cudnn_redist_url`` (cudnn/linux-x86_64/<name>) and the digest of NVIDIA's manifest."""
-        url = self.cudnn_archive_url or f"{self.cudnn_redist_url.rstrip('/')}/cudnn/linux-x86_64/{self.cudnn_archive_name}"
+        url = self.cudnn_archive_url or naming.cudnn_archive_url(self.cudnn_redist_url, self.cudnn_version,
+                                                                 self.cuda_version)
         digest = self.cudnn_archive_sha256 or CUDNN_ARCHIVE_SHA256.get((self.cudnn_version, "x86_64", self.cuda_major))
         return url, digest
 
@@ -313,6 +291,16 @@ class Settings:
         data = dataclasses.asdict(self)
         data["api_key"] = None
         data["voices"] = [dataclasses.asdict(v) for v in self.voices]
+        # NVIDIA's names and the install plan for these settings, so that verify needs no code of the
+        # deploy to know what should be there (from_fields reads only the fields back)
+        data["derived"] = {
+            "cuda_major": self.cuda_major, "cuda_dash": self.cuda_dash, "cuda_home": self.cuda_home,
+            "cuda_packages": self.cuda_packages, "cudnn_major": self.cudnn_major, "cudnn_release": self.cudnn_release,
+            "cudnn_built_for": self.cudnn_built_for, "cudnn_package": self.cudnn_package,
+            "cudnn_apt_version": self.cudnn_apt_version, "cudnn_wheel": self.cudnn_wheel,
+            "python_requirements": self.python_requirements(),
+            "onnxruntime_distributions": list(ONNXRUNTIME_DISTRIBUTIONS),
+        }
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     # ---------------------------------------------------------------------------------------
@@ -366,11 +354,10 @@ class Settings:
             for what, digest in (("onnx_sha256", v.onnx_sha256), ("json_sha256", v.json_sha256)):
                 if digest is None:
                     problems.append(
-                        f"voice {v.name}: {what} is not pinned. Every download is verified: fetch "
-                        f"{self.voice_url(v, '.onnx' if what == 'onnx_sha256' else '.onnx.json')} "
-                        "on a machine you trust, run sha256sum on it, and set the digest in your "
-                        "inventory's group data (voices=[{'name': ..., 'onnx_sha256': ..., "
-                        "'json_sha256': ...}])"
+                        f"voice {v.name}: {what} is not pinned. Every download is verified: on a machine that "
+                        f"reaches {self.voice_url(v, '.onnx' if what == 'onnx_sha256' else '.onnx.json')}, run "
+                        "`python -m piper_gpu pin-voices` (with your inventory's voices) and put the "
+                        f"{data_key('voices')} it prints into your group data"
                     )
                 elif not re.fullmatch(r"[0-9a-f]{64}", digest):
                     problems.append(f"voice {v.name}: {what}={digest!r} is not a sha256 hex digest")
@@ -388,44 +375,8 @@ class Settings:
         return self
 
     def _check_matrix(self) -> None:
-        cuda_major, cuda_minor = _major_minor(self.cuda_version, "cuda_version")
-        build = ORT_GPU_BUILDS.get(self.onnxruntime_gpu_version)
-        if build is None:
-            raise SettingsError(
-                f"onnxruntime-gpu {self.onnxruntime_gpu_version} is not in the version matrix "
-                f"(known: {', '.join(ORT_GPU_BUILDS)}); pick a known release or add it to "
-                "ORT_GPU_BUILDS (piper_gpu/matrix.py) with the CUDA and cuDNN majors its PyPI wheel links"
-            )
-        ort_cuda, ort_cudnn = build.cuda, build.cudnn
-        if self.python_version and self.python_version not in build.pythons:
-            fits = [v for v, b in ORT_GPU_BUILDS.items()
-                    if self.python_version in b.pythons and (b.cuda, b.cudnn) == (cuda_major, self.cudnn_major)]
-            raise SettingsError(
-                f"onnxruntime-gpu {self.onnxruntime_gpu_version} has no wheel for this host's Python "
-                f"{self.python_version} (its wheels: Python {', '.join(build.pythons)}); releases for CUDA "
-                f"{cuda_major} / cuDNN {self.cudnn_major} with a Python {self.python_version} wheel: "
-                f"{', '.join(fits) or 'none'}"
-            )
-        if ort_cuda != cuda_major:
-            raise SettingsError(
-                f"onnxruntime-gpu {self.onnxruntime_gpu_version} is built for CUDA {ort_cuda}, "
-                f"but cuda_version is {self.cuda_version}: its CUDA provider would look for "
-                f"libcublasLt.so.{ort_cuda} and fail. Use an onnxruntime-gpu release built for "
-                f"CUDA {cuda_major} (e.g. {DEFAULT_ORT_GPU}) or a CUDA {ort_cuda} toolkit"
-            )
-        if ort_cudnn != self.cudnn_major:
-            raise SettingsError(
-                f"onnxruntime-gpu {self.onnxruntime_gpu_version} is built for cuDNN {ort_cudnn}, "
-                f"but cudnn_version is {self.cudnn_version} (cuDNN {self.cudnn_major}); "
-                f"ONNX Runtime built with cuDNN {ort_cudnn}.x cannot load libcudnn.so.{self.cudnn_major}"
-            )
-        built_major, built_minor = _major_minor(self.cudnn_built_for, "cudnn_cuda_version")
-        if built_major != cuda_major or built_minor > cuda_minor:
-            raise SettingsError(
-                f"cuDNN {self.cudnn_version} is built for CUDA {self.cudnn_built_for}, "
-                f"but cuda_version is {self.cuda_version}: pick a cuDNN built for CUDA "
-                f"{cuda_major}.x no newer than {self.cuda_version} (cuDNN 9.1.1 for 12.4)"
-            )
+        matrix.check(self.onnxruntime_gpu_version, self.cuda_version, self.cudnn_version, self.cudnn_built_for,
+                     self.python_version, SettingsError)
 
 
 def _coerce(name: str, value: Any, default: Any) -> Any:
@@ -449,28 +400,25 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
     return value
 
 
-def settings_from(data: Mapping[str, Any] | Any, validate: bool = True) -> Settings:
-    """Build validated Settings from a mapping or a pyinfra ``host.data`` object.
+def from_fields(values: Mapping[str, Any], validate: bool = True) -> Settings:
+    """Settings from a mapping of field names (the host's recorded settings, the lab, unit tests).
 
-    Only keys naming a Settings field are read; everything else in host data is ignored.
+    Only keys naming a Settings field are read. ``bundle_url`` set: every source from the bundle.
     """
-    get = data.get if hasattr(data, "get") else (lambda k, d=None: getattr(data, k, d))
     defaults = Settings()
     overrides: dict[str, Any] = {}
     for f in dataclasses.fields(Settings):
-        value = get(f.name, None)
+        value = values.get(f.name)
         if value is None:
             continue
         if f.name == "voices":
             if isinstance(value, str):
                 value = json.loads(value) if value.strip().startswith("[") else value.split(",")
             value = tuple(Voice.parse(v) for v in value)
-        elif f.name == "python_lock":
-            value = dict(json.loads(value) if isinstance(value, str) else value)
-        elif f.name == "cuda_wheels":
+        elif f.name in ("python_lock", "cuda_wheels"):
             value = dict(json.loads(value) if isinstance(value, str) else value)
         else:
-            value = _coerce(f.name, value, getattr(defaults, f.name))
+            value = _coerce(data_key(f.name), value, getattr(defaults, f.name))
         overrides[f.name] = value
     settings = dataclasses.replace(defaults, **overrides)
     if settings.bundle_url:
@@ -478,33 +426,72 @@ def settings_from(data: Mapping[str, Any] | Any, validate: bool = True) -> Setti
     return settings.validate() if validate else settings
 
 
-#: Layout of an offline bundle: ``piper_gpu.bundle`` writes it, ``bundle_url`` reads it.
-BUNDLE_CUDA_REPOS = "cuda/repos"
-BUNDLE_WHEELS = "pypi"
+# --- pyinfra data keys ------------------------------------------------------------------------
+DATA_PREFIX = "piper_gpu_"
+FIELDS = tuple(f.name for f in dataclasses.fields(Settings) if f.name != "python_version")  # python_version: preflight's
+
+#: Unprefixed names that other deploys in a shared inventory plausibly use for their own settings:
+#: found in host data they are not refused, only named in a warning. Every other old name is ours
+#: alone and refused.
+GENERIC_NAMES = frozenset({
+    "port", "bind_address", "api_key", "service_user", "create_service_user", "service_mode", "use_gpu",
+    "warmup", "max_pending", "max_text_chars", "pip_index_url", "pip_find_links", "pip_no_index", "bundle_url",
+    "allow_no_gpu", "perf_runs", "min_speedup", "voices", "models_dir", "venv_dir",
+})
 
 
-def bundle_voice_dir(name: str) -> str:
-    return f"voices/{name}"
+def data_key(field_name: str) -> str:
+    """The pyinfra data key of a setting: cuda_version -> piper_gpu_cuda_version."""
+    return DATA_PREFIX + field_name
 
 
-def bundle_cudnn_file(url: str) -> str:
-    return f"cudnn/{url.rstrip('/').rsplit('/', 1)[-1]}"
+def data_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """{field: value} as pyinfra data ({piper_gpu_field: value})."""
+    return {data_key(k): v for k, v in values.items()}
+
+
+#: Every setting's default under its data key: ``deploy_piper_gpu``'s data_defaults.
+DATA_DEFAULTS = {data_key(f.name): getattr(Settings(), f.name) for f in dataclasses.fields(Settings)
+                 if f.name in FIELDS}
+
+
+def _get(data: Mapping[str, Any] | Any, key: str):
+    return data.get(key, None) if hasattr(data, "get") else getattr(data, key, None)
+
+
+def unprefixed_keys(data: Mapping[str, Any] | Any) -> tuple[list[str], list[str]]:
+    """(refused, generic): old unprefixed setting names present in ``data``."""
+    present = [name for name in FIELDS if _get(data, name) is not None]
+    return [n for n in present if n not in GENERIC_NAMES], [n for n in present if n in GENERIC_NAMES]
+
+
+def settings_from(data: Mapping[str, Any] | Any, validate: bool = True) -> Settings:
+    """Settings from pyinfra data (``host.data``, or a mapping of data keys): each field ``x`` from
+    ``piper_gpu_x``. Old unprefixed names of this deploy's own settings are refused, naming the new
+    keys; unprefixed generic names (``port``, ...) are left to whichever deploy owns them."""
+    refused, _ = unprefixed_keys(data)
+    if refused:
+        raise SettingsError(
+            "piper-gpu settings are read from prefixed data keys; rename in your inventory or group data (or "
+            "--data): " + ", ".join(f"{n} -> {data_key(n)}" for n in refused))
+    return from_fields({name: _get(data, data_key(name)) for name in FIELDS}, validate=validate)
 
 
 def bundle_sources(s: Settings) -> dict[str, Any]:
     """The source settings of a deploy from ``s.bundle_url`` (the layout ``piper_gpu.bundle`` writes)."""
     b = s.bundle_url.rstrip("/")
     return {
-        "cuda_repo_url": f"{b}/{BUNDLE_CUDA_REPOS}",
+        "cuda_repo_url": f"{b}/{naming.BUNDLE_CUDA_REPOS}",
         "pip_no_index": True,
-        "pip_find_links": f"{b}/{BUNDLE_WHEELS}/",
-        "voices": tuple(dataclasses.replace(v, url=f"{b}/{bundle_voice_dir(v.name)}") for v in s.voices),
-        "cudnn_deb_url": f"{b}/{bundle_cudnn_file(s.cudnn_deb_url)}" if s.cudnn_deb_url else None,
-        "cudnn_local_repo_url": f"{b}/{bundle_cudnn_file(s.cudnn_local_repo_url)}" if s.cudnn_local_repo_url else None,
-        "cudnn_archive_url": f"{b}/{bundle_cudnn_file(s.cudnn_archive[0])}",
+        "pip_find_links": f"{b}/{naming.BUNDLE_WHEELS}/",
+        "voices": tuple(dataclasses.replace(v, url=f"{b}/{naming.bundle_voice_dir(v.name)}") for v in s.voices),
+        "cudnn_deb_url": f"{b}/{naming.bundle_cudnn_file(s.cudnn_deb_url)}" if s.cudnn_deb_url else None,
+        "cudnn_local_repo_url": (f"{b}/{naming.bundle_cudnn_file(s.cudnn_local_repo_url)}"
+                                 if s.cudnn_local_repo_url else None),
+        "cudnn_archive_url": f"{b}/{naming.bundle_cudnn_file(s.cudnn_archive[0])}",
     }
 
 
 def settings_from_json(text: str) -> Settings:
-    """Inverse of Settings.to_json (used by verify, which reads the host's recorded settings)."""
-    return settings_from(json.loads(text))
+    """Inverse of Settings.to_json (the settings a host recorded)."""
+    return from_fields(json.loads(text))

@@ -5,7 +5,7 @@ depend on it (the service user's home, the venv's Python)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from piper_gpu.settings import Settings
 
@@ -18,6 +18,7 @@ TEXTS_FILE = f"{ETC}/texts.json"
 API_KEY_FILE = f"{ETC}/api-key"
 LINKER_CONF = "/etc/ld.so.conf.d/piper-gpu-cuda.conf"
 PROFILE_SNIPPET = "/etc/profile.d/piper-gpu-cuda.sh"
+AUTOSTART = "/etc/profile.d/piper-tts-autostart.sh"  # profile mode: starts the service at login
 APT_CONF_FILE = "/etc/apt/apt.conf.d/90piper-gpu-deploy"
 WSL_DRIVER_PIN_FILE = "/etc/apt/preferences.d/piper-gpu-no-linux-nvidia-driver"
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"  # cuda-keyring's file (NVIDIA's name)
@@ -30,6 +31,8 @@ ADDED_USER = f"{STATE}/added-user"
 UNIT = "piper-tts.service"
 CTL = "/usr/local/bin/piper-tts-ctl"
 PERF = "/usr/local/bin/piper-tts-perf"
+UNIT_FILE = f"/etc/systemd/system/{UNIT}"
+WSL_CONF = "/etc/wsl.conf"
 WSL_LIB = "/usr/lib/wsl/lib"
 
 
@@ -47,6 +50,8 @@ class Target:
     gpu: dict | None
     python_version: str | None = None  # the venv's python3 (e.g. "3.11")
     platform: str = ""  # key in the platform table (piper_gpu/platforms.py)
+    #: Files the deploy writes from templates: host path -> sha256 of the content (verify compares).
+    installed: dict[str, str] = field(default_factory=dict)
 
     def path(self, value: str) -> str:
         """Expand a leading ~ to the service user's home."""
@@ -103,6 +108,10 @@ class Target:
     def voice_models(self) -> dict[str, str]:
         """Voice name -> its .onnx on the host (the .onnx.json lies beside it)."""
         return {v.name: f"{self.voice_dir(v)}/{v.name}.onnx" for v in self.settings.voices}
+
+    @property
+    def cuda_source_list(self) -> str:
+        return f"/etc/apt/sources.list.d/cuda-{self.repo_path}-{self.arch}.list"
 
     @property
     def perf_out(self) -> str:

@@ -4,7 +4,9 @@
     pytest verify/ --hosts=ssh://user@gpu-01 --sudo
     pytest verify/ --hosts=/path/to/root --connection=chroot
 
-The checks read the settings the deploy applied (/etc/piper-gpu/settings.json) from the host.
+The checks stand alone: they read what the deploy recorded on the host (the applied settings with
+NVIDIA's names and the venv lock derived from them, /etc/piper-gpu/settings.json; the resolved paths
+and the sha256 of every file it rendered, /etc/piper-gpu/target.json) and never import the deploy.
 Each failure says what was found, what was expected, and the fix (the users' troubleshooting
 section). GPU-only checks are skipped, with the reason, on a host without a usable GPU.
 """
@@ -12,12 +14,11 @@ section). GPU-only checks are skipped, with the reason, on a host without a usab
 from __future__ import annotations
 
 import json
+import re
 import shlex
 
 import pytest
 
-from piper_gpu.settings import Settings, settings_from_json
-from piper_gpu.steps.service import client_host
 
 SETTINGS_FILE = "/etc/piper-gpu/settings.json"
 TARGET_FILE = "/etc/piper-gpu/target.json"
@@ -33,13 +34,40 @@ def expect(ok: bool, found: str, expected: str, fix: str) -> None:
         raise Expectation(f"FOUND: {found}\nEXPECTED: {expected}\nFIX: {fix}")
 
 
+class Record(dict):
+    """A recorded JSON object with attribute access (``applied.cudnn_package``, ``voice.name``)."""
+
+    def __getattr__(self, key):
+        try:
+            return _wrap(self[key])
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def _wrap(value):
+    if isinstance(value, dict):
+        return Record(value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", str(version))[:2])
+
+
 @pytest.fixture(scope="module")
-def applied(host) -> Settings:
+def applied(host) -> Record:
+    """The applied settings, with the names derived from them ("derived"), as the deploy recorded them."""
     f = host.file(SETTINGS_FILE)
     if not f.exists:
         pytest.fail(f"FOUND: no {SETTINGS_FILE}\nEXPECTED: a host provisioned by piper-gpu-deploy\n"
                     "FIX: run the deploy: pyinfra inventory/wsl.py deploy.py", pytrace=False)
-    return settings_from_json(f.content_string)
+    data = json.loads(f.content_string)
+    if "derived" not in data:
+        pytest.fail(f"FOUND: {SETTINGS_FILE} from an older piper-gpu-deploy (no derived names)\nEXPECTED: a record "
+                    "this verify reads\nFIX: re-run the deploy", pytrace=False)
+    return Record({**data, **data["derived"]})
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +120,7 @@ def needs_gpu(driver, applied, service_env):
 class ServiceEnv:
     """Run commands the way the service runs: its user, its environment file, its venv."""
 
-    def __init__(self, host, applied: Settings, target: dict):
+    def __init__(self, host, applied: Record, target: dict):
         self.host, self.applied, self.target = host, applied, target
 
     def wrap(self, command: str) -> str:
@@ -125,8 +153,8 @@ def service_env(host, applied, target) -> ServiceEnv:
 
 
 @pytest.fixture(scope="module")
-def base_url(applied) -> str:
-    return f"http://{client_host(applied.bind_address)}:{applied.port}"
+def base_url(target) -> str:
+    return target["base_url"]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +168,7 @@ def server_log(host, target):
 def pytest_terminal_summary(terminalreporter):
     """Show the performance results measured by this run (they are also JSON on the host)."""
     try:
-        from test_9_performance import RESULTS
+        from test_performance import RESULTS
     except ImportError:
         return
     for data in RESULTS:
@@ -149,3 +177,14 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(
                 f"{size:6} {r['chars']:4} chars  service {r['service_median_ms']:8.1f} ms  "
                 f"CPU {r['cpu_median_ms']:8.1f} ms  x{r['speedup']}  ({data['runs']} runs)")
+
+
+#: The plan's steps, in the order the deploy takes them: checks run (and diagnose lists them) in it.
+PLAN = ["driver", "cuda", "cudnn", "venv", "voices", "server", "service", "performance"]
+
+
+def pytest_collection_modifyitems(items):
+    def step(item) -> int:
+        name = item.module.__name__.removeprefix("test_")
+        return PLAN.index(name) if name in PLAN else len(PLAN)
+    items.sort(key=step)  # stable: the checks of one step keep their order

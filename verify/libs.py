@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from piper_gpu.settings import Settings
+from conftest import Record as Settings
 
 CUDNN_PARTS = ["", "_adv", "_cnn", "_engines_precompiled", "_engines_runtime_compiled", "_graph", "_heuristic", "_ops"]
 ROLES = ["cudart", "cublas", "cublasLt", "cufft", "curand", "nvrtc"] + [f"cudnn{p}" for p in CUDNN_PARTS]

@@ -1,17 +1,22 @@
-"""Settings for every host (names and defaults: piper_gpu/settings.py and the README).
+"""Settings for every host: pyinfra data keys piper_gpu_* (every setting, its default and what it
+does: piper_gpu/settings.py and the README's settings table).
 
-Every voice is downloaded and checked against its sha256. Fill in the digests of the voice files
-you trust (sha256sum of the .onnx and .onnx.json), or the deploy stops before changing anything.
+Every voice is downloaded and checked against its sha256. Pin the digests of the voice files you
+trust, or the deploy stops before changing anything: on a machine that reaches the voices' source,
+
+    python -m piper_gpu pin-voices --voice zh_CN-huayan-medium        # prints piper_gpu_voices = [...]
+
+and paste what it prints here.
 """
 
-# voices = [
+# piper_gpu_voices = [
 #     {
 #         "name": "zh_CN-huayan-medium",
 #         "onnx_sha256": "<64 hex digits>",
 #         "json_sha256": "<64 hex digits>",
 #     },
 # ]
-# port = 5005
-# bind_address = "127.0.0.1"
-# cuda_repo_url = "https://developer.download.nvidia.com/compute/cuda/repos"   # or your mirror
-# voices_base_url = "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0"
+# piper_gpu_port = 5005
+# piper_gpu_bind_address = "127.0.0.1"
+# piper_gpu_cuda_repo_url = "https://developer.download.nvidia.com/compute/cuda/repos"   # or your mirror
+# piper_gpu_voices_base_url = "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0"

@@ -117,12 +117,13 @@ def _unpacked(target: Target, extract: str, digest: str, name: str):
     """``extract`` (with {tmp}) unpacks into a fresh tree that replaces the cuDNN directory whole;
     ``digest`` marks which source the tree came from, so an unchanged source is not unpacked again."""
     dest = target.cudnn_extract_dir
-    stale = _marker_differs(dest, digest)
+    if not _marker_differs(dest, digest):
+        host.noop(f"{dest} holds the cuDNN unpacked from sha256 {digest[:12]}...")
+        return None
     return server.shell(
         name=name,
         commands=[f"rm -rf {dest}.tmp && mkdir -p {dest}.tmp && {extract.format(tmp=dest + '.tmp')} && "
                   f"rm -rf {dest} && mv {dest}.tmp {dest} && echo {shlex.quote(digest)} > {dest}/.source-sha256"],
-        _if=lambda: stale,
     )
 
 

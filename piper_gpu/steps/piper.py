@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files
+from pyinfra.operations import files, pip
 
-from piper_gpu.operations import fetch, venv_locked, venv_present
+from piper_gpu.facts import VenvDistributions
+from piper_gpu.operations import as_user, fetch, venv_changes, venv_locked
 from piper_gpu.target import Target
 
 
@@ -18,7 +20,7 @@ def piper_venv(target: Target):
     user = s.service_user
     for path in (target.piper_dir, target.run_dir, f"{target.piper_dir}/logs", target.models_dir):
         files.directory(name=f"Directory {path}", path=path, user=user, group=user, mode="750")
-    venv_present(name=f"Create venv {target.venv_dir}", venv_dir=target.venv_dir, user=user)
+    pip.venv(name=f"Create venv {target.venv_dir}", path=target.venv_dir, python="python3", **as_user(user))
     wanted = s.python_requirements()
     files.put(
         name="Record the venv lock (requirements.lock)",
@@ -28,12 +30,14 @@ def piper_venv(target: Target):
         group=user,
         mode="640",
     )
+    changes = venv_changes(host.get_fact(VenvDistributions, python=target.venv_python), wanted)
     return venv_locked(
-        name=f"Venv holds piper-tts {s.piper_tts_version} and only onnxruntime-gpu {s.onnxruntime_gpu_version}",
+        name=f"Venv holds piper-tts {s.piper_tts_version} and only onnxruntime-gpu {s.onnxruntime_gpu_version}"
+             + (f": {changes.describe()}" if changes else ""),
         venv_dir=target.venv_dir,
-        user=user,
         wanted=wanted,
         pip_args=s.pip_source_args(),
+        **as_user(user),
     )
 
 

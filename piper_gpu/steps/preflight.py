@@ -11,13 +11,15 @@ import re
 from pyinfra import host, logger
 from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.facts.deb import DebArch
+from pyinfra.facts.deb import DebArch, DebPackages
+from pyinfra.facts.server import OsRelease
 from pyinfra.operations import files
 
 from piper_gpu import locks, platforms
-from piper_gpu.facts import (InstalledDebVersions, NvidiaDriver, OsRelease, PythonVersion, SystemdRunning, UserHome,
-                             WslInfo)
-from piper_gpu.settings import WSL_FORBIDDEN_PACKAGE_PATTERNS, Settings, SettingsError, _major_minor
+from piper_gpu.facts import NvidiaDriver, PythonVersion, SystemdRunning, WslInfo
+from piper_gpu.naming import major_minor as _major_minor
+from piper_gpu.settings import WSL_FORBIDDEN_PACKAGE_PATTERNS, Settings, SettingsError
+from piper_gpu.steps.base import user_home
 from piper_gpu.target import WSL_DRIVER_PIN_FILE, Target
 
 DEB_ARCH_TO_NVIDIA = {"amd64": "x86_64", "arm64": "sbsa"}
@@ -31,7 +33,7 @@ class PreflightError(PyinfraError):
 def find_platform(os_release: dict, settings: Settings, is_wsl: bool) -> platforms.Platform:
     """The host's row in the platform table. A distro outside it is accepted only when the operator
     names the repository path and the sources (what their mirror serves)."""
-    distro, version = os_release.get("ID", "?"), os_release.get("VERSION_ID", "?")
+    distro, version = os_release.get("id") or "?", os_release.get("version_id") or "?"
     try:
         return platforms.find(distro, version, is_wsl)
     except platforms.UnsupportedPlatform as exc:
@@ -126,7 +128,7 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
     if not arch:
         raise PreflightError(f"architecture {deb_arch} (dpkg --print-architecture) has no NVIDIA CUDA repository")
     if checks:  # a Linux driver inside WSL2 is refused before anything else is looked at or changed
-        check_no_linux_driver(host.get_fact(InstalledDebVersions), is_wsl)
+        check_no_linux_driver(host.get_fact(DebPackages), is_wsl)
     platform = find_platform(host.get_fact(OsRelease), settings, is_wsl)
     python_version = host.get_fact(PythonVersion)
     if checks:
@@ -137,7 +139,7 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
     if checks:
         check_driver(driver, settings, is_wsl)
     systemd_running = host.get_fact(SystemdRunning)
-    home = host.get_fact(UserHome, user=settings.service_user) or (
+    home = user_home(settings.service_user) or (
         "/root" if settings.service_user == "root" else f"/home/{settings.service_user}"
     )
     repo_path = settings.cuda_repo_path or (platform.repo_path if settings.cuda_source == "apt" else "") or ""

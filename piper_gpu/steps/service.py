@@ -5,18 +5,18 @@ when one of its inputs changed (or it is not running)."""
 from __future__ import annotations
 
 from io import StringIO
-from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
 from piper_gpu.facts import PidAlive
-from piper_gpu.render import template_path
+from piper_gpu.resources import TEXTS_JSON
+from piper_gpu.steps.base import template_file
 from piper_gpu.steps.cudnn import library_dirs
 from piper_gpu.steps.preflight import PreflightError
-from piper_gpu.target import (API_KEY_FILE, CTL, ENV_FILE, ETC, PERF, SETTINGS_FILE, TARGET_FILE, TEXTS_FILE,  # noqa: F401
-                              UNIT, Target)
+from piper_gpu.target import (API_KEY_FILE, AUTOSTART, CTL, ENV_FILE, ETC, PERF, SETTINGS_FILE, TARGET_FILE, TEXTS_FILE,
+                              UNIT, UNIT_FILE, WSL_CONF, Target)
 
 
 def api_key_path(settings) -> str | None:
@@ -64,6 +64,8 @@ def target_record(target: Target) -> dict:
         "perf": PERF,
         "perf_out": target.perf_out,
         "unit": UNIT,
+        "base_url": f"http://{client_host(target.settings.bind_address)}:{target.settings.port}",
+        "installed_files": dict(sorted(target.installed.items())),
     }
 
 
@@ -71,9 +73,10 @@ def target_record(target: Target) -> dict:
 def piper_server(target: Target):
     s = target.settings
     files.directory(name=f"Directory {ETC}", path=ETC, mode="755")
-    env = files.template(
+    env = template_file(
+        target,
         name="Service environment (CUDA_HOME, PATH)",
-        src=template_path("piper-tts.env.j2"),
+        template="piper-tts.env.j2",
         dest=ENV_FILE,
         mode="644",
         cuda_home=s.cuda_home,
@@ -89,9 +92,10 @@ def piper_server(target: Target):
         )
     else:
         key = files.file(name=f"No API key file ({API_KEY_FILE})", path=API_KEY_FILE, present=False)
-    code = files.template(
+    code = template_file(
+        target,
         name=f"Server {target.server_path} ({'CUDA' if s.use_gpu else 'CPU'} provider, port {s.port})",
-        src=template_path("piper_http_server.py.j2"),
+        template="piper_http_server.py.j2",
         dest=target.server_path,
         user=s.service_user,
         group=s.service_user,
@@ -100,13 +104,14 @@ def piper_server(target: Target):
     )
     files.put(
         name=f"Performance test texts {TEXTS_FILE}",
-        src=str(Path(__file__).resolve().parent.parent / "texts.json"),
+        src=str(TEXTS_JSON),
         dest=TEXTS_FILE,
         mode="644",
     )
-    files.template(
+    template_file(
+        target,
         name=f"Performance test {PERF} (service vs CPU, medians, ratio)",
-        src=template_path("tts_perf.py.j2"),
+        template="tts_perf.py.j2",
         dest=PERF,
         mode="755",
         python=target.venv_python,
@@ -121,19 +126,22 @@ def piper_server(target: Target):
 
 
 @deploy("Service: piper-tts")
-def piper_service(target: Target, inputs_changed):
+def piper_service(target: Target, input_ops: list):
+    """``input_ops``: the operations whose change means the service must restart (libraries, venv,
+    voices, server files); decided when the plan is built, so --dry shows the restart or its absence."""
+    inputs_change = any(op.will_change for op in input_ops)
     if target.service_mode == "systemd":
-        _systemd_service(target, inputs_changed)
+        _systemd_service(target, inputs_change)
     else:
-        _profile_service(target, inputs_changed)
+        _profile_service(target, inputs_change)
 
 
-def _systemd_service(target: Target, inputs_changed):
+def _systemd_service(target: Target, inputs_change: bool):
     s = target.settings
     if target.is_wsl and not target.systemd_running:
         files.block(
             name="Enable systemd in /etc/wsl.conf ([boot] systemd=true)",
-            path="/etc/wsl.conf",
+            path=WSL_CONF,
             content="[boot]\nsystemd=true",
             marker="# {mark} piper-gpu-deploy",
         )
@@ -142,10 +150,11 @@ def _systemd_service(target: Target, inputs_changed):
             "Run `wsl --shutdown` in Windows, reopen the distro, and run the deploy again "
             "(or use service_mode='profile')"
         )
-    unit = files.template(
+    unit = template_file(
+        target,
         name=f"systemd unit {UNIT}",
-        src=template_path("piper-tts.service.j2"),
-        dest=f"/etc/systemd/system/{UNIT}",
+        template="piper-tts.service.j2",
+        dest=UNIT_FILE,
         mode="644",
         service_user=s.service_user,
         piper_dir=target.piper_dir,
@@ -158,17 +167,18 @@ def _systemd_service(target: Target, inputs_changed):
         service=UNIT,
         running=True,
         enabled=True,
-        restarted=unit.will_change or inputs_changed(),
+        restarted=unit.will_change or inputs_change,
         daemon_reload=unit.will_change,
     )
 
 
-def _profile_service(target: Target, inputs_changed):
+def _profile_service(target: Target, inputs_change: bool):
     s = target.settings
     pid_file = f"{target.run_dir}/piper-tts.pid"
-    ctl = files.template(
+    ctl = template_file(
+        target,
         name=f"Service control script {CTL} (start/stop/restart/status, pid file)",
-        src=template_path("piper-tts-ctl.sh.j2"),
+        template="piper-tts-ctl.sh.j2",
         dest=CTL,
         mode="755",
         service_user=s.service_user,
@@ -179,20 +189,19 @@ def _profile_service(target: Target, inputs_changed):
         env_file=ENV_FILE,
         health_url=f"http://{client_host(s.bind_address)}:{s.port}/health",
     )
-    files.template(
+    template_file(
+        target,
         name="Start piper-tts from the shell profile when it is not running",
-        src=template_path("piper-tts-autostart.sh.j2"),
-        dest="/etc/profile.d/piper-tts-autostart.sh",
+        template="piper-tts-autostart.sh.j2",
+        dest=AUTOSTART,
         mode="644",
         service_user=s.service_user,
         ctl=CTL,
     )
     running = host.get_fact(PidAlive, pidfile=pid_file)
-    server.shell(
-        name="(Re)start piper-tts (not running, or its files changed)",
-        commands=[f"{CTL} restart"],
-        _if=lambda: (not running) or ctl.did_change() or inputs_changed(),
-    )
+    if not running or ctl.will_change or inputs_change:
+        why = "not running" if not running else "its files change"
+        server.shell(name=f"(Re)start piper-tts ({why})", commands=[f"{CTL} restart"])
 
 
 def client_host(bind: str) -> str:

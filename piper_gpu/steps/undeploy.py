@@ -4,20 +4,19 @@ when asked. Idempotent like the deploy: a second run changes nothing."""
 
 from __future__ import annotations
 
-import shlex
-
 from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.facts.files import File, FileContents
 from pyinfra.operations import files, server
 
-from piper_gpu.facts import HeldPackages, InstalledDebVersions, SystemdRunning
-from piper_gpu.steps.cudnn import local_repo
-from piper_gpu.target import (ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, CACHE, CTL, ETC, KEYRING, LINKER_CONF, PERF,
-                              STATE, TOOLS, UNIT, WSL_DRIVER_PIN_FILE, Target)
+from pyinfra.facts.deb import DebPackages
 
-PROFILE = "/etc/profile.d/piper-gpu-cuda.sh"
-AUTOSTART = "/etc/profile.d/piper-tts-autostart.sh"
+from piper_gpu.facts import HeldPackages, SystemdRunning
+from piper_gpu.steps.cudnn import local_repo
+from piper_gpu.target import (ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, AUTOSTART, CACHE, CTL, ETC, KEYRING, LINKER_CONF,
+                              PERF, PROFILE_SNIPPET, STATE, TOOLS, UNIT, UNIT_FILE, WSL_DRIVER_PIN_FILE, Target)
+
 
 
 def _recorded(path: str) -> list[str]:
@@ -26,14 +25,13 @@ def _recorded(path: str) -> list[str]:
 
 @deploy("Undeploy: stop and remove the piper-tts service")
 def remove_service(target: Target):
-    unit_path = f"/etc/systemd/system/{UNIT}"
-    if host.get_fact(File, path=unit_path):
+    if host.get_fact(File, path=UNIT_FILE):
         if host.get_fact(SystemdRunning):
             server.shell(name=f"Stop and disable {UNIT}", commands=[f"systemctl disable --now {UNIT}"])
-        files.file(name=f"Remove {unit_path}", path=unit_path, present=False)
+        files.file(name=f"Remove {UNIT_FILE}", path=UNIT_FILE, present=False)
         server.shell(name="systemctl daemon-reload", commands=["systemctl daemon-reload || true"])
-    has_ctl = bool(host.get_fact(File, path=CTL))
-    server.shell(name="Stop piper-tts (pid file)", commands=[f"{CTL} stop"], _if=lambda: has_ctl)
+    if host.get_fact(File, path=CTL):
+        server.shell(name="Stop piper-tts (pid file)", commands=[f"{CTL} stop"])
     for path in (CTL, AUTOSTART):
         files.file(name=f"Remove {path}", path=path, present=False)
 
@@ -51,8 +49,9 @@ def remove_files(target: Target):
 @deploy("Undeploy: CUDA environment, linker config, apt source and keyring")
 def remove_environment(target: Target):
     conf = files.file(name=f"Remove {LINKER_CONF}", path=LINKER_CONF, present=False)
-    server.shell(name="Rebuild the linker cache (ldconfig)", commands=["ldconfig"], _if=conf.did_change)
-    files.file(name=f"Remove {PROFILE}", path=PROFILE, present=False)
+    if conf.will_change:
+        server.shell(name="Rebuild the linker cache (ldconfig): the CUDA linker config goes", commands=["ldconfig"])
+    files.file(name=f"Remove {PROFILE_SNIPPET}", path=PROFILE_SNIPPET, present=False)
     if host.get_fact(File, path=f"{target.home}/.bashrc"):
         files.block(
             name=f"~{target.settings.service_user}/.bashrc: remove the CUDA block",
@@ -61,37 +60,36 @@ def remove_environment(target: Target):
             present=False,
         )
     files.file(name="Remove the CUDA apt source", present=False,
-               path=f"/etc/apt/sources.list.d/cuda-{target.repo_path}-{target.arch}.list")
-    keyring = "cuda-keyring" in host.get_fact(InstalledDebVersions)
-    server.shell(name=f"Purge cuda-keyring ({KEYRING})", commands=["dpkg --purge cuda-keyring"], _if=lambda: keyring)
+               path=target.cuda_source_list)
+    if "cuda-keyring" in host.get_fact(DebPackages):
+        server.shell(name=f"Purge cuda-keyring ({KEYRING})", commands=["dpkg --purge cuda-keyring"])
     for path in (APT_CONF_FILE, WSL_DRIVER_PIN_FILE):
         files.file(name=f"Remove {path}", path=path, present=False)
     if target.settings.cudnn_source == "local-repo":
         name, repo_dir = local_repo(target)
-        installed = name in host.get_fact(InstalledDebVersions)
-        server.shell(name=f"Purge the cuDNN local-repo installer {name} and its keyring",
-                     commands=[f"for k in {repo_dir}/cudnn-*-keyring.gpg; do rm -f /usr/share/keyrings/$(basename $k); done",
-                               f"dpkg --purge {shlex.quote(name)}"],
-                     _if=lambda: installed)
+        if name in host.get_fact(DebPackages):
+            server.shell(name=f"Purge the cuDNN local-repo installer {name} and its keyring",
+                         commands=[f"for k in {repo_dir}/cudnn-*-keyring.gpg; do rm -f /usr/share/keyrings/$(basename $k); done",
+                                   StringCommand("dpkg", "--purge", QuoteString(name))])
 
 
 @deploy("Undeploy: CUDA/cuDNN packages, and the base packages and user the deploy added")
 def remove_system(target: Target):
     s = target.settings
-    installed = host.get_fact(InstalledDebVersions)
-    held = [p for p in host.get_fact(HeldPackages) if p == s.cudnn_package]
-    server.shell(name=f"Unhold {s.cudnn_package}", commands=[f"apt-mark unhold {s.cudnn_package}"], _if=lambda: bool(held))
+    installed = host.get_fact(DebPackages)
+    if s.cudnn_package in host.get_fact(HeldPackages):
+        server.shell(name=f"Unhold {s.cudnn_package}", commands=[f"apt-mark unhold {s.cudnn_package}"])
     added = _recorded(ADDED_PACKAGES)
     purge = [p for p in [*s.cuda_packages, s.cudnn_package, *added] if p in installed]
-    server.shell(
-        name=f"Purge {', '.join(purge) or 'nothing'} and what only they needed",
-        commands=["DEBIAN_FRONTEND=noninteractive apt-get purge -y " + " ".join(purge),
-                  "DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y"],
-        _if=lambda: bool(purge),
-    )
+    if purge:
+        server.shell(
+            name=f"Purge {', '.join(purge)} and what only they needed",
+            commands=[StringCommand("DEBIAN_FRONTEND=noninteractive apt-get purge -y", *map(QuoteString, purge)),
+                      "DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y"],
+        )
     users = _recorded(ADDED_USER)
     remove_home = " -r" if s.undeploy_voices else ""
     for user in users:
         server.shell(name=f"Remove the user {user} this deploy created" + (" and its home" if remove_home else ""),
-                     commands=[f"userdel{remove_home} {shlex.quote(user)}"])
+                     commands=[StringCommand(f"userdel{remove_home}", QuoteString(user))])
     files.directory(name=f"Remove {STATE}", path=STATE, present=False)

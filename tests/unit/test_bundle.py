@@ -1,5 +1,5 @@
 """Offline bundles: the parts that are pure logic (Debian version order, the dependency closure
-of the CUDA packages, verified downloads). tests/e2e/test_9_bundle.py provisions from a real one."""
+of the CUDA packages, verified downloads). tests/scenarios/test_offline_bundle.py provisions from a real one."""
 
 import hashlib
 import itertools

@@ -2,12 +2,20 @@
 
 import subprocess
 
-from piper_gpu.facts import DpkgInterrupted, InstalledDebVersions, NvidiaDriver, PythonVersion, WslInfo
+from pyinfra.facts.deb import DebPackages
+
+from piper_gpu.facts import DpkgInterrupted, NvidiaDriver, PythonVersion, WslInfo
 
 
-def test_installed_packages_include_held_ones():
-    out = ["ii  curl 7.88.1-10", "hi  libcudnn9-cuda-12 9.1.1.17-1", "rc  oldpkg 1.0", "iU  half 2.0", "un  gone <none>"]
-    assert InstalledDebVersions().process(out) == {"curl": "7.88.1-10", "libcudnn9-cuda-12": "9.1.1.17-1"}
+def test_pyinfras_installed_packages_include_held_ones():
+    """The deploy decides on pyinfra's own deb.DebPackages (dpkg -l): held packages (a held cuDNN, a
+    held Linux driver on WSL2) must count as installed, removed ones must not."""
+    out = ["ii  curl           7.88.1-10    amd64  command line tool",
+           "hi  libcudnn9-cuda-12 9.1.1.17-1 amd64  cuDNN runtime libraries",
+           "ii  libnvidia-compute-550:amd64 550.120-0ubuntu0.22.04.1 amd64 NVIDIA libcompute package",
+           "rc  oldpkg 1.0 amd64 gone", "iU  half 2.0 amd64 unpacked"]
+    assert DebPackages().process(out) == {"curl": {"7.88.1-10"}, "libcudnn9-cuda-12": {"9.1.1.17-1"},
+                                          "libnvidia-compute-550": {"550.120-0ubuntu0.22.04.1"}}
 
 
 def test_nvidia_smi_parsing():

@@ -5,15 +5,15 @@ land in the lab's download cache, so a second run downloads nothing."""
 import pytest
 
 from piper_gpu import locks, platforms
-from piper_gpu.lab.mirror import CACHE, _py_subdir
-from piper_gpu.settings import settings_from
+from tests.lab.mirror import CACHE, _py_subdir
+from piper_gpu.settings import from_fields
 
 VOICES = [{"name": "zh_CN-huayan-medium", "onnx_sha256": "a" * 64, "json_sha256": "a" * 64}]
 
 
 def _requirements(python: str) -> dict[str, str]:
     p = next(p for p in platforms.PLATFORMS if p.python == python)
-    return settings_from({"voices": VOICES}).for_host(p, python).python_requirements()
+    return from_fields({"voices": VOICES}).for_host(p, python).python_requirements()
 
 
 @pytest.mark.parametrize("python", locks.available())

@@ -5,7 +5,7 @@ minor could import one that 9.1.1 lacks, and fail to load with "undefined symbol
 import subprocess
 import zipfile
 
-from piper_gpu.lab.mirror import NVIDIA_WHEELS, _py_subdir, fetch_wheels
+from tests.lab.mirror import NVIDIA_WHEELS, _py_subdir, fetch_wheels
 from piper_gpu.matrix import DEFAULT_ORT_GPU
 
 PROVIDER = "onnxruntime/capi/libonnxruntime_providers_cuda.so"

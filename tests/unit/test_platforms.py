@@ -5,14 +5,14 @@ import pytest
 
 from piper_gpu import locks, platforms
 from piper_gpu.matrix import DEFAULT_ORT_GPU, ORT_GPU_BUILDS
-from piper_gpu.settings import SettingsError, settings_from
+from piper_gpu.settings import SettingsError, from_fields
 
 VOICES = [{"name": "zh_CN-huayan-medium", "onnx_sha256": "a" * 64, "json_sha256": "a" * 64}]
 
 
 @pytest.mark.parametrize("platform", platforms.PLATFORMS, ids=lambda p: p.key)
 def test_defaults_on_each_platform_give_the_pinned_cuda_and_cudnn(platform):
-    s = settings_from({"voices": VOICES}).for_host(platform, platform.python).validate()
+    s = from_fields({"voices": VOICES}).for_host(platform, platform.python).validate()
     assert (s.cuda_version, s.cudnn_version, s.cudnn_built_for) == ("12.4", "9.1.1.17", "12.4")
     assert s.python_version == platform.python and s.python_lock == locks.load(platform.python)
     if s.cuda_source == "apt":  # the toolkit from a repository not known to lack it
@@ -36,7 +36,7 @@ def test_the_users_host_takes_cudnn_from_outside_the_wsl_repository():
 
 def test_ubuntu_2404_without_wsl_uses_wheels_not_a_repository_without_12_4():
     p = platforms.find("ubuntu", "24.04", wsl=False)
-    s = settings_from({"voices": VOICES}).for_host(p, "3.12")
+    s = from_fields({"voices": VOICES}).for_host(p, "3.12")
     assert (s.cuda_source, s.cudnn_source) == ("pip", "wheel")
 
 
@@ -54,7 +54,7 @@ def test_every_platform_python_has_a_lock_and_the_default_ort_has_its_wheel():
 def test_an_ort_release_without_a_wheel_for_the_host_python_is_refused_naming_the_fitting_ones():
     wsl = platforms.find("ubuntu", "22.04", wsl=True)
     with pytest.raises(SettingsError) as err:
-        settings_from({"voices": VOICES, "onnxruntime_gpu_version": "1.25.1"}).for_host(wsl, "3.10").validate()
+        from_fields({"voices": VOICES, "onnxruntime_gpu_version": "1.25.1"}).for_host(wsl, "3.10").validate()
     assert "onnxruntime-gpu 1.25.1 has no wheel for this host's Python 3.10" in str(err.value)
     assert "1.20.2" in str(err.value) and "1.23.2" in str(err.value)
 

@@ -5,14 +5,15 @@ import json
 
 import pytest
 
-from piper_gpu.settings import Settings, SettingsError, Voice, settings_from, settings_from_json
+from piper_gpu.settings import (DATA_DEFAULTS, Settings, SettingsError, Voice, from_fields, settings_from,
+                                settings_from_json, unprefixed_keys)
 
 SHA = "a" * 64
 VOICES = [{"name": "zh_CN-huayan-medium", "onnx_sha256": SHA, "json_sha256": SHA}]
 
 
 def make(**overrides):
-    return settings_from({"voices": VOICES, **overrides})
+    return from_fields({"voices": VOICES, **overrides})
 
 
 def test_defaults_are_the_users_plan():
@@ -56,7 +57,7 @@ def test_unknown_onnxruntime_release_is_rejected_with_the_fix():
 
 
 def test_cudnn_release_not_in_matrix_needs_its_cuda_target():
-    with pytest.raises(SettingsError, match="set cudnn_cuda_version"):
+    with pytest.raises(SettingsError, match="set piper_gpu_cudnn_cuda_version"):
         make(cudnn_version="9.3.0.75")
     assert make(cudnn_version="9.3.0.75", cudnn_cuda_version="12.4").cudnn_built_for == "12.4"
 
@@ -68,7 +69,7 @@ def test_cuda13_toolkit_with_cuda13_onnxruntime_is_accepted():
 
 def test_unpinned_voice_checksum_stops_the_deploy_with_the_fix():
     with pytest.raises(SettingsError) as err:
-        settings_from({})
+        from_fields({})
     msg = str(err.value)
     assert "zh_CN-huayan-medium: onnx_sha256 is not pinned" in msg
     assert "huggingface.co/rhasspy/piper-voices/resolve/v1.0.0/zh/zh_CN/huayan/medium/zh_CN-huayan-medium.onnx" in msg
@@ -175,3 +176,24 @@ def test_bundle_url_replaces_every_source():
 
 def test_cudnn_9_1_0_is_in_the_matrix_for_12_4():
     assert make(**{"cudnn_version": "9.1.0.70"}).cudnn_built_for == "12.4"
+
+
+def test_data_keys_are_prefixed_and_old_names_are_refused_naming_the_new_ones():
+    data = {"piper_gpu_voices": VOICES, "piper_gpu_port": 6006}
+    assert settings_from(data).port == 6006
+    with pytest.raises(SettingsError, match="cuda_version -> piper_gpu_cuda_version.*voices_base_url -> "
+                                            "piper_gpu_voices_base_url"):
+        settings_from({**data, "cuda_version": "12.4", "voices_base_url": "http://mirror"})
+
+
+def test_generic_unprefixed_names_belong_to_other_deploys_and_are_left_alone():
+    s = settings_from({"piper_gpu_voices": VOICES, "port": 8080, "api_key": "another deploy's secret"})
+    assert (s.port, s.api_key) == (5005, None)
+    assert unprefixed_keys({"port": 8080, "onnxruntime_gpu_version": "1.20.1"}) == (["onnxruntime_gpu_version"], ["port"])
+
+
+def test_data_defaults_hold_every_setting_under_its_key():
+    assert DATA_DEFAULTS["piper_gpu_cuda_version"] == "12.4"
+    assert DATA_DEFAULTS["piper_gpu_onnxruntime_gpu_version"] == Settings().onnxruntime_gpu_version
+    assert all(k.startswith("piper_gpu_") for k in DATA_DEFAULTS)
+    assert settings_from(DATA_DEFAULTS, validate=False) == Settings()

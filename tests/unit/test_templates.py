@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from piper_gpu.render import render
-from piper_gpu.settings import settings_from
+from piper_gpu.settings import from_fields
 from piper_gpu.target import Target
 from piper_gpu.steps.service import ENV_FILE, server_defaults
 
@@ -16,7 +16,7 @@ SHA = "b" * 64
 
 @pytest.fixture
 def target():
-    s = settings_from({"voices": [{"name": "zh_CN-huayan-medium", "onnx_sha256": SHA, "json_sha256": SHA}],
+    s = from_fields({"voices": [{"name": "zh_CN-huayan-medium", "onnx_sha256": SHA, "json_sha256": SHA}],
                        "service_user": "alice", "port": 6006})
     return Target(settings=s, is_wsl=True, arch="x86_64", repo_path="wsl-ubuntu", home="/home/alice",
                   service_mode="systemd", systemd_running=True, gpu=None)

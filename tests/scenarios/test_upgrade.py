@@ -9,11 +9,11 @@ import json
 import pytest
 import requests
 
-from piper_gpu.lab import mirror
+from tests.lab import mirror
 
 from conftest import Lab, record
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("upgrade")]
 TEXT = "The quick brown fox jumps over the lazy dog while the band plays on."
 CUDNN_LIBS = "/usr/lib/x86_64-linux-gnu"
 

@@ -3,24 +3,23 @@
 import re
 
 from conftest import expect
-from piper_gpu.render import render
-from piper_gpu.target import Target
-from piper_gpu.steps.service import server_defaults
 
 
-def _target(applied, target) -> Target:
-    return Target(settings=applied, is_wsl=target["is_wsl"], arch=target["arch"], repo_path=target["repo_path"],
-                  home=target["home"], service_mode=target["service_mode"], systemd_running=False, gpu=None)
-
-
-def test_server_is_the_deployed_template(host, applied, target):
-    want = render("piper_http_server.py.j2", defaults_repr=repr(server_defaults(_target(applied, target), target.get("api_key_file"))))
-    f = host.file(target["server_path"])
-    have = f.content_string if f.exists else None
-    expect(have == want, f"{target['server_path']} " + ("missing" if have is None else "differs from the deployed template "
-                                                          "(a CPU-only or hand-edited server?)"),
-           "the server rendered from templates/piper_http_server.py.j2 with the applied settings",
-           "re-run the deploy (restores the server and restarts the service)")
+def test_rendered_files_are_what_the_deploy_wrote(host, target):
+    """Every file the deploy rendered (server, unit or control script, environment, linker config,
+    profile) still has the content it wrote: a hand-edited, half-written or CPU-only server fails."""
+    recorded = target.get("installed_files") or {}
+    expect(bool(recorded), f"no installed_files in {target.get('_path', 'target.json')}",
+           "the sha256 of every rendered file, recorded by the deploy", "re-run the deploy")
+    wrong = []
+    for path, want in sorted(recorded.items()):
+        f = host.file(path)
+        have = f.sha256sum if f.exists else None
+        if have != want:
+            wrong.append(f"{path} " + ("missing" if have is None else f"sha256 {have[:12]}... (deploy wrote {want[:12]}...)"))
+    expect(not wrong, "; ".join(wrong) + " (hand-edited, half-written or replaced?)",
+           f"the {len(recorded)} files as the deploy rendered them",
+           "re-run the deploy (restores them and restarts the service when its files change)")
 
 
 def last_start(log: str) -> str:

@@ -12,10 +12,10 @@ import zipfile
 import pytest
 
 from conftest import Lab, record
-from piper_gpu.lab.mirror import CACHE
-from piper_gpu.lab.personas import WSL_USER, fake_linux_driver_deb
+from tests.lab.mirror import CACHE
+from tests.lab.personas import WSL_USER, fake_linux_driver_deb
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("wsl2-ubuntu2204")]
 VENV = f"/home/{WSL_USER}/piper_env/.venv"
 OPS_LIB = "/usr/lib/x86_64-linux-gnu/libcudnn_ops.so.9.1.1"
 

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from piper_gpu.lab.mirror import fetch_fault_wheels
+from tests.lab.mirror import fetch_fault_wheels
 
 from conftest import record
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("faults")]
 
 VENV = "/home/piper/piper_env/.venv"
 LIB = "/usr/local/cuda-12.4/targets/x86_64-linux/lib"

@@ -16,7 +16,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from piper_gpu.lab.mirror import CACHE, log, run
+from tests.lab.mirror import CACHE, log, run
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN_MIRROR = os.environ.get("PIPER_LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")

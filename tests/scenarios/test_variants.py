@@ -6,11 +6,11 @@ distro), another service user and port."""
 import pytest
 import requests
 
-from piper_gpu.lab.mirror import CACHE, sha256
+from tests.lab.mirror import CACHE, sha256
 
 from conftest import Lab
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("variants")]
 DEB = "libcudnn9-cuda-12_9.1.1.17-1_amd64.deb"
 EXTRACTED = "/opt/cudnn-9.1.1.17-cuda12/usr/lib/x86_64-linux-gnu"
 API_KEY = "variant-api-key-0123456789"

@@ -1,6 +1,11 @@
-"""The molecule-style lifecycle on a real sandbox host: create (cached debootstrap) -> converge
-(the real deploy through pyinfra, from the local NVIDIA mirror) -> idempotence -> verify ->
-fault matrix -> destroy."""
+"""Scenarios by name, as molecule lays them out: each module is one scenario (``pytest.mark.scenario``)
+on a real sandbox host: create (cached debootstrap) -> converge (the real deploy through pyinfra, from
+the local NVIDIA mirror) -> idempotence -> verify -> destroy.
+
+    pytest tests/scenarios --scenario bundle          # one scenario (repeatable)
+
+They run in the order of SCENARIOS (tests/conftest.py): several share the ``lab`` host (converged once by "default"), and
+"undeploy" must follow the scenarios that need it provisioned."""
 
 import json
 import os
@@ -11,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from piper_gpu.lab.sandbox import Sandbox, provision, up
+from tests.lab.sandbox import Sandbox, provision, up
+
 
 REPO = Path(__file__).resolve().parents[2]
 PORT = int(os.environ.get("PIPER_E2E_PORT", "15005"))

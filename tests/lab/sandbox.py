@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from piper_gpu.lab import mirror as mirror_mod
-from piper_gpu.lab import personas
-from piper_gpu.lab.mirror import CACHE, log, run
+from tests.lab import mirror as mirror_mod
+from tests.lab import personas
+from tests.lab.mirror import CACHE, log, run
 from piper_gpu.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def _mounts_under(root: Path) -> list[str]:
 @dataclass
 class Sandbox:
     name: str
-    #: what the host is (piper_gpu/lab/personas.py): "debian12" or "wsl2-ubuntu2204"
+    #: what the host is (tests/lab/personas.py): "debian12" or "wsl2-ubuntu2204"
     persona: str = "debian12"
 
     @property

@@ -2,12 +2,12 @@
 
 import pytest
 
-from piper_gpu.lab.sandbox import provision
+from tests.lab.sandbox import provision
 
 from conftest import Lab, record
 
-pytestmark = pytest.mark.e2e
-EVERYTHING = ["--data", "undeploy_voices=true", "--data", "undeploy_system=true"]
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("undeploy")]
+EVERYTHING = ["--data", "piper_gpu_undeploy_voices=true", "--data", "piper_gpu_undeploy_system=true"]
 VOLATILE = ["/proc", "/sys", "/dev", "/run", "/tmp", "/var/cache", "/var/log", "/var/lib/apt", "/var/lib/dpkg"]
 # /etc/shadow- and friends are the backups useradd/userdel themselves write.
 TREE = ("find / -xdev \\( " + " -o ".join(f"-path {p}" for p in VOLATILE) + " -o -path '/etc/*-' \\) -prune -o -print | sort")

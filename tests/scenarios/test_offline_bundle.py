@@ -9,13 +9,14 @@ import sys
 
 import pytest
 
-from piper_gpu.lab.mirror import CACHE, source_settings
-from piper_gpu.lab.sandbox import MIRROR_PORT, provision
-from piper_gpu.steps.cuda import BASE_PACKAGES
+from piper_gpu.settings import data_keys
+from tests.lab.mirror import CACHE, source_settings
+from tests.lab.sandbox import MIRROR_PORT, provision
+from piper_gpu.steps.base import BASE_PACKAGES
 
 from conftest import REPO, Lab, record
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("bundle")]
 BUNDLE = "/srv/piper-bundle"
 DEAD = "http://127.0.0.1:9"
 OFFLINE_ENV = {"http_proxy": DEAD, "https_proxy": DEAD, "HTTP_PROXY": DEAD, "HTTPS_PROXY": DEAD,
@@ -30,7 +31,7 @@ def offline():
     # The connected machine: the operator's settings, with the upstream sources (the test mirror).
     upstream = {**data, **source_settings(lab.mirror_url)}
     settings_file = lab.box.dir / "operator-settings.json"
-    settings_file.write_text(json.dumps(upstream))
+    settings_file.write_text(json.dumps(data_keys(upstream)))  # as in group data
     lab.bundle = subprocess.run(
         [sys.executable, "-m", "piper_gpu", "bundle", str(lab.root / BUNDLE.lstrip("/")), "--settings",
          str(settings_file), "--repo-path", "debian12", "--python", "3.11"],

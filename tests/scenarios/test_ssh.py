@@ -7,11 +7,11 @@ import sys
 
 import pytest
 
-from piper_gpu.lab.sandbox import provision
+from tests.lab.sandbox import provision
 
 from conftest import REPO, Lab
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("ssh")]
 SSH_PORT = int(os.environ.get("PIPER_E2E_SSH_PORT", "2222"))
 
 

@@ -4,7 +4,6 @@ import pytest
 
 from conftest import expect
 from libs import fix_for_missing
-from piper_gpu.settings import ONNXRUNTIME_DISTRIBUTIONS
 
 DISTS = """
 import json, importlib.metadata as m
@@ -20,7 +19,7 @@ def dists(service_env):
 
 
 def test_exactly_one_onnxruntime_the_gpu_build(dists, applied, target):
-    ort = {d: v for d, v in dists.items() if d in ONNXRUNTIME_DISTRIBUTIONS}
+    ort = {d: v for d, v in dists.items() if d in applied.onnxruntime_distributions}
     pip = f"{target['venv_dir']}/bin/pip"
     expect(ort == {"onnxruntime-gpu": applied.onnxruntime_gpu_version}, f"ONNX Runtime distributions in the venv: {ort}",
            f"only onnxruntime-gpu {applied.onnxruntime_gpu_version}",
@@ -36,7 +35,7 @@ def test_piper_tts_version(dists, applied):
 
 def test_venv_holds_every_pinned_distribution(dists, applied, target):
     """The whole lock, NVIDIA's CUDA wheels included when cuda_source=pip."""
-    wrong = {n: dists.get(n, "missing") for n, v in applied.python_requirements().items() if dists.get(n) != v}
+    wrong = {n: dists.get(n, "missing") for n, v in applied.python_requirements.items() if dists.get(n) != v}
     expect(not wrong, f"venv distributions off the lock: {wrong}",
            f"every pin in {target['piper_dir']}/requirements.lock", "re-run the deploy (installs the lock)")
 

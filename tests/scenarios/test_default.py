@@ -12,7 +12,7 @@ import requests
 
 from conftest import record
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("default")]
 TEXTS = json.loads(open("piper_gpu/texts.json").read())
 VENV = "/home/piper/piper_env/.venv"
 

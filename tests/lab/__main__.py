@@ -1,4 +1,4 @@
-"""python -m piper_gpu.lab demo|up|provision|destroy [--name NAME]
+"""python -m tests.lab demo|up|provision|destroy [--name NAME]
 
 demo: build/serve the local mirror, create the sandbox if missing (--persona: Debian 12, or the
 users' WSL2 Ubuntu 22.04), provision it with the real deploy through pyinfra, and end with
@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from piper_gpu.lab.sandbox import Sandbox, provision, stop_mirror, up
+from tests.lab.sandbox import Sandbox, provision, stop_mirror, up
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m piper_gpu.lab")
+    p = argparse.ArgumentParser(prog="python -m tests.lab")
     p.add_argument("command", choices=["demo", "up", "destroy"])
     p.add_argument("--name", default="demo")
-    p.add_argument("--persona", default="debian12", help="debian12 or wsl2-ubuntu2204 (piper_gpu/lab/personas.py)")
+    p.add_argument("--persona", default="debian12", help="debian12 or wsl2-ubuntu2204 (tests/lab/personas.py)")
     args, pyinfra_args = p.parse_known_args(argv)
     if args.command == "destroy":
         Sandbox(args.name).destroy()

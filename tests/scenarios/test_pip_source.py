@@ -10,7 +10,7 @@ import pytest
 
 from conftest import Lab
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("pip-source")]
 SITE = "/home/piper/piper_env/.venv/lib/python3.11/site-packages/nvidia"
 
 

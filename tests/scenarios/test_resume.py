@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from piper_gpu.lab.sandbox import provision, start_provision
+from tests.lab.sandbox import provision, start_provision
 
 from conftest import Lab
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("resume")]
 LOCK_HOLDER = ("import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); "
                "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep({seconds})")
 

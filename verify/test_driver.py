@@ -2,8 +2,7 @@
 
 import pytest
 
-from conftest import expect
-from piper_gpu.settings import _major_minor
+from conftest import expect, version_tuple
 
 
 def test_driver_is_visible(needs_gpu):
@@ -13,7 +12,7 @@ def test_driver_is_visible(needs_gpu):
 
 def test_driver_supports_the_cuda_version(needs_gpu, applied):
     have = needs_gpu["cuda_version"] or "0.0"
-    expect(_major_minor(have, "driver") >= _major_minor(applied.cuda_version, "cuda"),
+    expect(version_tuple(have) >= version_tuple(applied.cuda_version),
            f"driver {needs_gpu['driver_version']} supports CUDA {have}",
            f"a driver supporting CUDA >= {applied.cuda_version}",
            "update the NVIDIA driver (on WSL2: the Windows driver)")

@@ -1,0 +1,92 @@
+"""NVIDIA's naming rules, as functions of the pinned versions, and the layout of this project's
+offline bundle. No settings, no host: the same versions always give the same names.
+
+NVIDIA's names, with where they come from:
+- apt packages ``cuda-toolkit-12-4`` / ``cuda-libraries-12-4`` and the prefix /usr/local/cuda-12.4
+  (NVIDIA's CUDA installation guide, "Package manager installation");
+- ``libcudnn9-cuda-12`` at ``9.1.1.17-1`` (cuDNN installation guide, "Debian/Ubuntu": apt-get install
+  libcudnn9-cuda-12; NVIDIA's CUDA 12.4.1 Dockerfile pins libcudnn9-cuda-12=9.1.0.70-1);
+- the redistributable ``cudnn-linux-x86_64-9.1.1.17_cuda12-archive.tar.xz`` under
+  ``cudnn/redist/cudnn/linux-x86_64/`` (NVIDIA's redistrib_9.1.1.json);
+- the wheels ``nvidia-cudnn-cu12`` and their ``nvidia/<name>/lib`` directories (PyPI).
+"""
+
+from __future__ import annotations
+
+import re
+
+
+def major_minor(version: str, what: str) -> tuple[int, int]:
+    m = re.match(r"^(\d+)\.(\d+)", str(version))
+    if not m:
+        from piper_gpu.settings import SettingsError
+
+        raise SettingsError(f"{what}: {version!r} is not a version like 12.4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def release(version: str, parts: int = 3) -> str:
+    """9.1.1.17 -> 9.1.1"""
+    return ".".join(str(version).split(".")[:parts])
+
+
+def cuda_dash(cuda_version: str) -> str:
+    """12.4 -> 12-4, as in cuda-toolkit-12-4."""
+    return "{}-{}".format(*major_minor(cuda_version, "cuda_version"))
+
+
+def cuda_home(cuda_version: str) -> str:
+    return "/usr/local/cuda-{}.{}".format(*major_minor(cuda_version, "cuda_version"))
+
+
+def cuda_lib_dir(cuda_version: str, arch: str = "x86_64") -> str:
+    return f"{cuda_home(cuda_version)}/targets/{arch}-linux/lib"
+
+
+def cuda_packages(cuda_version: str, install: str) -> list[str]:
+    """The apt meta-package: the toolkit (nvcc included) or the runtime libraries only. Never
+    ``cuda`` or ``cuda-runtime-X-Y``: both depend on cuda-drivers, a Linux driver."""
+    kind = "toolkit" if install == "toolkit" else "libraries"
+    return [f"cuda-{kind}-{cuda_dash(cuda_version)}"]
+
+
+def cudnn_package(cudnn_version: str, cuda_version: str) -> str:
+    """libcudnn9-cuda-12"""
+    return (f"libcudnn{major_minor(cudnn_version, 'cudnn_version')[0]}"
+            f"-cuda-{major_minor(cuda_version, 'cuda_version')[0]}")
+
+
+def cudnn_apt_version(cudnn_version: str) -> str:
+    return f"{cudnn_version}-1"
+
+
+def cudnn_wheel(cuda_version: str) -> str:
+    """nvidia-cudnn-cu12"""
+    return f"nvidia-cudnn-cu{major_minor(cuda_version, 'cuda_version')[0]}"
+
+
+def cudnn_archive_name(cudnn_version: str, cuda_version: str, arch: str = "x86_64") -> str:
+    """cudnn-linux-x86_64-9.1.1.17_cuda12-archive.tar.xz"""
+    return f"cudnn-linux-{arch}-{cudnn_version}_cuda{major_minor(cuda_version, 'cuda_version')[0]}-archive.tar.xz"
+
+
+def cudnn_archive_url(redist_url: str, cudnn_version: str, cuda_version: str, arch: str = "x86_64") -> str:
+    return f"{redist_url.rstrip('/')}/cudnn/linux-{arch}/{cudnn_archive_name(cudnn_version, cuda_version, arch)}"
+
+
+def wheel_lib_dir(wheel: str) -> str:
+    """nvidia-cuda-runtime-cu12 -> nvidia/cuda_runtime/lib (relative to site-packages)."""
+    return f"nvidia/{re.sub(r'^nvidia-|-cu[0-9]+$', '', wheel).replace('-', '_')}/lib"
+
+
+# --- this project's offline bundle (piper_gpu.bundle writes it, bundle_url reads it) ------------
+BUNDLE_CUDA_REPOS = "cuda/repos"
+BUNDLE_WHEELS = "pypi"
+
+
+def bundle_voice_dir(name: str) -> str:
+    return f"voices/{name}"
+
+
+def bundle_cudnn_file(url: str) -> str:
+    return f"cudnn/{url.rstrip('/').rsplit('/', 1)[-1]}"

@@ -1,0 +1,94 @@
+"""Before the plan's steps: the base packages the deploy needs (curl, python3-venv), apt that waits
+for a held dpkg lock, a dpkg run left interrupted finished, the service user, and the directories
+and tools the later steps use. What it adds that was not there is recorded for undeploy."""
+
+from __future__ import annotations
+
+import hashlib
+from io import StringIO
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.server import Users
+from pyinfra.operations import apt, files, server
+
+from piper_gpu.facts import DpkgInterrupted
+from piper_gpu.render import render, template_path
+from piper_gpu.resources import OPENPGP_TOOL
+from piper_gpu.target import ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, CACHE, STATE, TOOLS, Target
+
+#: sudo: steps run as the service user through pyinfra's _sudo_user (a chroot or a root login has no sudo).
+BASE_PACKAGES = ["ca-certificates", "curl", "python3", "python3-venv", "procps", "iproute2", "sudo"]
+
+
+def missing_packages(packages: list[str]) -> list[str]:
+    installed = host.get_fact(DebPackages)
+    return [p for p in packages if p.split("=")[0] not in installed]
+
+
+APT_CONF = """// Managed by piper-gpu-deploy: wait for another apt/dpkg instead of failing, retry downloads.
+DPkg::Lock::Timeout "300";
+Acquire::Retries "5";
+"""
+
+
+def template_file(target: Target, name: str, template: str, dest: str, mode: str, user: str | None = None,
+                  group: str | None = None, **context):
+    """files.template, with the sha256 of what it writes recorded in ``target.installed`` (verify
+    compares the host's file with it)."""
+    target.installed[dest] = hashlib.sha256(render(template, **context).encode()).hexdigest()
+    return files.template(name=name, src=template_path(template), dest=dest, mode=mode, user=user, group=group,
+                          **context)
+
+
+def user_home(user: str) -> str | None:
+    """The user's home directory, or None when there is no such user (pyinfra's Users fact)."""
+    return (host.get_fact(Users).get(user) or {}).get("home")
+
+
+@deploy("Base system: packages, service user")
+def base_system(target: Target):
+    s = target.settings
+    files.put(
+        name="apt waits for a held dpkg lock (5 min) and retries downloads",
+        src=StringIO(APT_CONF),
+        dest=APT_CONF_FILE,
+        mode="644",
+    )
+    interrupted = host.get_fact(DpkgInterrupted)
+    if interrupted:
+        server.shell(
+            name=f"Finish an interrupted dpkg run (dpkg --configure -a): {', '.join(interrupted)}",
+            commands=["DEBIAN_FRONTEND=noninteractive dpkg --configure -a",
+                      "DEBIAN_FRONTEND=noninteractive apt-get install -f -y"],
+        )
+    files.directory(name=f"Create {STATE} (what this deploy added)", path=STATE, mode="755")
+    missing = missing_packages(BASE_PACKAGES)
+    if missing:
+        apt.update(name=f"Refresh apt lists: base packages missing ({', '.join(missing)})")
+    apt.packages(name="Install base packages", packages=BASE_PACKAGES, no_recommends=True)
+    for package in missing:
+        files.line(name=f"Record that this deploy added {package} ({ADDED_PACKAGES})", path=ADDED_PACKAGES,
+                   line=package)
+    if s.create_service_user:
+        user_missing = user_home(s.service_user) is None
+        server.user(
+            name=f"Service user {s.service_user}",
+            user=s.service_user,
+            home=target.home,
+            shell="/bin/bash",
+            create_home=True,
+            system=True,
+        )
+        if user_missing:
+            files.put(name=f"Record that this deploy created the user {s.service_user} ({ADDED_USER})",
+                      src=StringIO(s.service_user + "\n"), dest=ADDED_USER, mode="644")
+    files.directory(name=f"Create {CACHE}", path=CACHE, mode="755")
+    files.directory(name=f"Create {TOOLS}", path=TOOLS, mode="755")
+    files.put(
+        name="Install the OpenPGP fingerprint checker",
+        src=str(OPENPGP_TOOL),
+        dest=f"{TOOLS}/openpgp.py",
+        mode="755",
+    )
