@@ -37,6 +37,13 @@ class Collector:
     def __init__(self):
         self.results: list[dict] = []
 
+    def pytest_collectreport(self, report):
+        """A verify module that cannot even be collected is a failure to show, not an empty screen."""
+        if report.failed:
+            module = report.nodeid.rsplit("/", 1)[-1].removesuffix(".py") or "verify"
+            self.results.append({"check": "collect", "module": module, "outcome": "failed",
+                                 "found": str(report.longrepr).strip().splitlines()[-1][:300]})
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item, call):
         outcome = yield
@@ -84,7 +91,9 @@ def render_screen(results: list[dict], host: str) -> str:
 
 def diagnose(hosts: str, extra: list[str], json_out: str | None = None) -> tuple[int, list[dict]]:
     collector = Collector()
-    args = [str(VERIFY), f"--hosts={hosts}", "-p", "no:cacheprovider", "-p", "no:terminal", *extra]
+    # --collect-in-virtualenv: from an installed wheel, verify/ lies inside the operator's venv
+    args = [str(VERIFY), f"--hosts={hosts}", "--collect-in-virtualenv", "-p", "no:cacheprovider", "-p", "no:terminal",
+            *extra]
     pytest.main(args, plugins=[collector])
     results = collector.results
     print(render_screen(results, hosts))

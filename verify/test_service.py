@@ -2,13 +2,19 @@
 
 import json
 import shlex
-from pathlib import Path
 
 import pytest
 
 from conftest import expect
 
-TEXTS = json.loads((Path(__file__).resolve().parent.parent / "piper_gpu" / "texts.json").read_text())
+TEXTS_FILE = "/etc/piper-gpu/texts.json"  # the test texts the deploy installed with the performance tool
+
+
+@pytest.fixture(scope="module")
+def texts(host) -> dict:
+    f = host.file(TEXTS_FILE)
+    expect(f.exists, f"no {TEXTS_FILE}", "the test texts the deploy installs", "re-run the deploy")
+    return json.loads(f.content_string)
 
 REQUEST = """
 import io, json, time, urllib.request, urllib.error, wave
@@ -32,9 +38,9 @@ print(json.dumps(out))
 """
 
 
-def text_for(voice_name: str, size: str = "medium") -> str:
+def text_for(texts: dict, voice_name: str, size: str = "medium") -> str:
     lang = "zh" if voice_name.startswith("zh") else "en"
-    return TEXTS[f"{lang}_{size}"]
+    return texts[f"{lang}_{size}"]
 
 
 def post_tts(service_env, base_url, body, with_key=True):
@@ -112,9 +118,9 @@ def test_health_reports_cuda(needs_gpu, service_env, base_url, applied):
                "read the WARN line in the server log for the cause; run `python -m piper_gpu diagnose`")
 
 
-def test_tts_returns_a_valid_wav(service_env, base_url, applied):
+def test_tts_returns_a_valid_wav(service_env, base_url, applied, texts):
     for voice in applied.voices:
-        text = text_for(voice.name)
+        text = text_for(texts, voice.name)
         r = post_tts(service_env, base_url, {"text": text, "voice": voice.name})
         expect(r.get("status") == 200 and r.get("channels") == 1 and r.get("width") == 2,
                f"POST /tts ({voice.name}): {r}", "200 with a mono 16-bit WAV", "see the server log; re-run the deploy")
@@ -141,12 +147,12 @@ def test_metrics_answer(service_env, base_url, applied):
     expect("piper_tts_requests_total" in res.stdout, "no piper_tts_requests_total", "request counters", "re-run the deploy")
 
 
-def test_server_uses_the_gpu_during_a_request(needs_gpu, host, service_env, base_url, applied, target):
+def test_server_uses_the_gpu_during_a_request(needs_gpu, host, service_env, base_url, applied, target, texts):
     if target["is_wsl"]:
         pytest.skip("WSL2's driver does not list per-process GPU use (nvidia-smi --query-compute-apps is empty there)")
     pid = server_pid(host, target)
     voice = applied.voices[0].name
-    body = shlex.quote(json.dumps({"text": text_for(voice, "long"), "voice": voice}))
+    body = shlex.quote(json.dumps({"text": text_for(texts, voice, "long"), "voice": voice}))
     key = target.get("api_key_file")
     auth = f'-H "Authorization: Bearer $(cat {key})" ' if key else ""
     host.run(f"(curl -s --noproxy '*' -o /dev/null {auth}-X POST {base_url}/tts -d {body} &) ; sleep 0.3")

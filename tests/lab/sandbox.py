@@ -263,8 +263,9 @@ def up(name: str, extra: dict | None = None, persona: str = "debian12") -> tuple
 
 def start_provision(box: Sandbox, mirror_url: str, extra_args: list[str] | None = None,
                     inventory: str = "inventory/sandbox.py", env_extra: dict | None = None,
-                    deploy_file: str = "deploy.py") -> subprocess.Popen:
-    """Start ``pyinfra -y INVENTORY deploy.py`` (or undeploy.py) against the sandbox (own process group)."""
+                    deploy_file: str = "deploy.py", yes: bool = True) -> subprocess.Popen:
+    """Start ``pyinfra -y INVENTORY deploy.py`` (or undeploy.py) against the sandbox (own process group).
+    ``yes=False``: no -y, so that pyinfra shows its change detection (with --dry)."""
     env = {
         **os.environ,
         "PIPER_SANDBOX_ROOT": str(box.root),
@@ -273,16 +274,16 @@ def start_provision(box: Sandbox, mirror_url: str, extra_args: list[str] | None 
         **(env_extra or {}),
     }
     pyinfra = Path(sys.executable).with_name("pyinfra")
-    cmd = [str(pyinfra), "-y", inventory, deploy_file, *(extra_args or [])]
+    cmd = [str(pyinfra), *(["-y"] if yes else []), inventory, deploy_file, *(extra_args or [])]
     return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
 def provision(box: Sandbox, mirror_url: str, extra_args: list[str] | None = None, echo: bool = True,
               inventory: str = "inventory/sandbox.py", env_extra: dict | None = None,
-              deploy_file: str = "deploy.py") -> Provisioned:
+              deploy_file: str = "deploy.py", yes: bool = True) -> Provisioned:
     started = time.monotonic()
-    proc = start_provision(box, mirror_url, extra_args, inventory, env_extra, deploy_file)
+    proc = start_provision(box, mirror_url, extra_args, inventory, env_extra, deploy_file, yes)
     lines = []
     assert proc.stdout is not None
     for line in proc.stdout:

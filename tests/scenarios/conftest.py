@@ -44,6 +44,12 @@ class Lab:
             assert result.returncode == 0, result.output[-6000:]
         return result
 
+    def converged(self):
+        """This host provisioned (by an earlier scenario, else now): for scenarios run on their own."""
+        if not self.runs:
+            self.deploy()
+        return self
+
     def set_data(self, **settings):
         """Change this host's inventory data (None removes a key)."""
         data = json.loads(self.box.data_file.read_text())

@@ -92,7 +92,7 @@ FAULTS = {
         check="service_running", fix=f"{CTL} start", repair="deploy"),
     "server reverted to a CPU-only version": dict(
         apply=revert_server_to_cpu_only,
-        check="server_is_the_deployed_template", fix="re-run the deploy", repair="deploy"),
+        check="rendered_files_are_what_the_deploy_wrote", fix="re-run the deploy", repair="deploy"),
     "voice file corrupted": dict(
         apply=corrupt_voice,
         check="voice_files_match_checksums", fix="re-run the deploy", found="sha256", repair="deploy"),
