@@ -84,7 +84,10 @@ def remove_system(target: Target):
     if purge:
         server.shell(
             name=f"Purge {', '.join(purge)} and what only they needed",
-            commands=[StringCommand("DEBIAN_FRONTEND=noninteractive apt-get purge -y", *map(QuoteString, purge)),
+            # SUDO_FORCE_REMOVE: sudo is purged only when this deploy added it, so root is reached without it
+            # (chroot, root login); Debian's sudo prerm otherwise refuses on a host without a root password
+            commands=[StringCommand("DEBIAN_FRONTEND=noninteractive SUDO_FORCE_REMOVE=yes apt-get purge -y",
+                                    *map(QuoteString, purge)),
                       "DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y"],
         )
     users = _recorded(ADDED_USER)
