@@ -122,7 +122,10 @@ def venv_locked(venv_dir: str, wanted: dict[str, str], pip_args: list[str]):
     come back. Run it as the venv's owner (``as_user``).
     """
     python = f"{venv_dir}/bin/python"
-    changes = venv_changes(host.get_fact(VenvDistributions, python=python), wanted)
+    # read with the host's own privileges, not this operation's _sudo_user: when the plan is built on a fresh
+    # host, sudo is not installed yet (the base step installs it)
+    have = host.get_fact(VenvDistributions, python=python, _sudo=bool(host.data.get("_sudo")), _sudo_user=None)
+    changes = venv_changes(have, wanted)
     if not changes:
         host.noop(f"{venv_dir}: {len(wanted)} pinned distributions present, one ONNX Runtime")
         return

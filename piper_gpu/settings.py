@@ -299,6 +299,7 @@ class Settings:
             "cudnn_built_for": self.cudnn_built_for, "cudnn_package": self.cudnn_package,
             "cudnn_apt_version": self.cudnn_apt_version, "cudnn_wheel": self.cudnn_wheel,
             "python_requirements": self.python_requirements(),
+            "cuda_wheel_requirements": self.cuda_wheel_requirements(),
             "onnxruntime_distributions": list(ONNXRUNTIME_DISTRIBUTIONS),
         }
         return json.dumps(data, indent=2, sort_keys=True) + "\n"

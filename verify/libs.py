@@ -29,7 +29,7 @@ def provider_libraries(s: Settings) -> dict[str, tuple[str, str]]:
     if s.cuda_source == "pip":  # the owners are NVIDIA's wheels in the venv
         wheels = {"cudart": "cuda-runtime", "cublas": "cublas", "cublasLt": "cublas", "cufft": "cufft",
                   "curand": "curand", "nvrtc": "cuda-nvrtc"}
-        pins = s.cuda_wheel_requirements()
+        pins = s.cuda_wheel_requirements
         for role, (soname, _) in libs.items():
             wheel = s.cudnn_wheel if role.startswith("cudnn") else f"nvidia-{wheels[role]}-cu{m}"
             libs[role] = (soname, f"pip:{wheel}=={pins.get(wheel, '?')}")
