@@ -104,9 +104,9 @@ def diagnose(hosts: str, extra: list[str], json_out: str | None = None) -> tuple
 
 def lock(args) -> int:
     from piper_gpu import locks, platforms
-    from piper_gpu.settings import SettingsError, settings_from
+    from piper_gpu.settings import SettingsError, cli_data, settings_from
 
-    data = dict(item.partition("=")[::2] for item in args.data or [])
+    data = cli_data(None, args.data)
     try:
         s = settings_from(data, validate=False)  # voices and their checksums play no part in a lock
         if args.resolve:

@@ -39,7 +39,7 @@ from pathlib import Path
 from piper_gpu import openpgp
 from piper_gpu import locks, platforms
 from piper_gpu.naming import BUNDLE_CUDA_REPOS, BUNDLE_WHEELS, bundle_cudnn_file, bundle_voice_dir
-from piper_gpu.settings import Settings, SettingsError, data_key, settings_from
+from piper_gpu.settings import Settings, SettingsError, cli_data, data_key, settings_from
 
 KEYRING_MEMBER = "./usr/share/keyrings/cuda-archive-keyring.gpg"
 MANIFEST = "bundle.json"
@@ -296,10 +296,7 @@ def make_bundle(s: Settings, out: Path, repo_path: str, arch: str = "x86_64", py
 
 
 def main(args) -> int:
-    data = json.loads(Path(args.settings).read_text()) if args.settings else {}
-    for item in args.data or []:
-        key, _, value = item.partition("=")
-        data[key] = value
+    data = cli_data(args.settings, args.data)
     data.pop(data_key("bundle_url"), None)  # a bundle is made from the real sources
     try:
         s = settings_from(data)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import pprint
 import re
 import sys
@@ -25,7 +24,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from piper_gpu.settings import Settings, SettingsError, Voice, data_key, settings_from
+from piper_gpu.settings import Settings, SettingsError, Voice, cli_data, data_key, settings_from
 
 BEGIN = "# BEGIN piper-gpu pin-voices (python -m piper_gpu pin-voices)"
 END = "# END piper-gpu pin-voices"
@@ -86,10 +85,7 @@ def write_block(path: Path, text: str) -> None:
 
 
 def main(args) -> int:
-    data = json.loads(Path(args.settings).read_text()) if args.settings else {}
-    for item in args.data or []:
-        key, _, value = item.partition("=")
-        data[key] = value
+    data = cli_data(args.settings, args.data)
     if args.voice:
         data[data_key("voices")] = list(args.voice)
     try:

@@ -452,8 +452,17 @@ def data_keys(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 #: Every setting's default under its data key: ``deploy_piper_gpu``'s data_defaults.
-DATA_DEFAULTS = {data_key(f.name): getattr(Settings(), f.name) for f in dataclasses.fields(Settings)
-                 if f.name in FIELDS}
+DATA_DEFAULTS = data_keys({name: getattr(Settings(), name) for name in FIELDS})
+
+
+def cli_data(settings_file: str | None, items: list[str] | None) -> dict[str, Any]:
+    """pyinfra data for the CLI commands (bundle, lock, pin-voices): a JSON file of data keys, as in
+    group data, then ``KEY=VALUE`` items over it, as pyinfra's --data."""
+    from pathlib import Path
+
+    data = json.loads(Path(settings_file).read_text()) if settings_file else {}
+    data.update(item.partition("=")[::2] for item in items or [])
+    return data
 
 
 def _get(data: Mapping[str, Any] | Any, key: str):
