@@ -98,6 +98,13 @@ class VenvChanges:
         return text
 
 
+def venv_distributions(python: str) -> dict[str, str] | None:
+    """The venv's distributions (``VenvDistributions``), read with the host's own privileges, not an
+    operation's _sudo_user: when the plan is built on a fresh host, sudo is not installed yet (the
+    base step installs it). One reading for the step that names the operation and the operation."""
+    return host.get_fact(VenvDistributions, python=python, _sudo=bool(host.data.get("_sudo")), _sudo_user=None)
+
+
 def venv_changes(have: dict[str, str] | None, wanted: dict[str, str]) -> VenvChanges:
     """Compare a venv's distributions (``VenvDistributions``) with the lock. Any ONNX Runtime not in
     ``wanted`` (the CPU ``onnxruntime`` piper-tts pulls in, for one) goes, and so do NVIDIA's CUDA
@@ -122,10 +129,7 @@ def venv_locked(venv_dir: str, wanted: dict[str, str], pip_args: list[str]):
     come back. Run it as the venv's owner (``as_user``).
     """
     python = f"{venv_dir}/bin/python"
-    # read with the host's own privileges, not this operation's _sudo_user: when the plan is built on a fresh
-    # host, sudo is not installed yet (the base step installs it)
-    have = host.get_fact(VenvDistributions, python=python, _sudo=bool(host.data.get("_sudo")), _sudo_user=None)
-    changes = venv_changes(have, wanted)
+    changes = venv_changes(venv_distributions(python), wanted)
     if not changes:
         host.noop(f"{venv_dir}: {len(wanted)} pinned distributions present, one ONNX Runtime")
         return

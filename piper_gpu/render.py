@@ -1,4 +1,5 @@
-"""Where the jinja2 templates live, and rendering outside pyinfra (tests, the demo, verify)."""
+"""Where the jinja2 templates live, and how they render: for the deploy (steps/base.template_file) and the
+tests, with the settings pyinfra's files.template uses (StrictUndefined, keep_trailing_newline)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,6 @@ import jinja2
 from piper_gpu.resources import data_dir
 
 TEMPLATES = data_dir("templates")
-
-
-def template_path(name: str) -> str:
-    path = TEMPLATES / name
-    if not path.is_file():
-        raise FileNotFoundError(f"template {name} not found in {TEMPLATES}")
-    return str(path)
 
 
 def render(name: str, **context) -> str:

@@ -7,13 +7,11 @@ import pytest
 
 from conftest import expect
 
-TEXTS_FILE = "/etc/piper-gpu/texts.json"  # the test texts the deploy installed with the performance tool
-
-
 @pytest.fixture(scope="module")
-def texts(host) -> dict:
-    f = host.file(TEXTS_FILE)
-    expect(f.exists, f"no {TEXTS_FILE}", "the test texts the deploy installs", "re-run the deploy")
+def texts(host, target) -> dict:
+    """The test texts the deploy installed with the performance tool."""
+    f = host.file(target["texts_file"])
+    expect(f.exists, f"no {target['texts_file']}", "the test texts the deploy installs", "re-run the deploy")
     return json.loads(f.content_string)
 
 REQUEST = """

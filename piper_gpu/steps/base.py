@@ -14,7 +14,7 @@ from pyinfra.facts.server import Users
 from pyinfra.operations import apt, files, server
 
 from piper_gpu.facts import DpkgInterrupted
-from piper_gpu.render import render, template_path
+from piper_gpu.render import render
 from piper_gpu.resources import OPENPGP_TOOL
 from piper_gpu.target import ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, CACHE, STATE, TOOLS, Target
 
@@ -35,11 +35,12 @@ Acquire::Retries "5";
 
 def template_file(target: Target, name: str, template: str, dest: str, mode: str, user: str | None = None,
                   group: str | None = None, **context):
-    """files.template, with the sha256 of what it writes recorded in ``target.installed`` (verify
-    compares the host's file with it)."""
-    target.installed[dest] = hashlib.sha256(render(template, **context).encode()).hexdigest()
-    return files.template(name=name, src=template_path(template), dest=dest, mode=mode, user=user, group=group,
-                          **context)
+    """A file rendered from ``templates/<template>`` (rendered once, the way files.template renders and
+    then puts it), with the sha256 of what it writes recorded in ``target.installed`` (verify compares
+    the host's file with it)."""
+    text = render(template, **context)
+    target.installed[dest] = hashlib.sha256(text.encode()).hexdigest()
+    return files.put(name=name, src=StringIO(text), dest=dest, mode=mode, user=user, group=group)
 
 
 def user_home(user: str) -> str | None:

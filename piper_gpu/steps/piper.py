@@ -5,12 +5,10 @@ from __future__ import annotations
 
 from io import StringIO
 
-from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, pip
 
-from piper_gpu.facts import VenvDistributions
-from piper_gpu.operations import as_user, fetch, venv_changes, venv_locked
+from piper_gpu.operations import as_user, fetch, venv_changes, venv_distributions, venv_locked
 from piper_gpu.target import Target
 
 
@@ -30,7 +28,7 @@ def piper_venv(target: Target):
         group=user,
         mode="640",
     )
-    changes = venv_changes(host.get_fact(VenvDistributions, python=target.venv_python), wanted)
+    changes = venv_changes(venv_distributions(target.venv_python), wanted)
     return venv_locked(
         name=f"Venv holds piper-tts {s.piper_tts_version} and only onnxruntime-gpu {s.onnxruntime_gpu_version}"
              + (f": {changes.describe()}" if changes else ""),

@@ -65,6 +65,7 @@ def target_record(target: Target) -> dict:
         "perf_out": target.perf_out,
         "unit": UNIT,
         "base_url": f"http://{client_host(target.settings.bind_address)}:{target.settings.port}",
+        "texts_file": TEXTS_FILE,
         "installed_files": dict(sorted(target.installed.items())),
     }
 
