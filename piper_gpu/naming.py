@@ -2,10 +2,12 @@
 offline bundle. No settings, no host: the same versions always give the same names.
 
 NVIDIA's names, with where they come from:
-- apt packages ``cuda-toolkit-12-4`` / ``cuda-libraries-12-4`` and the prefix /usr/local/cuda-12.4
-  (NVIDIA's CUDA installation guide, "Package manager installation");
-- ``libcudnn9-cuda-12`` at ``9.1.1.17-1`` (cuDNN installation guide, "Debian/Ubuntu": apt-get install
-  libcudnn9-cuda-12; NVIDIA's CUDA 12.4.1 Dockerfile pins libcudnn9-cuda-12=9.1.0.70-1);
+- apt meta packages ``cuda-toolkit-X-Y`` / ``cuda-libraries-X-Y`` (NVIDIA's cuda-meta-X-Y source package; e.g.
+  packages.ubuntu.com's cuda-toolkit-13-2, repackaged from it, depends on cuda-libraries-13-2 and
+  cuda-compiler-13-2) and the prefix /usr/local/cuda-12.4 (NVIDIA's CUDA 12.4.1 images set CUDA_HOME there;
+  the mirror's packages use the same layout);
+- ``libcudnn9-cuda-12`` at ``<version>-1`` (NVIDIA's CUDA 12.4.1 Ubuntu 22.04 Dockerfile pins
+  libcudnn9-cuda-12=9.1.0.70-1; ../shared/DESIGN.md);
 - the redistributable ``cudnn-linux-x86_64-9.1.1.17_cuda12-archive.tar.xz`` under
   ``cudnn/redist/cudnn/linux-x86_64/`` (NVIDIA's redistrib_9.1.1.json);
 - the wheels ``nvidia-cudnn-cu12`` and their ``nvidia/<name>/lib`` directories (PyPI).
