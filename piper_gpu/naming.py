@@ -4,8 +4,8 @@ offline bundle. No settings, no host: the same versions always give the same nam
 NVIDIA's names, with where they come from:
 - apt meta packages ``cuda-toolkit-X-Y`` / ``cuda-libraries-X-Y`` (NVIDIA's cuda-meta-X-Y source package; e.g.
   packages.ubuntu.com's cuda-toolkit-13-2, repackaged from it, depends on cuda-libraries-13-2 and
-  cuda-compiler-13-2) and the prefix /usr/local/cuda-12.4 (NVIDIA's CUDA 12.4.1 images set CUDA_HOME there;
-  the mirror's packages use the same layout);
+  cuda-compiler-13-2) and the prefix /usr/local/cuda-X.Y (NVIDIA's CUDA Installation Guide for Linux,
+  post-installation actions: ``export PATH=/usr/local/cuda-12.5/bin...`` in the 12.5.1 edition);
 - ``libcudnn9-cuda-12`` at ``<version>-1`` (NVIDIA's CUDA 12.4.1 Ubuntu 22.04 Dockerfile pins
   libcudnn9-cuda-12=9.1.0.70-1; ../shared/DESIGN.md);
 - the redistributable ``cudnn-linux-x86_64-9.1.1.17_cuda12-archive.tar.xz`` under
