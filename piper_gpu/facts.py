@@ -116,16 +116,57 @@ class DpkgInterrupted(FactBase):
         return [line.strip() for line in output if line.strip()]
 
 
-class VenvDistributions(FactBase):
-    """{normalised distribution name: version} in a venv, or None when the venv has no python."""
+#: Run by the venv's python: the venv as pip sees it, and what pip cannot see. ``sys.argv[1]``: its owner.
+_VENV_STATE = r"""
+import importlib.metadata as m, json, os, pwd, sys, sysconfig
+site = sysconfig.get_paths()["purelib"]
+uid = pwd.getpwnam(sys.argv[1]).pw_uid
+dists, broken = {}, {}
+for d in m.distributions(path=[site]):
+    if os.path.basename(str(d._path)).startswith("~"):
+        continue  # pip's temporary rename of a distribution it was removing: "invalid distribution"
+    name = (d.metadata["Name"] or "").lower().replace("_", "-")
+    dists[name] = d.version
+    bad = []
+    for f in d.files or []:
+        if f.size is None:
+            continue
+        try:
+            if os.stat(f.locate()).st_size != f.size:
+                bad.append(str(f) + " (changed)")
+        except FileNotFoundError:
+            bad.append(str(f) + " (missing)")
+    if bad:
+        broken[name] = "%d file(s) missing or changed, e.g. %s" % (len(bad), bad[0])
+debris = sorted(e for e in os.listdir(site) if e.startswith("~"))
+foreign = []
+for top, dirs, files in os.walk(sys.prefix):
+    for e in dirs + files:
+        p = os.path.join(top, e)
+        st = os.lstat(p)
+        if st.st_uid != uid:
+            foreign.append("%s (uid %d)" % (p, st.st_uid))
+print(json.dumps({"site": site, "distributions": dists, "broken": broken, "debris": debris, "foreign_owned": foreign[:5],
+                  "foreign_owned_count": len(foreign)}))
+"""
 
-    def command(self, python: str) -> str:
-        code = (
-            "import json, importlib.metadata as m; "
-            "print(json.dumps({d.metadata['Name'].lower().replace('_', '-'): d.version "
-            "for d in m.distributions()}))"
-        )
-        return f"if [ -x {shlex.quote(python)} ]; then {shlex.quote(python)} -c {shlex.quote(code)}; else echo null; fi"
+
+class VenvState(FactBase):
+    """A venv as pip sees it, and what pip cannot see, or None when it has no python:
+
+    - ``distributions``: {normalised name: version}, leaving out pip's ``~``-prefixed debris (pip
+      warns "Ignoring invalid distribution ~..." and does not list them);
+    - ``broken``: {name: why} for distributions whose files are missing or differ in size from their
+      ``RECORD`` (another distribution overwrote or deleted them: two ONNX Runtimes share one module
+      directory); sizes only, cheap enough for every run (verify checks the hashes);
+    - ``debris``: ``~``-prefixed entries in site-packages, left by an interrupted or failed pip run;
+    - ``foreign_owned``: paths not owned by ``owner`` (a ``sudo pip install``), the first five, and
+      ``foreign_owned_count``.
+    """
+
+    def command(self, python: str, owner: str) -> str:
+        q = shlex.quote(python)
+        return f"if [ -x {q} ]; then {q} -c {shlex.quote(_VENV_STATE)} {shlex.quote(owner)}; else echo null; fi"
 
     def process(self, output):
         return json.loads("\n".join(output))

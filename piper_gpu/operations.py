@@ -6,14 +6,16 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.facts.deb import DebPackages
-from pyinfra.facts.files import File, Sha256File
+from pyinfra.api.command import FileUploadCommand
+from pyinfra.facts.files import File, FileContents, Sha256File
 
-from piper_gpu.facts import AptOffers, FilesDiffer, HeldPackages, VenvDistributions
+from piper_gpu.facts import AptOffers, FilesDiffer, HeldPackages, VenvState
 from piper_gpu.matrix import ONNXRUNTIME_DISTRIBUTIONS
 
 
@@ -85,53 +87,87 @@ class VenvChanges:
 
     remove: tuple[str, ...]
     install: dict[str, tuple[str | None, str]]
-    force: bool  # another ONNX Runtime goes: the wanted one is reinstalled over the shared module directory
+    force: bool  # reinstalled over files another distribution changed (an ONNX Runtime shares its module directory)
+    broken: tuple[str, ...] = ()  # pinned distributions whose files are missing or changed
 
     def __bool__(self) -> bool:
         return bool(self.remove or self.install)
 
     def describe(self) -> str:
-        parts = [f"{n}=={new}" + (f" (was {old})" if old else "") for n, (old, new) in sorted(self.install.items())]
+        def why(name, old, new):
+            if name in self.broken:
+                return " (files missing or changed)"
+            return f" (was {old})" if old and old != new else " (reinstalled)" if old else ""
+
+        parts = [f"{n}=={new}{why(n, old, new)}" for n, (old, new) in sorted(self.install.items())]
         text = f"install {', '.join(parts)}" if parts else ""
         if self.remove:
             text += ("; " if text else "") + f"remove {', '.join(self.remove)}"
         return text
 
 
-def venv_distributions(python: str) -> dict[str, str] | None:
-    """The venv's distributions (``VenvDistributions``), read with the host's own privileges, not an
+def venv_state(python: str, owner: str) -> dict | None:
+    """The venv as pip sees it (``VenvState``), read with the host's own privileges, not an
     operation's _sudo_user: when the plan is built on a fresh host, sudo is not installed yet (the
-    base step installs it). One reading for the step that names the operation and the operation."""
-    return host.get_fact(VenvDistributions, python=python, _sudo=bool(host.data.get("_sudo")), _sudo_user=None)
+    base step installs it), and files a ``sudo pip`` left may not be readable by ``owner``. One
+    reading for the steps that name the operations and the operations."""
+    return host.get_fact(VenvState, python=python, owner=owner, _sudo=bool(host.data.get("_sudo")), _sudo_user=None)
 
 
-def venv_changes(have: dict[str, str] | None, wanted: dict[str, str]) -> VenvChanges:
-    """Compare a venv's distributions (``VenvDistributions``) with the lock. Any ONNX Runtime not in
-    ``wanted`` (the CPU ``onnxruntime`` piper-tts pulls in, for one) goes, and so do NVIDIA's CUDA
-    wheels the lock no longer pins (cuda_source="pip" before, or an older pin set)."""
-    have = have or {}
+def venv_changes(state: dict | None, wanted: dict[str, str]) -> VenvChanges:
+    """Compare a venv (``VenvState``) with the lock. Any ONNX Runtime not in ``wanted`` (the CPU
+    ``onnxruntime`` piper-tts pulls in, for one) goes, and so do NVIDIA's CUDA wheels the lock no
+    longer pins (cuda_source="pip" before, or an older pin set). A pinned distribution whose files
+    are missing or changed (``broken``) is reinstalled with --force-reinstall."""
+    have = (state or {}).get("distributions", {})
     norm = {k.lower().replace("_", "-"): v for k, v in wanted.items()}
+    broken = tuple(sorted(n for n in (state or {}).get("broken", {}) if n in norm))
     stray_ort = sorted(d for d in ONNXRUNTIME_DISTRIBUTIONS if d in have and d not in norm)
     stray_cuda = sorted(d for d in have if re.fullmatch(r"nvidia-[a-z0-9-]+-cu\d+", d) and d not in norm)
-    install = {n: (have.get(n), v) for n, v in norm.items() if have.get(n) != v}
+    install = {n: (have.get(n), v) for n, v in norm.items() if have.get(n) != v or n in broken}
     if stray_ort:  # removing one deletes files of the other: reinstall the wanted one
         install.update({n: (have.get(n), norm[n]) for n in ONNXRUNTIME_DISTRIBUTIONS if n in norm})
-    return VenvChanges(remove=tuple(stray_cuda + stray_ort), install=install, force=bool(stray_ort))
+    return VenvChanges(remove=tuple(stray_cuda + stray_ort), install=install, force=bool(stray_ort or broken),
+                       broken=broken)
 
 
 @operation()
-def venv_locked(venv_dir: str, wanted: dict[str, str], pip_args: list[str]):
-    """The venv holds exactly the pinned versions in ``wanted`` and exactly one ONNX Runtime.
+def venv_owned(venv_dir: str, user: str):
+    """Every file in the venv belongs to ``user``. A ``sudo pip install`` leaves root's files there,
+    and the user's own pip then fails on them with a permission error."""
+    state = venv_state(f"{venv_dir}/bin/python", user)
+    if not state or not state["foreign_owned_count"]:
+        host.noop(f"{venv_dir}: every file owned by {user}")
+        return
+    yield StringCommand("chown -R", QuoteString(f"{user}:{user}"), QuoteString(venv_dir))
+
+
+@operation()
+def pip_debris_removed(venv_dir: str, user: str):
+    """No ``~``-prefixed entries in the venv's site-packages: what pip leaves of a distribution it was
+    removing when it failed or was interrupted (pip then warns "Ignoring invalid distribution" and
+    no longer lists the distribution, which must be installed again)."""
+    state = venv_state(f"{venv_dir}/bin/python", user)
+    if not state or not state["debris"]:
+        host.noop(f"{venv_dir}: no pip debris")
+        return
+    yield StringCommand("rm -rf", *(QuoteString(f"{state['site']}/{d}") for d in state["debris"]))
+
+
+@operation()
+def venv_locked(venv_dir: str, wanted: dict[str, str], pip_args: list[str], owner: str):
+    """The venv holds exactly the pinned versions in ``wanted``, intact, and exactly one ONNX Runtime.
 
     ONNX Runtime distributions share the ``onnxruntime`` module directory, so removing a stray one
-    deletes files of the wanted one: that is then reinstalled with --force-reinstall. Installs use
-    --no-deps: the lock is complete, and piper-tts's dependency on the CPU ``onnxruntime`` must not
-    come back. Run it as the venv's owner (``as_user``).
+    deletes files of the wanted one: that is then reinstalled with --force-reinstall, as is any
+    pinned distribution whose files are missing or changed. Installs use --no-deps: the lock is
+    complete, and piper-tts's dependency on the CPU ``onnxruntime`` must not come back. Run it as
+    the venv's owner (``as_user``).
     """
     python = f"{venv_dir}/bin/python"
-    changes = venv_changes(venv_distributions(python), wanted)
+    changes = venv_changes(venv_state(python, owner), wanted)
     if not changes:
-        host.noop(f"{venv_dir}: {len(wanted)} pinned distributions present, one ONNX Runtime")
+        host.noop(f"{venv_dir}: {len(wanted)} pinned distributions present and intact, one ONNX Runtime")
         return
     pip = [QuoteString(python), "-m pip --disable-pip-version-check --no-input --retries 5 --timeout 30"]
     if changes.remove:
@@ -184,3 +220,56 @@ def keyrings_installed(pattern: str, dest_dir: str):
         return
     for path in differ:
         yield f"install -m 644 {shlex.quote(path)} {shlex.quote(dest_dir)}/"
+
+
+_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$")
+
+
+def ini_with_option(text: str, section: str, key: str, value: str) -> str:
+    """``text`` (an INI file such as /etc/wsl.conf) with ``key=value`` in ``[section]``; every other
+    line (sections, keys, comments, blank lines) kept as it was. An existing ``key`` in the section
+    gets the value (each occurrence, if the section repeats); else the key goes at the end of the
+    section's first occurrence; else the section is appended."""
+    lines = text.splitlines()
+    wanted_section = section.strip().lower()
+    key_re = re.compile(rf"^(\s*){re.escape(key)}(\s*)=(\s*)(.*?)\s*$", re.IGNORECASE)
+    current, seen, found, first_last = None, 0, False, None  # first_last: the first occurrence's last line
+    for n, line in enumerate(lines):
+        m = _SECTION.match(line)
+        if m:
+            current = m.group(1).strip().lower()
+            if current == wanted_section:
+                seen += 1
+                if seen == 1:
+                    first_last = n
+            continue
+        if current != wanted_section:
+            continue
+        if seen == 1 and line.strip():
+            first_last = n
+        km = key_re.match(line)
+        if km:
+            found = True
+            lines[n] = f"{km.group(1)}{key}{km.group(2)}={km.group(3)}{value}"
+    if not found:
+        if first_last is not None:
+            lines.insert(first_last + 1, f"{key}={value}")
+        else:
+            if lines and lines[-1].strip():
+                lines.append("")
+            lines += [f"[{section}]", f"{key}={value}"]
+    return "\n".join(lines) + "\n"
+
+
+@operation()
+def ini_option(path: str, section: str, key: str, value: str, mode: str = "644"):
+    """``path`` has ``key=value`` in ``[section]``; the rest of the file is left as it is (unlike a
+    managed block, which would add a second ``[section]`` to a file that has one)."""
+    lines = host.get_fact(FileContents, path=path)
+    text = "\n".join(lines) + "\n" if lines else ""
+    wanted = ini_with_option(text, section, key, value)
+    if wanted == text:
+        host.noop(f"{path}: [{section}] {key}={value}")
+        return
+    yield FileUploadCommand(StringIO(wanted), path)
+    yield StringCommand("chmod", mode, QuoteString(path))

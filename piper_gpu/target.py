@@ -82,8 +82,12 @@ class Target:
         return f"{self.piper_dir}/run"
 
     @property
+    def log_dir(self) -> str:
+        return f"{self.piper_dir}/logs"
+
+    @property
     def log_path(self) -> str:
-        return f"{self.piper_dir}/logs/piper-tts.log"
+        return f"{self.log_dir}/piper-tts.log"
 
     @property
     def cuda_lib_dir(self) -> str:

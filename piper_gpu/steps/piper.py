@@ -8,7 +8,7 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import files, pip
 
-from piper_gpu.operations import as_user, fetch, venv_changes, venv_distributions, venv_locked
+from piper_gpu.operations import as_user, fetch, pip_debris_removed, venv_changes, venv_locked, venv_owned, venv_state
 from piper_gpu.target import Target
 
 
@@ -16,7 +16,7 @@ from piper_gpu.target import Target
 def piper_venv(target: Target):
     s = target.settings
     user = s.service_user
-    for path in (target.piper_dir, target.run_dir, f"{target.piper_dir}/logs", target.models_dir):
+    for path in (target.piper_dir, target.run_dir, target.log_dir, target.models_dir):
         files.directory(name=f"Directory {path}", path=path, user=user, group=user, mode="750")
     pip.venv(name=f"Create venv {target.venv_dir}", path=target.venv_dir, python="python3", **as_user(user))
     wanted = s.python_requirements()
@@ -28,13 +28,28 @@ def piper_venv(target: Target):
         group=user,
         mode="640",
     )
-    changes = venv_changes(venv_distributions(target.venv_python), wanted)
+    state = venv_state(target.venv_python, user)
+    foreign = (state or {}).get("foreign_owned") or []
+    venv_owned(
+        name=f"Venv files owned by {user}" + (f" ({state['foreign_owned_count']} were not, e.g. {foreign[0]}: "
+                                              "a `sudo pip install`?)" if foreign else ""),
+        venv_dir=target.venv_dir,
+        user=user,
+    )
+    debris = (state or {}).get("debris") or []
+    pip_debris_removed(
+        name="No debris of an interrupted pip run in site-packages" + (f" (removing {', '.join(debris)})" if debris else ""),
+        venv_dir=target.venv_dir,
+        user=user,
+    )
+    changes = venv_changes(state, wanted)
     return venv_locked(
         name=f"Venv holds piper-tts {s.piper_tts_version} and only onnxruntime-gpu {s.onnxruntime_gpu_version}"
              + (f": {changes.describe()}" if changes else ""),
         venv_dir=target.venv_dir,
         wanted=wanted,
         pip_args=s.pip_source_args(),
+        owner=user,
         **as_user(user),
     )
 

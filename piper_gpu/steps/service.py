@@ -10,11 +10,13 @@ from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.operations import files, server, systemd
 
+from pyinfra.api.command import QuoteString, StringCommand
+
 from piper_gpu.facts import PidAlive
+from piper_gpu.operations import ini_option
 from piper_gpu.resources import TEXTS_JSON
 from piper_gpu.steps.base import template_file
 from piper_gpu.steps.cudnn import library_dirs
-from piper_gpu.steps.preflight import PreflightError
 from piper_gpu.target import (API_KEY_FILE, AUTOSTART, CTL, ENV_FILE, ETC, PERF, SETTINGS_FILE, TARGET_FILE, TEXTS_FILE,
                               UNIT, UNIT_FILE, WSL_CONF, Target)
 
@@ -140,17 +142,8 @@ def piper_service(target: Target, input_ops: list):
 def _systemd_service(target: Target, inputs_change: bool):
     s = target.settings
     if target.is_wsl and not target.systemd_running:
-        files.block(
-            name="Enable systemd in /etc/wsl.conf ([boot] systemd=true)",
-            path=WSL_CONF,
-            content="[boot]\nsystemd=true",
-            marker="# {mark} piper-gpu-deploy",
-        )
-        raise PreflightError(
-            "service_mode='systemd' on WSL2 without systemd: /etc/wsl.conf now enables it. "
-            "Run `wsl --shutdown` in Windows, reopen the distro, and run the deploy again "
-            "(or use service_mode='profile')"
-        )
+        _wsl_enable_systemd()
+        return
     unit = template_file(
         target,
         name=f"systemd unit {UNIT}",
@@ -162,6 +155,7 @@ def _systemd_service(target: Target, inputs_change: bool):
         python=target.venv_python,
         server=target.server_path,
         env_file=ENV_FILE,
+        log_dir=target.log_dir,
     )
     systemd.service(
         name=f"{UNIT} enabled and running (restarted when its files changed)",
@@ -171,6 +165,25 @@ def _systemd_service(target: Target, inputs_change: bool):
         restarted=unit.will_change or inputs_change,
         daemon_reload=unit.will_change,
     )
+
+
+def _wsl_enable_systemd():
+    """WSL2 started without systemd: enable it in /etc/wsl.conf (the file's other settings kept), then
+    stop the run with the one thing left to do, which only Windows can: restart the WSL2 VM."""
+    conf = ini_option(
+        name=f"Enable systemd in {WSL_CONF} ([boot] systemd=true; the file's other settings kept)",
+        path=WSL_CONF,
+        section="boot",
+        key="systemd",
+        value="true",
+    )
+    state = ("now enables it" if conf.will_change
+             else "enables it already, but this WSL2 instance started without it")
+    message = (f"service_mode='systemd' on WSL2 without systemd: {WSL_CONF} {state}. Run `wsl --shutdown` in "
+               "Windows, reopen the distro, and run the deploy again (or set piper_gpu_service_mode='profile'). "
+               "Everything but the service is in place.")
+    server.shell(name="Service: systemd is not running yet (needs `wsl --shutdown`)",
+                 commands=[StringCommand("echo", QuoteString(message), ">&2; exit 1")])
 
 
 def _profile_service(target: Target, inputs_change: bool):

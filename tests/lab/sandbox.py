@@ -250,11 +250,17 @@ def persona_settings(box: Sandbox, m: mirror_mod.Mirror) -> dict:
             "cudnn_local_repo_url": f"{WSL_DOWNLOADS}/{src.name}", "cudnn_local_repo_sha256": m.local_repo["sha256"]}
 
 
-def up(name: str, extra: dict | None = None, persona: str = "debian12") -> tuple[Sandbox, str]:
-    """Mirror built and served, sandbox created and mounted, inventory data written."""
+def up(name: str, extra: dict | None = None, persona: str = "debian12", booted: bool = False) -> tuple[Sandbox, str]:
+    """Mirror built and served, sandbox created and mounted (``booted``: booted with systemd,
+    tests/lab/booted.py), inventory data written."""
     m = build_mirror()
     url = serve_mirror(m.root)
-    box = Sandbox(name, persona)
+    if booted:
+        from tests.lab.booted import BootedSandbox
+
+        box = BootedSandbox(name, persona)
+    else:
+        box = Sandbox(name, persona)
     box.create()
     data = {**m.sandbox_data(), **persona_settings(box, m), **(extra or {})}
     box.data_file.write_text(json.dumps(data, indent=2) + "\n")

@@ -36,11 +36,12 @@ def test_server_renders_to_python_with_the_deployed_defaults(target):
 
 def test_systemd_unit(target):
     text = render("piper-tts.service.j2", service_user="alice", piper_dir=target.piper_dir, python=target.venv_python,
-                  server=target.server_path, env_file=ENV_FILE)
+                  server=target.server_path, env_file=ENV_FILE, log_dir=target.log_dir)
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.read_string(text)
     assert unit["Service"]["ExecStart"] == "/home/alice/piper_env/.venv/bin/python /home/alice/piper_env/piper_http_server.py"
     assert unit["Service"]["User"] == "alice" and unit["Install"]["WantedBy"] == "multi-user.target"
+    assert unit["Service"]["ReadWritePaths"] == "/home/alice/piper_env/logs"
 
 
 @pytest.mark.parametrize("name,context", [
