@@ -32,6 +32,8 @@ UNIT = "piper-tts.service"
 CTL = "/usr/local/bin/piper-tts-ctl"
 PERF = "/usr/local/bin/piper-tts-perf"
 UNIT_FILE = f"/etc/systemd/system/{UNIT}"
+UNIT_DROP_INS = f"{UNIT_FILE}.d"
+UNIT_STATE = "/var/lib/piper-tts"  # the unit's StateDirectory=
 WSL_CONF = "/etc/wsl.conf"
 WSL_LIB = "/usr/lib/wsl/lib"
 

@@ -3,8 +3,8 @@
 import pytest
 
 #: Every scenario, in the order they run.
-SCENARIOS = ["default", "package", "dry-run", "faults", "variants", "ssh", "resume", "undeploy", "upgrade",
-             "pip-source", "bundle", "wsl2-ubuntu2204"]
+SCENARIOS = ["default", "package", "dry-run", "faults", "variants", "ssh", "repair", "resume", "undeploy", "upgrade",
+             "pip-source", "bundle", "wsl2-ubuntu2204", "systemd"]
 
 
 def pytest_addoption(parser):

@@ -1,6 +1,7 @@
 """Plan step 8: the service runs, listens, reports its provider and answers POST /tts with a WAV."""
 
 import json
+import re
 import shlex
 
 import pytest
@@ -158,3 +159,74 @@ def test_server_uses_the_gpu_during_a_request(needs_gpu, host, service_env, base
     pids = [line.split(",")[0].strip() for line in apps.splitlines()]
     expect(pid in pids, f"GPU compute processes: {pids or 'none'}; server pid {pid}", "the server among them",
            "the server runs on the CPU: read its WARN line; run `python -m piper_gpu diagnose`")
+
+
+# --- the systemd unit's sandbox (service_mode systemd) ------------------------------------------
+
+#: The unit's sandboxing the deploy writes, as `systemctl show` reports it.
+HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "read-only", "PrivateTmp": "yes",
+             "PrivateDevices": "no", "DevicePolicy": "closed", "RestrictSUIDSGID": "yes", "CapabilityBoundingSet": ""}
+#: Device access CUDA needs (NVIDIA's character devices by their /proc/devices names; WSL2's /dev/dxg).
+GPU_DEVICES = {"char-nvidia-frontend rw", "char-nvidia-uvm rw", "/dev/dxg rw"}
+#: The ceiling for `systemd-analyze security`'s overall exposure (README, "Hardening": 1.6 measured).
+MAX_EXPOSURE = 2.0
+
+
+@pytest.fixture(scope="module")
+def unit(host, target):
+    if target["service_mode"] != "systemd":
+        pytest.skip(f"service_mode {target['service_mode']}: no systemd unit")
+    return target["unit"]
+
+
+def show(host, unit: str, *props: str) -> dict:
+    out = host.run(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
+    values: dict = {}
+    for line in out.splitlines():
+        key, _, value = line.partition("=")
+        values[key] = value if key not in values else values[key] + "\n" + value
+    return values
+
+
+def test_unit_sandbox_is_in_force(host, unit):
+    have = show(host, unit, *HARDENING)
+    wrong = {k: have.get(k) for k, v in HARDENING.items() if have.get(k) != v}
+    expect(not wrong, f"{unit}: {wrong}", f"{HARDENING}",
+           f"re-run the deploy; look for a drop-in that overrides the unit: systemctl cat {unit}")
+
+
+def test_unit_keeps_gpu_device_access(host, unit):
+    allowed = set(show(host, unit, "DeviceAllow").get("DeviceAllow", "").splitlines())
+    expect(GPU_DEVICES <= allowed, f"DeviceAllow: {sorted(allowed)}", f"{sorted(GPU_DEVICES)} (and no PrivateDevices)",
+           f"re-run the deploy; a drop-in with PrivateDevices=yes or DeviceAllow= hides the GPU: systemctl cat {unit}")
+
+
+def test_service_runs_as_its_user(host, unit, applied):
+    pid = show(host, unit, "MainPID").get("MainPID", "0")
+    user = host.run(f"ps -o user= -p {pid}").stdout.strip()
+    expect(pid != "0" and user == applied.service_user, f"{unit} main process {pid} runs as {user or 'nobody'}",
+           f"user {applied.service_user}", f"re-run the deploy (User= in the unit); systemctl cat {unit}")
+
+
+def test_service_can_write_only_its_log_and_state(host, unit, applied, target):
+    """Tried as the service: its user, inside its mount namespace (what ProtectSystem/ProtectHome made of it)."""
+    pid = show(host, unit, "MainPID").get("MainPID", "0")
+    ids = host.run(f"id -u {applied.service_user}; id -g {applied.service_user}").stdout.split()
+    wanted = {"/etc": False, "/usr": False, "/usr/local": False, "/var/lib/piper-gpu": False, target["home"]: False,
+              target["piper_dir"]: False, target["venv_dir"]: False, "/var/lib/piper-tts": True,
+              target["log_path"].rsplit("/", 1)[0]: True}
+    probe = " ; ".join(f"if touch {shlex.quote(d)}/.piper-write-probe 2>/dev/null; then rm -f {shlex.quote(d)}/.piper-write-probe; "
+                       f"echo {shlex.quote(d)}=yes; else echo {shlex.quote(d)}=no; fi" for d in wanted)
+    res = host.run(f"nsenter -t {pid} -m -S {ids[0]} -G {ids[1]} -- sh -c {shlex.quote(probe)}")
+    have = {line.rsplit("=", 1)[0]: line.rsplit("=", 1)[1] == "yes" for line in res.stdout.splitlines() if "=" in line}
+    wrong = {d: ("writable" if have.get(d) else "not writable") for d, w in wanted.items() if have.get(d) != w}
+    expect(res.rc == 0 and not wrong, f"as the service: {wrong or res.stderr.strip()}",
+           "writes only to its log directory and /var/lib/piper-tts",
+           f"re-run the deploy (ProtectSystem=strict, ProtectHome=read-only, ReadWritePaths= in {unit}); systemctl cat {unit}")
+
+
+def test_unit_exposure_is_low(host, unit):
+    res = host.run(f"systemd-analyze security {unit} --no-pager")
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", res.stdout)
+    expect(bool(m) and float(m.group(1)) <= MAX_EXPOSURE, (res.stdout.strip().splitlines() or [res.stderr.strip()])[-1],
+           f"an exposure of at most {MAX_EXPOSURE}", f"re-run the deploy; compare `systemctl cat {unit}` with the README's table")

@@ -1,21 +1,80 @@
 """Plan step 5: the Piper venv holds exactly one ONNX Runtime, the GPU build, with its CUDA provider."""
 
+import json
+
 import pytest
 
 from conftest import expect
 from libs import fix_for_missing
 
-DISTS = """
-import json, importlib.metadata as m
-print(json.dumps({d.metadata["Name"].lower().replace("_", "-"): d.version for d in m.distributions()}))
-"""
+@pytest.fixture(scope="module")
+def pip_list(service_env, target):
+    """pip's own view of the venv (``pip list``), with what pip warned about."""
+    res = service_env.run(f"{target['venv_dir']}/bin/python -m pip --disable-pip-version-check list --format=json")
+    expect(res.rc == 0, f"`pip list` in the venv fails: {res.stderr.strip()[-300:]}", "a working venv", "re-run the deploy")
+    return res
 
 
 @pytest.fixture(scope="module")
-def dists(service_env):
-    rc, data, res = service_env.python(DISTS)
-    expect(rc == 0, f"venv python does not run: {res.stderr.strip()[-300:]}", "a working venv", "re-run the deploy")
-    return data
+def dists(pip_list):
+    return {d["name"].lower().replace("_", "-"): d["version"] for d in json.loads(pip_list.stdout)}
+
+
+def test_pip_sees_no_invalid_distribution(pip_list, target):
+    """pip's ``~``-prefixed debris of an interrupted or failed install: pip warns and no longer lists
+    the distribution it was removing (importlib.metadata still does)."""
+    warnings = [line.strip() for line in pip_list.stderr.splitlines() if "invalid distribution" in line]
+    expect(not warnings, "; ".join(warnings), "no warning from `pip list`",
+           "re-run the deploy: it removes the ~-prefixed debris in site-packages and reinstalls what it hid "
+           f"(by hand: rm -rf {target['venv_dir']}/lib/python3*/site-packages/~*, then reinstall)")
+
+
+def test_venv_files_owned_by_the_service_user(host, applied, target):
+    res = host.run(f"find {target['venv_dir']} ! -user {applied.service_user} -printf '%p (%u)\\n' | head -3")
+    expect(res.rc == 0 and not res.stdout.strip(), f"files not owned by {applied.service_user}: "
+           + (res.stdout.strip().replace(chr(10), '; ') or res.stderr.strip()),
+           f"every venv file owned by {applied.service_user}",
+           f"re-run the deploy (or sudo chown -R {applied.service_user}: {target['venv_dir']}); install into the venv "
+           f"as {applied.service_user}, not with `sudo pip` (the next pip run fails with a permission error)")
+
+
+RECORD_CHECK = """
+import base64, hashlib, importlib.metadata as m, json, os, sysconfig
+site = sysconfig.get_paths()["purelib"]
+names = set({names!r})
+bad = {{}}
+for d in m.distributions(path=[site]):
+    name = (d.metadata["Name"] or "").lower().replace("_", "-")
+    if name not in names or os.path.basename(str(d._path)).startswith("~"):
+        continue
+    for f in d.files or []:
+        if not f.hash:
+            continue
+        h = hashlib.new(f.hash.mode)
+        try:
+            with open(f.locate(), "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        except FileNotFoundError:
+            bad.setdefault(name, []).append(str(f) + " (missing)")
+            continue
+        if base64.urlsafe_b64encode(h.digest()).rstrip(b"=").decode() != f.hash.value:
+            bad.setdefault(name, []).append(str(f) + " (changed)")
+print(json.dumps({{n: [len(v), v[:3]] for n, v in bad.items()}}))
+"""
+
+
+def test_pinned_distributions_match_their_record(service_env, applied, target):
+    """Each pinned distribution's files hash as its RECORD says: nothing overwrote or deleted them (a
+    second ONNX Runtime installed over the first and removed again deletes their shared files)."""
+    rc, bad, res = service_env.python(RECORD_CHECK.format(names=sorted(applied.python_requirements)))
+    expect(rc == 0, f"RECORD check fails: {res.stderr.strip()[-300:]}", "a working venv", "re-run the deploy")
+    pip = f"{target['venv_dir']}/bin/pip"
+    expect(not bad, "; ".join(f"{n}: {count} file(s) differ from its RECORD, e.g. {', '.join(some)}"
+                              for n, (count, some) in sorted(bad.items())),
+           "every pinned distribution's files as its RECORD lists them",
+           "re-run the deploy (it reinstalls them), or " + "; ".join(
+               f"{pip} install --force-reinstall --no-deps {n}=={applied.python_requirements[n]}" for n in sorted(bad)))
 
 
 def test_exactly_one_onnxruntime_the_gpu_build(dists, applied, target):

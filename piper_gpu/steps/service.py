@@ -182,7 +182,7 @@ def _wsl_enable_systemd():
     message = (f"service_mode='systemd' on WSL2 without systemd: {WSL_CONF} {state}. Run `wsl --shutdown` in "
                "Windows, reopen the distro, and run the deploy again (or set piper_gpu_service_mode='profile'). "
                "Everything but the service is in place.")
-    server.shell(name="Service: systemd is not running yet (needs `wsl --shutdown`)",
+    server.shell(name="Service: WSL2 must restart to run systemd",
                  commands=[StringCommand("echo", QuoteString(message), ">&2; exit 1")])
 
 

@@ -15,7 +15,8 @@ from pyinfra.facts.deb import DebPackages
 from piper_gpu.facts import HeldPackages, SystemdRunning
 from piper_gpu.steps.cudnn import local_repo
 from piper_gpu.target import (ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, AUTOSTART, CACHE, CTL, ETC, KEYRING, LINKER_CONF,
-                              PERF, PROFILE_SNIPPET, STATE, TOOLS, UNIT, UNIT_FILE, WSL_DRIVER_PIN_FILE, Target)
+                              PERF, PROFILE_SNIPPET, STATE, TOOLS, UNIT, UNIT_DROP_INS, UNIT_FILE, UNIT_STATE,
+                              WSL_DRIVER_PIN_FILE, Target)
 
 
 
@@ -29,6 +30,8 @@ def remove_service(target: Target):
         if host.get_fact(SystemdRunning):
             server.shell(name=f"Stop and disable {UNIT}", commands=[f"systemctl disable --now {UNIT}"])
         files.file(name=f"Remove {UNIT_FILE}", path=UNIT_FILE, present=False)
+        files.directory(name=f"Remove {UNIT_DROP_INS} (drop-ins for the unit)", path=UNIT_DROP_INS, present=False)
+        files.directory(name=f"Remove {UNIT_STATE} (the unit's state: CUDA's cache)", path=UNIT_STATE, present=False)
         server.shell(name="systemctl daemon-reload", commands=["systemctl daemon-reload || true"])
     if host.get_fact(File, path=CTL):
         server.shell(name="Stop piper-tts (pid file)", commands=[f"{CTL} stop"])

@@ -250,15 +250,16 @@ def persona_settings(box: Sandbox, m: mirror_mod.Mirror) -> dict:
             "cudnn_local_repo_url": f"{WSL_DOWNLOADS}/{src.name}", "cudnn_local_repo_sha256": m.local_repo["sha256"]}
 
 
-def up(name: str, extra: dict | None = None, persona: str = "debian12", booted: bool = False) -> tuple[Sandbox, str]:
+def up(name: str, extra: dict | None = None, persona: str = "debian12", booted: bool = False,
+       ssh_port: int = 2230) -> tuple[Sandbox, str]:
     """Mirror built and served, sandbox created and mounted (``booted``: booted with systemd,
-    tests/lab/booted.py), inventory data written."""
+    tests/lab/booted.py, its sshd on 127.0.0.1:``ssh_port``), inventory data written."""
     m = build_mirror()
     url = serve_mirror(m.root)
     if booted:
         from tests.lab.booted import BootedSandbox
 
-        box = BootedSandbox(name, persona)
+        box = BootedSandbox(name, persona, ssh_port=ssh_port)
     else:
         box = Sandbox(name, persona)
     box.create()

@@ -24,10 +24,18 @@ PORT = int(os.environ.get("PIPER_E2E_PORT", "15005"))
 
 
 class Lab:
-    def __init__(self, name: str, port: int, extra=None, persona: str = "debian12"):
-        """A fresh sandbox host; ``extra``: settings, or a function of the served mirror's URL."""
-        Sandbox(name, persona).destroy()  # fresh host every run
-        self.box, self.mirror_url = up(name, extra={"port": port}, persona=persona)
+    def __init__(self, name: str, port: int, extra=None, persona: str = "debian12", booted: bool = False,
+                 ssh_port: int = 2231):
+        """A fresh sandbox host; ``extra``: settings, or a function of the served mirror's URL.
+        ``booted``: Debian 12 booted with systemd (tests/lab/booted.py), reached over SSH on ``ssh_port``."""
+        if booted:
+            from tests.lab.booted import BootedSandbox
+
+            BootedSandbox(name).destroy()
+        else:
+            Sandbox(name, persona).destroy()  # fresh host every run
+        self.booted = booted
+        self.box, self.mirror_url = up(name, extra={"port": port}, persona=persona, booted=booted, ssh_port=ssh_port)
         if callable(extra):
             extra = extra(self.mirror_url)
         if extra:
@@ -37,8 +45,12 @@ class Lab:
         self.port = port
         self.runs = []
 
-    def deploy(self, check: bool = True):
-        result = provision(self.box, self.mirror_url, echo=False)
+    def deploy(self, check: bool = True, deploy_file: str = "deploy.py"):
+        if self.booted:
+            result = provision(self.box, self.mirror_url, echo=False, inventory="inventory/sandbox_ssh.py",
+                               env_extra=self.box.ssh_env, deploy_file=deploy_file)
+        else:
+            result = provision(self.box, self.mirror_url, echo=False, deploy_file=deploy_file)
         self.runs.append(result)
         if check:
             assert result.returncode == 0, result.output[-6000:]
@@ -63,8 +75,10 @@ class Lab:
     def diagnose(self, tmp_path) -> dict[str, dict]:
         out = tmp_path / f"diagnose-{len(list(tmp_path.iterdir()))}.json"
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "piper_gpu", "diagnose", f"--hosts={self.root}",
-                               "--connection=chroot", "--json", str(out)], cwd=REPO, capture_output=True, text=True)
+        where = (["--hosts=ssh://127.0.0.1", f"--ssh-config={self.box.ssh_config}", "--sudo"] if self.booted
+                 else [f"--hosts={self.root}", "--connection=chroot"])
+        proc = subprocess.run([sys.executable, "-m", "piper_gpu", "diagnose", *where, "--json", str(out)],
+                              cwd=REPO, capture_output=True, text=True)
         self.diagnose_seconds = time.monotonic() - started
         results = json.loads(out.read_text())
         self.last_screen = proc.stdout

@@ -118,3 +118,41 @@ def test_a_mixed_in_cudnn_sub_library_fails_verify_with_the_fix(wsl, tmp_path):
     fix = re.search(r"(sudo apt-get install --reinstall .*?) \(or re-run", json.dumps(check)).group(1)
     wsl.sh(fix.replace("sudo ", ""))
     assert wsl.diagnose(tmp_path)["cudnn_sublibraries_from_one_release"]["outcome"] == "passed", wsl.last_screen
+
+
+USERS_WSL_CONF = """# Windows drives
+[automount]
+enabled = true
+options = "metadata,umask=22,fmask=11"
+
+[boot]
+command = service cron start
+
+[network]
+hostname = gpu-box
+generateResolvConf = false
+"""
+
+
+def test_systemd_mode_enables_it_in_wsl_conf_keeping_the_users_settings(wsl):
+    """This WSL2 instance runs without systemd (a chroot): service_mode='systemd' sets [boot] systemd=true
+    in the users' /etc/wsl.conf, keeps every other line, says once that `wsl --shutdown` is needed, and
+    stops; a second run leaves the file as it is and says it again; profile mode converges as before."""
+    conf = wsl.root / "etc/wsl.conf"
+    conf.write_text(USERS_WSL_CONF)
+    wsl.set_data(service_mode="systemd")
+    try:
+        first = wsl.deploy(check=False)
+        assert first.returncode != 0
+        assert first.output.count("Run `wsl --shutdown`") == 1, first.output[-3000:]
+        assert "/etc/wsl.conf now enables it" in first.output
+        assert conf.read_text() == USERS_WSL_CONF.replace("command = service cron start\n",
+                                                          "command = service cron start\nsystemd=true\n")
+        written = conf.read_text()
+        second = wsl.deploy(check=False)
+        assert second.returncode != 0 and "/etc/wsl.conf enables it already" in second.output
+        assert conf.read_text() == written
+        assert not (wsl.root / "etc/systemd/system/piper-tts.service").exists()
+    finally:
+        wsl.set_data(service_mode=None)
+    assert wsl.deploy().changes == 0

@@ -1,0 +1,94 @@
+"""Repair, in one run, what users leave behind in a provisioned host (the shared ``lab`` host, in
+profile mode): a `sudo pip install` in the service venv, pip's debris of an interrupted run, another
+ONNX Runtime installed and removed again, a half-written server file. Each time: verify names the
+damage and the fix, the next deploy converges in one run, the run after it changes nothing, and
+verify passes again."""
+
+import shutil
+
+import pytest
+
+from tests.lab.mirror import fetch_fault_wheels
+
+from conftest import record
+
+pytestmark = [pytest.mark.e2e, pytest.mark.scenario("repair")]
+
+VENV = "/home/piper/piper_env/.venv"
+SITE = f"{VENV}/lib/python3.11/site-packages"
+SERVER = "/home/piper/piper_env/piper_http_server.py"
+REPAIRS: dict[str, dict] = {}
+
+
+def cpu_wheel(lab) -> str:
+    wheel = fetch_fault_wheels()["onnxruntime"]
+    shutil.copy(wheel, lab.root / "tmp" / wheel.name)
+    return f"/tmp/{wheel.name}"
+
+
+def sudo_pip_install(lab):
+    """What a user types to "fix" a missing module: root's pip, into the service's venv."""
+    lab.sh(f"{VENV}/bin/pip install -q --no-deps --no-index {cpu_wheel(lab)}")
+
+
+def interrupted_pip(lab):
+    """pip stashes a distribution it removes under a ``~``-prefixed name beside it (pip's
+    AdjacentTempDirectory) and renames it back or deletes it at the end; a run killed or failed in
+    between leaves the stash: pip then warns "Ignoring invalid distribution ~nnxruntime-gpu" and
+    lists no onnxruntime-gpu, while importlib.metadata still does."""
+    lab.sh(f"cd {SITE} && mv onnxruntime ~nnxruntime && mv onnxruntime_gpu-*.dist-info "
+           "\"$(ls -d onnxruntime_gpu-*.dist-info | sed 's/^o/~/')\"")
+
+
+def other_ort_installed_and_removed(lab):
+    """The CPU build installed over the GPU build and uninstalled again: pip deletes the files they
+    share, and onnxruntime-gpu is still listed at its pinned version."""
+    wheel = cpu_wheel(lab)
+    lab.sh(f"runuser -u piper -- {VENV}/bin/pip install -q --no-deps --no-index {wheel} && "
+           f"runuser -u piper -- {VENV}/bin/pip uninstall -q -y onnxruntime")
+
+
+def half_written_server(lab):
+    lab.sh(f"truncate -s 2000 {SERVER}")
+
+
+DAMAGE = {
+    "sudo pip install (root's files, a CPU onnxruntime)": dict(
+        apply=sudo_pip_install, checks=["venv_files_owned_by_the_service_user", "exactly_one_onnxruntime_the_gpu_build"],
+        fix="not with `sudo pip`", operation="Venv files owned by piper ("),
+    "pip interrupted (~-prefixed debris)": dict(
+        apply=interrupted_pip, checks=["pip_sees_no_invalid_distribution"], fix="removes the ~-prefixed debris",
+        operation="No debris of an interrupted pip run in site-packages (removing ~nnxruntime"),
+    "another ONNX Runtime installed and removed": dict(
+        apply=other_ort_installed_and_removed, checks=["pinned_distributions_match_their_record"],
+        fix="--force-reinstall --no-deps onnxruntime-gpu==", operation="(files missing or changed)"),
+    "half-written server file": dict(
+        apply=half_written_server, checks=["rendered_files_are_what_the_deploy_wrote"], fix="re-run the deploy",
+        operation="Server /home/piper/piper_env/piper_http_server.py"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_the_next_run_repairs_it_and_the_one_after_changes_nothing(lab, tmp_path, damage):
+    spec = DAMAGE[damage]
+    lab.converged()
+    spec["apply"](lab)
+    before = lab.diagnose(tmp_path)
+    for check in spec["checks"]:
+        assert before[check]["outcome"] == "failed", f"{damage}: {check} passed\n{lab.last_screen}"
+    assert spec["fix"] in before[spec["checks"][0]]["fix"], before[spec["checks"][0]]
+
+    repair = lab.deploy()
+    assert spec["operation"] in repair.output, repair.output[-4000:]
+    again = lab.deploy()
+    assert again.changes == 0, again.output[-4000:]
+    after = lab.diagnose(tmp_path)
+    still = {k: v for k, v in after.items() if v["outcome"] == "failed"}
+    assert not still, f"after repairing '{damage}':\n{lab.last_screen}"
+    REPAIRS[damage] = {"checks_failed": spec["checks"], "repair_changes": repair.changes,
+                       "repair_seconds": round(repair.seconds, 1), "next_run_changes": again.changes}
+
+
+def test_record_repairs():
+    record("repair", repairs=REPAIRS)
+    assert len(REPAIRS) == len(DAMAGE), REPAIRS
