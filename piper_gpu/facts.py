@@ -129,7 +129,7 @@ for d in m.distributions(path=[site]):
     dists[name] = d.version
     bad = []
     for f in d.files or []:
-        if f.size is None:
+        if f.size is None or f.suffix == ".pyc":  # bytecode: Python rewrites it when stale
             continue
         try:
             if os.stat(f.locate()).st_size != f.size:
@@ -158,7 +158,8 @@ class VenvState(FactBase):
       warns "Ignoring invalid distribution ~..." and does not list them);
     - ``broken``: {name: why} for distributions whose files are missing or differ in size from their
       ``RECORD`` (another distribution overwrote or deleted them: two ONNX Runtimes share one module
-      directory); sizes only, cheap enough for every run (verify checks the hashes);
+      directory); sizes only, cheap enough for every run (verify checks the hashes); bytecode left
+      out (a wheel may ship a .pyc that Python rewrites, as numpy 2.2.6's distutils one);
     - ``debris``: ``~``-prefixed entries in site-packages, left by an interrupted or failed pip run;
     - ``foreign_owned``: paths not owned by ``owner`` (a ``sudo pip install``), the first five, and
       ``foreign_owned_count``.

@@ -48,7 +48,7 @@ for d in m.distributions(path=[site]):
     if name not in names or os.path.basename(str(d._path)).startswith("~"):
         continue
     for f in d.files or []:
-        if not f.hash:
+        if not f.hash or f.suffix == ".pyc":  # bytecode: Python rewrites it when stale
             continue
         h = hashlib.new(f.hash.mode)
         try:

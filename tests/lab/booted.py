@@ -232,10 +232,24 @@ class BootedSandbox(Sandbox):
         self.launcher_pid_file.unlink(missing_ok=True)
         for hierarchy in CGROUP_HIERARCHIES:
             top = Path(hierarchy, self.cgroup)
-            if top.exists():  # bottom-up: systemd in the container made sub-cgroups
-                for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
-                    sub.rmdir()
-                top.rmdir()
+            if not top.exists():
+                continue
+            groups = sorted([top, *(p for p in top.rglob("*") if p.is_dir())], key=lambda p: -len(p.parts))
+            for group in groups:  # whatever is left of the container (its launcher was killed, say)
+                for pid in (group / "cgroup.procs").read_text().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            for group in groups:  # bottom-up: systemd in the container made sub-cgroups
+                for _ in range(50):
+                    try:
+                        group.rmdir()
+                        break
+                    except OSError:  # busy until the killed processes are gone
+                        time.sleep(0.1)
+                else:
+                    raise RuntimeError(f"cannot remove cgroup {group}: {(group / 'cgroup.procs').read_text()!r}")
 
     def stop_processes(self) -> None:
         self.stop()
