@@ -10,9 +10,8 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import operation
-from pyinfra.api.command import QuoteString, StringCommand
+from pyinfra.api.command import FileUploadCommand, QuoteString, StringCommand
 from pyinfra.facts.deb import DebPackages
-from pyinfra.api.command import FileUploadCommand
 from pyinfra.facts.files import File, FileContents, Sha256File
 
 from piper_gpu.facts import AptOffers, FilesDiffer, HeldPackages, VenvState

@@ -8,9 +8,8 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import files, server, systemd
-
 from pyinfra.api.command import QuoteString, StringCommand
+from pyinfra.operations import files, server, systemd
 
 from piper_gpu.facts import PidAlive
 from piper_gpu.operations import ini_option
