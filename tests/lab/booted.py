@@ -78,14 +78,6 @@ class BootedSandbox(Sandbox):
     def console_log(self) -> Path:
         return self.dir / "console.log"
 
-    @property
-    def key(self) -> Path:
-        return self.dir / "id_ed25519"
-
-    @property
-    def ssh_config(self) -> Path:
-        return self.dir / "ssh_config"
-
     # --- create ---------------------------------------------------------------------------------
     def create(self) -> None:
         """A Debian 12 root with systemd, sshd (127.0.0.1:ssh_port, keys only) and a sudo user; booted."""
@@ -107,29 +99,13 @@ class BootedSandbox(Sandbox):
             policy = self.root / "usr/sbin/policy-rc.d"  # no daemon starts during the chroot install
             policy.write_text("#!/bin/sh\nexit 101\n")
             policy.chmod(0o755)
-            try:
-                self._chroot("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                             f"--no-install-recommends {' '.join(PACKAGES)} >/dev/null")
+            try:  # not booted yet: a plain chroot (this class's chroot enters the running container)
+                Sandbox.chroot(self, "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                                     f"--no-install-recommends {' '.join(PACKAGES)} >/dev/null")
             finally:
                 policy.unlink()
-            self._add_user()
         self.boot()
-
-    def _chroot(self, command: str) -> None:
-        run(["chroot", str(self.root), "sh", "-c", command])
-
-    def _add_user(self) -> None:
-        if not self.key.exists():
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"piper-gpu-lab-{self.name}", "-f", str(self.key)])
-        home = f"/home/{self.user}"
-        self._chroot(f"useradd -m -s /bin/bash {self.user} && echo '{self.user} ALL=(ALL) NOPASSWD:ALL' "
-                     f"> /etc/sudoers.d/{self.user} && chmod 440 /etc/sudoers.d/{self.user} && mkdir -p {home}/.ssh")
-        (self.root / home.lstrip("/") / ".ssh/authorized_keys").write_text(self.key.with_suffix(".pub").read_text())
-        self._chroot(f"chown -R {self.user}:{self.user} {home}/.ssh && chmod 700 {home}/.ssh && "
-                     f"chmod 600 {home}/.ssh/authorized_keys")
-        self.ssh_config.write_text(
-            f"Host 127.0.0.1\n  Port {self.ssh_port}\n  User {self.user}\n  IdentityFile {self.key}\n"
-            "  IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n")
+        self.add_ssh_user(self.ssh_port, self.user)
 
     @property
     def ssh_env(self) -> dict:
@@ -252,14 +228,8 @@ class BootedSandbox(Sandbox):
                     raise RuntimeError(f"cannot remove cgroup {group}: {(group / 'cgroup.procs').read_text()!r}")
 
     def stop_processes(self) -> None:
+        """Power the container off (``destroy`` calls this, then removes the directory)."""
         self.stop()
-
-    def destroy(self) -> None:
-        if not self.dir.exists():
-            return
-        self.stop()
-        log(f"destroying booted sandbox {self.name}")
-        shutil.rmtree(self.dir)
 
 
 def _reap(pid: int) -> None:

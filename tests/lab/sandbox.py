@@ -96,34 +96,47 @@ class Sandbox:
             raise RuntimeError(f"in sandbox {self.name}: `{command}` failed ({cp.returncode}): {cp.stderr or cp.stdout}")
         return cp
 
-    def start_sshd(self, port: int, user: str = "deploy") -> dict:
-        """A real sshd inside the sandbox on 127.0.0.1:port; ``user`` logs in with a key and has
-        passwordless sudo (the way operators run pyinfra against remote hosts). Returns the
-        connection details: user, port, key, and an ssh_config for testinfra."""
-        key = self.dir / "id_ed25519"
-        if not key.exists():
-            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"piper-gpu-lab-{self.name}", "-f", str(key)])
-        if not (self.root / "usr/sbin/sshd").exists():
-            log(f"installing openssh-server and sudo in sandbox {self.name}")
-            self.chroot("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
-                        "--no-install-recommends openssh-server sudo >/dev/null")
+    @property
+    def key(self) -> Path:
+        """The lab's SSH key for this sandbox (private; ``.pub`` beside it)."""
+        return self.dir / "id_ed25519"
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.dir / "ssh_config"
+
+    def add_ssh_user(self, port: int, user: str = "deploy") -> dict:
+        """``user`` logs in with the lab's key and has passwordless sudo (the way operators run pyinfra
+        against remote hosts). Returns the connection details: user, port, key, and an ssh_config
+        for testinfra."""
+        if not self.key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"piper-gpu-lab-{self.name}", "-f", str(self.key)])
         home = f"/home/{user}"
         self.chroot(f"id -u {user} >/dev/null 2>&1 || useradd -m -s /bin/bash {user}; "
                     f"echo '{user} ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/{user} && chmod 440 /etc/sudoers.d/{user}; "
                     f"mkdir -p {home}/.ssh && chmod 700 {home}/.ssh")
-        (self.root / home.lstrip("/") / ".ssh/authorized_keys").write_text((key.with_suffix(".pub")).read_text())
-        self.chroot(f"chown -R {user}:{user} {home}/.ssh && chmod 600 {home}/.ssh/authorized_keys && mkdir -p /run/sshd")
+        (self.root / home.lstrip("/") / ".ssh/authorized_keys").write_text((self.key.with_suffix(".pub")).read_text())
+        self.chroot(f"chown -R {user}:{user} {home}/.ssh && chmod 600 {home}/.ssh/authorized_keys")
+        self.ssh_config.write_text(
+            f"Host 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {self.key}\n  IdentitiesOnly yes\n"
+            "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+        )
+        return {"user": user, "port": port, "key": str(self.key), "ssh_config": str(self.ssh_config)}
+
+    def start_sshd(self, port: int, user: str = "deploy") -> dict:
+        """A real sshd inside the (chroot) sandbox on 127.0.0.1:port, for ``user`` (``add_ssh_user``)."""
+        if not (self.root / "usr/sbin/sshd").exists():
+            log(f"installing openssh-server and sudo in sandbox {self.name}")
+            self.chroot("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "
+                        "--no-install-recommends openssh-server sudo >/dev/null")
+        login = self.add_ssh_user(port, user)
+        self.chroot("mkdir -p /run/sshd")
         if not _port_open(port):
             self.chroot(f"/usr/sbin/sshd -p {port} -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no "
                         "-o KbdInteractiveAuthentication=no")
             if not _wait_for_port(port):
                 raise RuntimeError(f"sshd in sandbox {self.name} did not listen on 127.0.0.1:{port}")
-        config = self.dir / "ssh_config"
-        config.write_text(
-            f"Host 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n"
-            "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
-        )
-        return {"user": user, "port": port, "key": str(key), "ssh_config": str(config)}
+        return login
 
     def stop_processes(self) -> None:
         """Stop every process whose root is this sandbox (the piper-tts server, mostly)."""
