@@ -167,7 +167,7 @@ def test_server_uses_the_gpu_during_a_request(needs_gpu, host, service_env, base
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "read-only", "PrivateTmp": "yes",
              "PrivateDevices": "no", "DevicePolicy": "closed", "RestrictSUIDSGID": "yes", "CapabilityBoundingSet": ""}
 #: Device access CUDA needs (NVIDIA's character devices by their /proc/devices names; WSL2's /dev/dxg).
-GPU_DEVICES = {"char-nvidia-frontend rw", "char-nvidia-uvm rw", "/dev/dxg rw"}
+GPU_DEVICES = {"char-nvidiactl rw", "char-nvidia-frontend rw", "char-nvidia-uvm rw", "/dev/dxg rw"}
 #: The ceiling for `systemd-analyze security`'s overall exposure (README, "Hardening": 1.6 measured).
 MAX_EXPOSURE = 2.0
 
