@@ -110,9 +110,13 @@ def lock(args) -> int:
     try:
         s = settings_from(data, validate=False)  # voices and their checksums play no part in a lock
         if args.resolve:
+            from piper_gpu import server_wheel
+
             top = {"piper-tts": s.piper_tts_version, "onnxruntime-gpu": s.onnxruntime_gpu_version}
-            pins = locks.resolve(args.python, top, s.pip_source_args())
-            print(f"wrote {locks.write(args.python, {n: v for n, v in pins.items() if n not in top}, top)}")
+            requires = tuple(r for r in server_wheel.build().requires if not r.startswith("piper-tts"))
+            current = locks.parse(locks.path(args.python).read_text()) if args.python in locks.available() else {}
+            pins = locks.resolve(args.python, top, s.pip_source_args(), requires, current)
+            print(f"wrote {locks.write(args.python, {n: v for n, v in pins.items() if n not in top}, top, requires)}")
             return 0
         locks.load(args.python)  # refuses a Python without a lock, naming the ones there are
         fits = [pl for pl in platforms.PLATFORMS if pl.python == args.python]

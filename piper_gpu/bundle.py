@@ -11,7 +11,8 @@ Layout (the deploy derives every source from ``bundle_url``):
                                     .debs the settings need: the dependency closure of the CUDA
                                     packages and the pinned cuDNN, plus cuda-keyring
     OUT/cudnn/                      the cuDNN .deb or archive (cudnn_source local-deb/archive)
-    OUT/pypi/                       the venv's pinned wheels (and NVIDIA's, cuda_source="pip")
+    OUT/pypi/                       the venv's pinned wheels (and NVIDIA's, cuda_source="pip"), and the
+                                    server's wheel, built from server/
     OUT/voices/<name>/              each voice's .onnx and .onnx.json
     OUT/bundle.json                 the settings it was made for; sha256 of every file
     OUT/SHA256SUMS                  the same digests, for `sha256sum -c`
@@ -37,7 +38,7 @@ from functools import cmp_to_key
 from pathlib import Path
 
 from piper_gpu import openpgp
-from piper_gpu import locks, platforms
+from piper_gpu import locks, platforms, server_wheel
 from piper_gpu.naming import BUNDLE_CUDA_REPOS, BUNDLE_WHEELS, bundle_cudnn_file, bundle_voice_dir
 from piper_gpu.settings import Settings, SettingsError, cli_data, data_key, settings_from
 
@@ -250,7 +251,11 @@ def collect_wheels(s: Settings, python: str, out: Path) -> list[str]:
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise BundleError(f"pip download failed ({' '.join(cmd)}):\n{res.stderr.strip()[-2000:]}")
-    return specs
+    wheel = server_wheel.build()  # not on PyPI: built from server/, beside the others
+    for old in dest.glob(f"{server_wheel.MODULE}-*.whl"):
+        old.unlink()
+    shutil.copyfile(wheel.path, dest / wheel.filename)
+    return specs + [f"{server_wheel.DIST}=={wheel.version}"]
 
 
 def collect_voices(s: Settings, out: Path) -> list[str]:

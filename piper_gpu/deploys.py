@@ -52,7 +52,7 @@ def deploy_piper_gpu():
     library_ops = [op for op in [*cuda_ops, venv_op] if op is not None]
     cuda_environment(target, library_dirs(target), library_ops)  # 3. PATH for shells, ld.so.conf.d + ldconfig
     voice_ops = voices(target)  # 6. voices, sha256 verified
-    server_ops = piper_server(target)  # 7. patched piper_http_server.py from its template
+    server_ops = piper_server(target)  # 7. the server's settings (the server itself: a package in the venv, 5.)
     piper_service(target, [*library_ops, *voice_ops, *server_ops])  # 8. unit or profile start; restarted on change
     record_settings(target)  # what verify/ reads back: applied settings, resolved paths, installed files
 

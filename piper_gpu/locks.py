@@ -6,8 +6,10 @@ Each lock is produced by pip's resolver, never by hand:
     python -m piper_gpu lock --python 3.10               # print what a host with Python 3.10 gets
     python -m piper_gpu lock --python 3.10 --check       # every pin has a wheel for it (pip download)
 
-The resolver is asked for piper-tts and onnxruntime-gpu at their pinned versions, for CPython X.Y on
-manylinux x86_64, binary wheels only. piper-tts requires the CPU ``onnxruntime``; the lock leaves it
+The resolver is asked for piper-tts and onnxruntime-gpu at their pinned versions and for what the
+server (server/, piper-gpu-server) requires, for CPython X.Y on manylinux x86_64, binary wheels only;
+the pins of the lock it replaces are constraints, so adding a requirement changes no other pin that
+can stay. The server itself is not on PyPI: the deploy builds its wheel and pins it beside the lock. piper-tts requires the CPU ``onnxruntime``; the lock leaves it
 out (the deploy installs ``--no-deps`` and removes it), its other requirements are also
 onnxruntime-gpu's, so the rest of the resolution holds for the GPU build alone.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,13 +70,35 @@ def load(python: str | None) -> dict[str, str]:
     return parse(path(python).read_text())
 
 
-def resolve(python: str, top: dict[str, str], pip_args: list[str] | None = None) -> dict[str, str]:
-    """pip's resolver: every distribution ``top`` needs on CPython ``python`` (minus EXCLUDED)."""
+def interpreter(python: str) -> str:
+    """A CPython ``python`` to run pip's resolver under. ``--python-version`` sets what wheels and
+    Requires-Python pip accepts, but environment markers in dependencies (hypercorn's
+    ``tomli; python_version < "3.11"``) are evaluated for the interpreter pip runs under
+    (pypa/pip issues #11010 and #13296), so each lock is resolved by its own Python."""
+    if f"{sys.version_info.major}.{sys.version_info.minor}" == python:
+        return sys.executable
+    found = shutil.which(f"python{python}")
+    if not found:
+        raise LockError(f"no python{python} on PATH: resolving the lock for Python {python} needs that interpreter "
+                        "(pip evaluates dependency markers for the Python it runs under)")
+    return found
+
+
+def resolve(python: str, top: dict[str, str], pip_args: list[str] | None = None, requirements: tuple[str, ...] = (),
+            constraints: dict[str, str] | None = None) -> dict[str, str]:
+    """pip's resolver: every distribution ``top`` and ``requirements`` need on CPython ``python`` (minus
+    EXCLUDED), keeping the versions in ``constraints`` where they fit."""
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp, "report.json")
-        cmd = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "install", "--dry-run",
+        kept = {n: v for n, v in (constraints or {}).items() if n not in top}
+        constraint_args = []
+        if kept:
+            Path(tmp, "constraints.txt").write_text("".join(f"{n}=={v}\n" for n, v in sorted(kept.items())))
+            constraint_args = ["--constraint", str(Path(tmp, "constraints.txt"))]
+        cmd = [interpreter(python), "-m", "pip", "--isolated", "--disable-pip-version-check", "install", "--dry-run",
                "--ignore-installed", "--quiet", "--target", str(Path(tmp, "never-written")), "--report", str(report),
-               *wheel_args(python), *(pip_args or []), *[f"{n}=={v}" for n, v in sorted(top.items())]]
+               *wheel_args(python), *(pip_args or []), *constraint_args, *[f"{n}=={v}" for n, v in sorted(top.items())],
+               *requirements]
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise LockError(f"pip could not resolve {top} for Python {python}:\n{res.stderr.strip()[-3000:]}")
@@ -82,8 +107,8 @@ def resolve(python: str, top: dict[str, str], pip_args: list[str] | None = None)
             if i["metadata"]["name"].lower() not in EXCLUDED}
 
 
-def write(python: str, pins: dict[str, str], top: dict[str, str]) -> Path:
-    inputs = " ".join(f"{n}=={v}" for n, v in sorted(top.items()))
+def write(python: str, pins: dict[str, str], top: dict[str, str], requirements: tuple[str, ...] = ()) -> Path:
+    inputs = " ".join([f"{n}=={v}" for n, v in sorted(top.items())] + [f"'{r}'" for r in requirements])
     header = (f"# The Piper venv for CPython {python} on Linux x86_64, from pip's resolver\n"
               f"# (python -m piper_gpu lock --python {python} --resolve): {inputs}, binary wheels,\n"
               f"# the CPU onnxruntime left out. Do not edit by hand.\n")

@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent
 
 
 def data_dir(name: str) -> Path:
-    """``templates`` or ``verify``: the wheel's copy, else the checkout's."""
+    """``templates``, ``verify`` or ``server``: the wheel's copy, else the checkout's."""
     for candidate in (PACKAGE / name, PACKAGE.parent / name):
         if candidate.is_dir():
             return candidate

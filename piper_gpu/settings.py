@@ -171,6 +171,18 @@ class Settings:
     api_key: str | None = None
     #: Requests synthesising or waiting at once; beyond it POST /tts answers 503 with Retry-After.
     max_pending: int = 8
+    #: Syntheses one voice runs at once on its ONNX session (README: "Server settings" has the measurements).
+    syntheses_per_voice: int = 4
+    #: Longest piece of a text synthesised in one go (longer sentences are cut at a clause break or space).
+    sentence_max_chars: int = 200
+    #: Seconds a client may stall while sending a request body before it is dropped.
+    read_timeout: float = 10.0
+    #: Seconds an idle kept-alive connection (or one whose request headers stop coming) stays open.
+    keep_alive_timeout: float = 5.0
+    #: Open connections at most; more are closed as they are accepted.
+    max_connections: int = 256
+    #: Seconds a stop (SIGTERM) waits for requests in progress (the unit's TimeoutStopSec is above it).
+    graceful_timeout: float = 60.0
 
     # --- undeploy.py ----------------------------------------------------------------------
     #: Also delete the voices (models_dir).
@@ -286,6 +298,12 @@ class Settings:
         reqs.update(self.cuda_wheel_requirements())
         return reqs
 
+    def venv_requirements(self) -> dict[str, str]:
+        """``python_requirements`` and the server package (built from server/ by the deploy, not on PyPI)."""
+        from piper_gpu import server_wheel
+
+        return {**self.python_requirements(), server_wheel.DIST: server_wheel.source_version()}
+
     def to_json(self) -> str:
         """The applied settings as recorded on the host (secrets left out)."""
         data = dataclasses.asdict(self)
@@ -298,7 +316,7 @@ class Settings:
             "cuda_packages": self.cuda_packages, "cudnn_major": self.cudnn_major, "cudnn_release": self.cudnn_release,
             "cudnn_built_for": self.cudnn_built_for, "cudnn_package": self.cudnn_package,
             "cudnn_apt_version": self.cudnn_apt_version, "cudnn_wheel": self.cudnn_wheel,
-            "python_requirements": self.python_requirements(),
+            "python_requirements": self.venv_requirements(),
             "cuda_wheel_requirements": self.cuda_wheel_requirements(),
             "onnxruntime_distributions": list(ONNXRUNTIME_DISTRIBUTIONS),
         }
@@ -333,6 +351,13 @@ class Settings:
         check(isinstance(self.port, int) and 0 < self.port < 65536, f"port={self.port!r} is not a TCP port")
         check(self.max_text_chars > 0, "max_text_chars must be positive")
         check(self.max_pending > 0, "max_pending must be positive")
+        for name in ("syntheses_per_voice", "max_connections"):
+            check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{name} must be a positive integer")
+        check(isinstance(self.sentence_max_chars, int) and self.sentence_max_chars >= 20,
+              "sentence_max_chars must be an integer of at least 20")
+        for name in ("read_timeout", "keep_alive_timeout", "graceful_timeout"):
+            check(isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0,
+                  f"{name} must be a positive number of seconds")
         check(self.api_key is None or len(self.api_key) >= 16,
               "api_key must be at least 16 characters (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
         check(self.min_speedup > 0, "min_speedup must be positive")

@@ -14,6 +14,7 @@ ETC = "/etc/piper-gpu"
 SETTINGS_FILE = f"{ETC}/settings.json"  # the applied settings (verify reads them)
 TARGET_FILE = f"{ETC}/target.json"  # the resolved target (verify reads it)
 ENV_FILE = f"{ETC}/piper-tts.env"
+SERVER_CONFIG = f"{ETC}/server.toml"  # the server's settings (python -m piper_gpu_server --config)
 TEXTS_FILE = f"{ETC}/texts.json"
 API_KEY_FILE = f"{ETC}/api-key"
 LINKER_CONF = "/etc/ld.so.conf.d/piper-gpu-cuda.conf"
@@ -23,6 +24,8 @@ APT_CONF_FILE = "/etc/apt/apt.conf.d/90piper-gpu-deploy"
 WSL_DRIVER_PIN_FILE = "/etc/apt/preferences.d/piper-gpu-no-linux-nvidia-driver"
 KEYRING = "/usr/share/keyrings/cuda-archive-keyring.gpg"  # cuda-keyring's file (NVIDIA's name)
 CACHE = "/var/cache/piper-gpu"
+SERVER_WHEELS = f"{CACHE}/server"  # the server's wheel, built on the controller (pip --find-links)
+SERVER_MODULE = "piper_gpu_server"
 TOOLS = "/usr/local/lib/piper-gpu"
 #: What the deploy added that was not there before (undeploy removes exactly that).
 STATE = "/var/lib/piper-gpu"
@@ -76,7 +79,8 @@ class Target:
         return f"{self.venv_dir}/bin/python"
 
     @property
-    def server_path(self) -> str:
+    def legacy_server_path(self) -> str:
+        """Where releases before the server package rendered it (removed by the deploy)."""
         return f"{self.piper_dir}/piper_http_server.py"
 
     @property

@@ -147,6 +147,13 @@ class ServiceEnv:
         return result.rc, data, result
 
 
+def health(service_env, base_url) -> dict | None:
+    """GET /health from the host, as the service user; None when it does not answer."""
+    code = f"import urllib.request; print(urllib.request.urlopen({base_url + '/health'!r}, timeout=10).read().decode())"
+    rc, data, res = service_env.python(code)
+    return data if rc == 0 else None
+
+
 @pytest.fixture(scope="module")
 def service_env(host, applied, target) -> ServiceEnv:
     return ServiceEnv(host, applied, target)

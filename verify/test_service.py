@@ -6,7 +6,7 @@ import shlex
 
 import pytest
 
-from conftest import expect
+from conftest import expect, health
 
 @pytest.fixture(scope="module")
 def texts(host, target) -> dict:
@@ -46,12 +46,6 @@ def post_tts(service_env, base_url, body, with_key=True):
     key_file = service_env.target.get("api_key_file") if with_key else None
     rc, data, res = service_env.python(REQUEST.format(url=f"{base_url}/tts", body=body, key_file=key_file))
     return data or {"error": res.stderr.strip()[-300:]}
-
-
-def health(service_env, base_url):
-    code = f"import urllib.request; print(urllib.request.urlopen({base_url + '/health'!r}, timeout=10).read().decode())"
-    rc, data, res = service_env.python(code)
-    return data if rc == 0 else None
 
 
 def server_pid(host, target):
@@ -97,8 +91,9 @@ def test_running_service_is_what_was_deployed(service_env, base_url, applied, ta
     h = health(service_env, base_url)
     restart = (f"sudo systemctl restart {target['unit']}" if target["service_mode"] == "systemd"
                else f"sudo {target['ctl']} restart")
-    running = {"onnxruntime": h.get("onnxruntime"), "piper-tts": h.get("piper_tts")}
-    wanted = {"onnxruntime": applied.onnxruntime_gpu_version, "piper-tts": applied.piper_tts_version}
+    running = {"onnxruntime": h.get("onnxruntime"), "piper-tts": h.get("piper_tts"), "piper-gpu-server": h.get("server")}
+    wanted = {"onnxruntime": applied.onnxruntime_gpu_version, "piper-tts": applied.piper_tts_version,
+              "piper-gpu-server": target.get("server_version")}
     expect(running == wanted, f"the service (started {h.get('started')}) runs {running}", f"{wanted}",
            f"{restart} (or re-run the deploy, which restarts it when its inputs change)")
     for voice in applied.voices:
@@ -139,10 +134,12 @@ def test_tts_requires_the_api_key(service_env, base_url, applied, target):
 def test_metrics_answer(service_env, base_url, applied):
     code = f"import urllib.request; print(urllib.request.urlopen({base_url + '/metrics'!r}, timeout=10).read().decode())"
     res = service_env.run(f"{service_env.target['venv_dir']}/bin/python -c {shlex.quote(code)}")
+    providers = [line for line in res.stdout.splitlines() if line.startswith("piper_tts_voice_provider{")]
     for voice in applied.voices:
-        expect(f'piper_tts_voice_provider{{voice="{voice.name}"' in res.stdout,
-               f"GET /metrics: {res.stdout[:200] or res.stderr.strip()[-200:]}",
-               "Prometheus metrics naming each voice's provider", "re-run the deploy (the patched server serves /metrics)")
+        # labels in any order (prometheus-client sorts them)
+        expect(any(f'voice="{voice.name}"' in line and 'provider="' in line for line in providers),
+               f"GET /metrics: {' | '.join(providers) or res.stdout[:200] or res.stderr.strip()[-200:]}",
+               f"piper_tts_voice_provider naming {voice.name}'s provider", "re-run the deploy (the server serves /metrics)")
     expect("piper_tts_requests_total" in res.stdout, "no piper_tts_requests_total", "request counters", "re-run the deploy")
 
 

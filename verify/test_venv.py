@@ -74,7 +74,8 @@ def test_pinned_distributions_match_their_record(service_env, applied, target):
                               for n, (count, some) in sorted(bad.items())),
            "every pinned distribution's files as its RECORD lists them",
            "re-run the deploy (it reinstalls them), or " + "; ".join(
-               f"{pip} install --force-reinstall --no-deps {n}=={applied.python_requirements[n]}" for n in sorted(bad)))
+               f"{pip} install --force-reinstall --no-deps {n}=={applied.python_requirements[n]}"
+               + (f" --find-links {target['server_wheels']}" if n == "piper-gpu-server" else "") for n in sorted(bad)))
 
 
 def test_exactly_one_onnxruntime_the_gpu_build(dists, applied, target):

@@ -1,5 +1,5 @@
-"""Steps 5-6: the Piper venv with exactly one ONNX Runtime (the GPU build), and the voices,
-each file checked against its pinned sha256."""
+"""Steps 5-6: the Piper venv with exactly one ONNX Runtime (the GPU build) and the server package
+(its wheel built here, on the controller), and the voices, each file checked against its pinned sha256."""
 
 from __future__ import annotations
 
@@ -8,18 +8,35 @@ from io import StringIO
 from pyinfra.api import deploy
 from pyinfra.operations import files, pip
 
+from piper_gpu import server_wheel
 from piper_gpu.operations import as_user, fetch, pip_debris_removed, venv_changes, venv_locked, venv_owned, venv_state
-from piper_gpu.target import Target
+from piper_gpu.target import SERVER_WHEELS, Target
 
 
-@deploy("Piper venv: piper-tts + onnxruntime-gpu (CPU onnxruntime removed)")
+def server_package() -> server_wheel.ServerWheel:
+    """The server's wheel, from server/ (built on the controller when its sources changed), copied
+    to SERVER_WHEELS on the host, alone there (older builds removed)."""
+    wheel = server_wheel.build()
+    files.sync(
+        name=f"Server wheel {wheel.filename} (built from server/) in {SERVER_WHEELS}",
+        src=str(wheel.path.parent),
+        dest=SERVER_WHEELS,
+        delete=True,
+        mode="644",
+        dir_mode="755",
+    )
+    return wheel
+
+
+@deploy("Piper venv: piper-tts + onnxruntime-gpu (CPU onnxruntime removed) + the server package")
 def piper_venv(target: Target):
     s = target.settings
     user = s.service_user
     for path in (target.piper_dir, target.run_dir, target.log_dir, target.models_dir):
         files.directory(name=f"Directory {path}", path=path, user=user, group=user, mode="750")
     pip.venv(name=f"Create venv {target.venv_dir}", path=target.venv_dir, python="python3", **as_user(user))
-    wanted = s.python_requirements()
+    wheel = server_package()
+    wanted = s.venv_requirements()  # the server pinned at the version of the wheel just built
     files.put(
         name="Record the venv lock (requirements.lock)",
         src=StringIO("".join(f"{n}=={v}\n" for n, v in sorted(wanted.items()))),
@@ -44,11 +61,12 @@ def piper_venv(target: Target):
     )
     changes = venv_changes(state, wanted)
     return venv_locked(
-        name=f"Venv holds piper-tts {s.piper_tts_version} and only onnxruntime-gpu {s.onnxruntime_gpu_version}"
+        name=f"Venv holds piper-tts {s.piper_tts_version}, only onnxruntime-gpu {s.onnxruntime_gpu_version}"
+             f" and {server_wheel.DIST} {wheel.version}"
              + (f": {changes.describe()}" if changes else ""),
         venv_dir=target.venv_dir,
         wanted=wanted,
-        pip_args=s.pip_source_args(),
+        pip_args=[*s.pip_source_args(), "--find-links", SERVER_WHEELS],
         owner=user,
         **as_user(user),
     )

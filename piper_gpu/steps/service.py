@@ -1,6 +1,6 @@
-"""Steps 7-8: the patched piper_http_server.py from its template, and the service that runs it:
-a systemd unit when systemd runs, else a pid-file start from the shell profile. Restarted only
-when one of its inputs changed (or it is not running)."""
+"""Steps 7-8: the server's settings (its config file; the server itself is a package in the venv,
+step 5), and the service that runs it: a systemd unit when systemd runs, else a pid-file start from
+the shell profile. Restarted only when one of its inputs changed (or it is not running)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from pyinfra.api import deploy
 from pyinfra.api.command import QuoteString, StringCommand
 from pyinfra.operations import files, server, systemd
 
+from piper_gpu import server_wheel
 from piper_gpu.facts import PidAlive
 from piper_gpu.operations import ini_option
 from piper_gpu.resources import TEXTS_JSON
 from piper_gpu.steps.base import template_file
 from piper_gpu.steps.cudnn import library_dirs
-from piper_gpu.target import (API_KEY_FILE, AUTOSTART, CTL, ENV_FILE, ETC, PERF, SETTINGS_FILE, TARGET_FILE, TEXTS_FILE,
-                              UNIT, UNIT_FILE, WSL_CONF, Target)
+from piper_gpu.target import (API_KEY_FILE, AUTOSTART, CTL, ENV_FILE, ETC, PERF, SERVER_CONFIG, SERVER_MODULE,
+                              SERVER_WHEELS, SETTINGS_FILE, TARGET_FILE, TEXTS_FILE, UNIT, UNIT_FILE, WSL_CONF, Target)
 
 
 def api_key_path(settings) -> str | None:
@@ -25,21 +26,32 @@ def api_key_path(settings) -> str | None:
     return API_KEY_FILE if settings.api_key else None
 
 
-def server_defaults(target: Target, api_key_file: str | None) -> dict:
-    """The defaults baked into the rendered server (each overridable on its command line).
-    The key itself is never rendered: the server reads ``api_key_file``."""
+def server_config(target: Target) -> dict:
+    """The server's settings, as its config file holds them (keys of piper_gpu_server.config.ServerConfig).
+    The API key itself is never written there: the server reads ``api_key_file``."""
     s = target.settings
     return {
         "host": s.bind_address,
         "port": s.port,
         "voices": target.voice_models,
         "use_gpu": s.use_gpu,
-        "max_text_chars": s.max_text_chars,
         "warmup": s.warmup,
         "log_file": target.log_path,
-        "api_key_file": api_key_file,
+        "api_key_file": api_key_path(s),
+        "max_text_chars": s.max_text_chars,
         "max_pending": s.max_pending,
+        "syntheses_per_voice": s.syntheses_per_voice,
+        "sentence_max_chars": s.sentence_max_chars,
+        "read_timeout": float(s.read_timeout),
+        "keep_alive_timeout": float(s.keep_alive_timeout),
+        "max_connections": s.max_connections,
+        "graceful_timeout": float(s.graceful_timeout),
     }
+
+
+def server_command(target: Target) -> str:
+    """How the unit and the control script run the server."""
+    return f"{target.venv_python} -m {SERVER_MODULE} --config {SERVER_CONFIG}"
 
 
 def target_record(target: Target) -> dict:
@@ -54,7 +66,11 @@ def target_record(target: Target) -> dict:
         "piper_dir": target.piper_dir,
         "venv_dir": target.venv_dir,
         "models_dir": target.models_dir,
-        "server_path": target.server_path,
+        "server_config": SERVER_CONFIG,
+        "server_config_values": server_config(target),
+        "server_module": SERVER_MODULE,
+        "server_version": server_wheel.source_version(),
+        "server_wheels": SERVER_WHEELS,
         "log_path": target.log_path,
         "pid_file": f"{target.run_dir}/piper-tts.pid",
         "cuda_lib_dir": target.cuda_lib_dir,
@@ -71,7 +87,7 @@ def target_record(target: Target) -> dict:
     }
 
 
-@deploy("Patched Piper HTTP server")
+@deploy("Piper HTTP server: its settings")
 def piper_server(target: Target):
     s = target.settings
     files.directory(name=f"Directory {ETC}", path=ETC, mode="755")
@@ -94,15 +110,21 @@ def piper_server(target: Target):
         )
     else:
         key = files.file(name=f"No API key file ({API_KEY_FILE})", path=API_KEY_FILE, present=False)
-    code = template_file(
+    config = template_file(
         target,
-        name=f"Server {target.server_path} ({'CUDA' if s.use_gpu else 'CPU'} provider, port {s.port})",
-        template="piper_http_server.py.j2",
-        dest=target.server_path,
-        user=s.service_user,
+        name=f"Server settings {SERVER_CONFIG} ({'CUDA' if s.use_gpu else 'CPU'} provider, port {s.port})",
+        template="piper-tts-server.toml.j2",
+        dest=SERVER_CONFIG,
+        user="root",
         group=s.service_user,
-        mode="750",
-        defaults_repr=repr(server_defaults(target, api_key_path(s))),
+        mode="640",
+        path=SERVER_CONFIG,
+        **server_config(target),
+    )
+    files.file(
+        name=f"No server script from an earlier release ({target.legacy_server_path})",
+        path=target.legacy_server_path,
+        present=False,
     )
     files.put(
         name=f"Performance test texts {TEXTS_FILE}",
@@ -124,7 +146,7 @@ def piper_server(target: Target):
         runs=s.perf_runs,
         api_key_file=api_key_path(s),
     )
-    return [env, key, code]
+    return [env, key, config]
 
 
 @deploy("Service: piper-tts")
@@ -151,10 +173,10 @@ def _systemd_service(target: Target, inputs_change: bool):
         mode="644",
         service_user=s.service_user,
         piper_dir=target.piper_dir,
-        python=target.venv_python,
-        server=target.server_path,
+        command=server_command(target),
         env_file=ENV_FILE,
         log_dir=target.log_dir,
+        graceful_timeout=s.graceful_timeout,
     )
     systemd.service(
         name=f"{UNIT} enabled and running (restarted when its files changed)",
@@ -197,9 +219,10 @@ def _profile_service(target: Target, inputs_change: bool):
         service_user=s.service_user,
         pid_file=pid_file,
         log_path=target.log_path,
-        python=target.venv_python,
-        server=target.server_path,
+        command=server_command(target),
+        piper_dir=target.piper_dir,
         env_file=ENV_FILE,
+        graceful_timeout=s.graceful_timeout,
         health_url=f"http://{client_host(s.bind_address)}:{s.port}/health",
     )
     template_file(

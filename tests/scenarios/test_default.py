@@ -73,7 +73,7 @@ def test_service_answers_tts_with_a_wav(lab):
 
 def test_server_warns_it_is_on_cpu(lab):
     log = (lab.root / "home/piper/piper_env/logs/piper-tts.log").read_text()
-    assert "WARN piper_http_server: voice en_US-joe-medium: GPU wanted but the session runs on CPUExecutionProvider" in log
+    assert "WARN piper_gpu_server: voice en_US-joe-medium: GPU wanted but the session runs on CPUExecutionProvider" in log
 
 
 def test_verify_suite_passes_with_gpu_checks_skipped(lab, tmp_path):

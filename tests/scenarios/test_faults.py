@@ -17,27 +17,8 @@ VENV = "/home/piper/piper_env/.venv"
 LIB = "/usr/local/cuda-12.4/targets/x86_64-linux/lib"
 MULTIARCH = "/usr/lib/x86_64-linux-gnu"
 CTL = "/usr/local/bin/piper-tts-ctl"
-SERVER = "/home/piper/piper_env/piper_http_server.py"
+SERVER_CONFIG = "/etc/piper-gpu/server.toml"
 VOICE = "/home/piper/piper_models/en/en_US-joe-medium/en_US-joe-medium.onnx"
-
-# The users' original CPU-only server (no GPU detection, no provider logging).
-CPU_ONLY_SERVER = '''
-import io, json, wave
-from http.server import BaseHTTPRequestHandler, HTTPServer
-from piper import PiperVoice
-voice = PiperVoice.load("%s", use_cuda=False)
-class H(BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200); self.end_headers(); self.wfile.write(b'{"status": "ok"}')
-    def do_POST(self):
-        text = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["text"]
-        buf = io.BytesIO()
-        with wave.open(buf, "wb") as w:
-            voice.synthesize_wav(text, w)
-        self.send_response(200); self.end_headers(); self.wfile.write(buf.getvalue())
-HTTPServer(("127.0.0.1", %d), H).serve_forever()
-'''
-
 
 def put_cudnn_for_cuda11(lab):
     """Overwrite the pinned cuDNN files with NVIDIA's cuDNN 9.1.1 built for CUDA 11.8: the whole set,
@@ -58,9 +39,10 @@ def install_cpu_onnxruntime(lab):
     lab.sh(f"runuser -u piper -- {VENV}/bin/pip install --no-deps --no-index -q /tmp/{wheel.name}")
 
 
-def revert_server_to_cpu_only(lab):
-    (lab.root / SERVER.lstrip("/")).write_text(CPU_ONLY_SERVER % (VOICE, lab.port))
-    lab.sh(f"{CTL} restart")
+def switch_server_to_cpu_by_hand(lab):
+    """What a user tries when the GPU misbehaves: the server's config edited to the CPU, restarted."""
+    lab.sh(f"sed -i 's/^use_gpu = true$/use_gpu = false/' {SERVER_CONFIG} && grep -q '^use_gpu = false$' {SERVER_CONFIG}"
+           f" && {CTL} restart")
 
 
 def corrupt_voice(lab):
@@ -90,9 +72,9 @@ FAULTS = {
     "service stopped": dict(
         apply=f"{CTL} stop",
         check="service_running", fix=f"{CTL} start", repair="deploy"),
-    "server reverted to a CPU-only version": dict(
-        apply=revert_server_to_cpu_only,
-        check="rendered_files_are_what_the_deploy_wrote", fix="re-run the deploy", repair="deploy"),
+    "server switched to the CPU by hand (use_gpu = false in server.toml)": dict(
+        apply=switch_server_to_cpu_by_hand,
+        check="server_runs_with_the_deployed_config", fix="re-run the deploy", found="use_gpu=False", repair="deploy"),
     "voice file corrupted": dict(
         apply=corrupt_voice,
         check="voice_files_match_checksums", fix="re-run the deploy", found="sha256", repair="deploy"),

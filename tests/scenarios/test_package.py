@@ -53,7 +53,10 @@ def test_the_wheel_holds_what_deploy_verify_and_diagnose_need_and_not_the_lab(in
     _, wheel = installed
     names = zipfile.ZipFile(wheel).namelist()
     templates = {n.rsplit("/", 1)[1] for n in names if n.startswith("piper_gpu/templates/")}
-    assert {"piper_http_server.py.j2", "piper-tts.service.j2", "piper-tts-ctl.sh.j2", "ld.so.conf.j2"} <= templates
+    assert {"piper-tts-server.toml.j2", "piper-tts.service.j2", "piper-tts-ctl.sh.j2", "ld.so.conf.j2"} <= templates
+    # the server's sources, which the deploy builds into the server's own wheel
+    assert {"piper_gpu/server/pyproject.toml", "piper_gpu/server/src/piper_gpu_server/app.py",
+            "piper_gpu/server/src/piper_gpu_server/serve.py"} <= set(names)
     verify = {n.rsplit("/", 1)[1] for n in names if n.startswith("piper_gpu/verify/")}
     assert {"conftest.py", "libs.py", "test_driver.py", "test_service.py", "test_performance.py"} <= verify
     assert {"piper_gpu/texts.json", "piper_gpu/locks/python3.10.txt", "piper_gpu/deploys.py"} <= set(names)

@@ -1,7 +1,7 @@
 """Repair, in one run, what users leave behind in a provisioned host (the shared ``lab`` host, in
 profile mode): a `sudo pip install` in the service venv, pip's debris of an interrupted run, another
-ONNX Runtime installed and removed again, a half-written server file. Each time: verify names the
-damage and the fix, the next deploy converges in one run, the run after it changes nothing, and
+ONNX Runtime installed and removed again, a half-written module of the server package. Each time:
+verify names the damage and the fix, the next deploy converges in one run, the run after it changes nothing, and
 verify passes again."""
 
 import shutil
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.scenario("repair")]
 
 VENV = "/home/piper/piper_env/.venv"
 SITE = f"{VENV}/lib/python3.11/site-packages"
-SERVER = "/home/piper/piper_env/piper_http_server.py"
+SERVER_MODULE = f"{SITE}/piper_gpu_server/app.py"
 REPAIRS: dict[str, dict] = {}
 
 
@@ -49,7 +49,8 @@ def other_ort_installed_and_removed(lab):
 
 
 def half_written_server(lab):
-    lab.sh(f"truncate -s 2000 {SERVER}")
+    """A file of the server package cut short (a full disk, an editor's crash)."""
+    lab.sh(f"truncate -s 2000 {SERVER_MODULE}")
 
 
 DAMAGE = {
@@ -62,9 +63,9 @@ DAMAGE = {
     "another ONNX Runtime installed and removed": dict(
         apply=other_ort_installed_and_removed, checks=["pinned_distributions_match_their_record"],
         fix="--force-reinstall --no-deps onnxruntime-gpu==", operation="(files missing or changed)"),
-    "half-written server file": dict(
-        apply=half_written_server, checks=["rendered_files_are_what_the_deploy_wrote"], fix="re-run the deploy",
-        operation="Server /home/piper/piper_env/piper_http_server.py"),
+    "half-written server module": dict(
+        apply=half_written_server, checks=["pinned_distributions_match_their_record"],
+        fix="--force-reinstall --no-deps", operation="piper-gpu-server"),
 }
 
 

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.scenario("systemd")]
 UNIT = "piper-tts.service"
 PORT = 15015
 SSH_PORT = int(os.environ.get("PIPER_E2E_SYSTEMD_SSH_PORT", "2231"))
-SERVER = "/home/piper/piper_env/piper_http_server.py"
+SERVER_CONFIG = "/etc/piper-gpu/server.toml"
 VOICE = "/home/piper/piper_models/en/en_US-joe-medium/en_US-joe-medium.onnx"
 
 
@@ -80,7 +80,7 @@ def test_start_up_lines_are_in_the_journal(booted):
     journal = booted.sh(f"journalctl -u {UNIT} -o cat --no-pager").stdout
     assert "available_providers=" in journal
     assert "voice en_US-joe-medium: active provider CPUExecutionProvider" in journal
-    assert re.search(r"WARN piper_http_server: voice en_US-joe-medium: GPU wanted but the session runs on "
+    assert re.search(r"WARN piper_gpu_server: voice en_US-joe-medium: GPU wanted but the session runs on "
                      r"CPUExecutionProvider", journal)
 
 
@@ -114,21 +114,21 @@ def test_a_run_with_nothing_changed_does_not_restart(booted):
     assert show(booted, "MainPID", "ExecMainStartTimestamp") == before
 
 
-def test_a_changed_server_file_restarts_it_exactly_once(booted):
+def test_a_changed_server_setting_restarts_it_exactly_once(booted):
     before, since = show(booted, "MainPID"), now(booted)
-    booted.set_data(max_text_chars=4000)  # rendered into the server's defaults
+    booted.set_data(max_text_chars=4000)  # rendered into the server's config file
     result = booted.deploy()
     booted.set_data(max_text_chars=None)
     assert result.changes >= 2, result.output[-3000:]
     assert starts_since(booted, since) == 1
     assert show(booted, "MainPID") != before and answers(booted)["status"] == "ok"
     since = now(booted)
-    assert booted.deploy().changes >= 2  # back to the default: the server file again, one more restart
+    assert booted.deploy().changes >= 2  # back to the default: the config file again, one more restart
     assert starts_since(booted, since) == 1
 
 
-def test_a_half_written_server_file_is_repaired_with_one_restart(booted):
-    booted.sh(f"truncate -s 1000 {SERVER}")
+def test_a_half_written_server_config_is_repaired_with_one_restart(booted):
+    booted.sh(f"truncate -s 100 {SERVER_CONFIG}")
     since = now(booted)
     assert booted.deploy().changes >= 1
     assert starts_since(booted, since) == 1 and answers(booted)

@@ -74,4 +74,5 @@ def test_api_key_file_is_private_and_not_in_recorded_settings(variant):
     assert oct(st.st_mode & 0o777) == "0o640" and st.st_uid == 0
     assert variant.sh("stat -c %G /etc/piper-gpu/api-key").stdout.strip() == "tts"
     assert API_KEY not in (variant.root / "etc/piper-gpu/settings.json").read_text()
-    assert API_KEY not in (variant.root / "home/tts/piper_env/piper_http_server.py").read_text()
+    config = (variant.root / "etc/piper-gpu/server.toml").read_text()
+    assert API_KEY not in config and 'api_key_file = "/etc/piper-gpu/api-key"' in config

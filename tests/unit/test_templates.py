@@ -1,6 +1,5 @@
 """Every template renders with real settings, and what it renders is valid for its consumer."""
 
-import ast
 import configparser
 import subprocess
 
@@ -9,7 +8,9 @@ import pytest
 from piper_gpu.render import render
 from piper_gpu.settings import from_fields
 from piper_gpu.target import Target
-from piper_gpu.steps.service import ENV_FILE, server_defaults
+from piper_gpu_server.config import ServerConfig, load_file
+
+from piper_gpu.steps.service import ENV_FILE, SERVER_CONFIG, server_command, server_config
 
 SHA = "b" * 64
 
@@ -22,31 +23,45 @@ def target():
                   service_mode="systemd", systemd_running=True, gpu=None)
 
 
-def test_server_renders_to_python_with_the_deployed_defaults(target):
-    code = render("piper_http_server.py.j2", defaults_repr=repr(server_defaults(target, None)))
-    tree = ast.parse(code)
-    assign = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "DEFAULTS")
-    defaults = ast.literal_eval(assign.value)
-    assert defaults["port"] == 6006 and defaults["host"] == "127.0.0.1" and defaults["use_gpu"] is True
-    assert defaults["voices"] == {
+def test_server_config_is_read_back_by_the_server_as_the_deploy_meant(target, tmp_path):
+    """The rendered TOML, read by the server's own loader, gives exactly the deploy's settings."""
+    values = server_config(target)
+    path = tmp_path / "server.toml"
+    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **values))
+    loaded = load_file(str(path))
+    assert loaded == {k: v for k, v in values.items() if v is not None}
+    config = ServerConfig(**loaded).validate(str(path))
+    assert config.port == 6006 and config.host == "127.0.0.1" and config.use_gpu is True
+    assert config.voices == {
         "zh_CN-huayan-medium": "/home/alice/piper_models/zh/zh_CN-huayan-medium/zh_CN-huayan-medium.onnx"}
-    assert defaults["log_file"] == "/home/alice/piper_env/logs/piper-tts.log"
-    assert '"cudnn_conv_algo_search": "HEURISTIC"' in code
+    assert config.log_file == "/home/alice/piper_env/logs/piper-tts.log" and config.api_key_file is None
+
+
+def test_server_config_with_api_key_file_and_odd_names(target, tmp_path):
+    values = {**server_config(target), "api_key_file": "/etc/piper-gpu/api-key",
+              "voices": {'we"ird voice': "/p/a b.onnx", "zh": "/p/zh.onnx"}}
+    path = tmp_path / "server.toml"
+    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **values))
+    loaded = load_file(str(path))
+    assert loaded["api_key_file"] == "/etc/piper-gpu/api-key"
+    assert list(loaded["voices"].items()) == [('we"ird voice', "/p/a b.onnx"), ("zh", "/p/zh.onnx")]  # order kept
 
 
 def test_systemd_unit(target):
-    text = render("piper-tts.service.j2", service_user="alice", piper_dir=target.piper_dir, python=target.venv_python,
-                  server=target.server_path, env_file=ENV_FILE, log_dir=target.log_dir)
+    text = render("piper-tts.service.j2", service_user="alice", piper_dir=target.piper_dir,
+                  command=server_command(target), env_file=ENV_FILE, log_dir=target.log_dir, graceful_timeout=60.0)
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.read_string(text)
-    assert unit["Service"]["ExecStart"] == "/home/alice/piper_env/.venv/bin/python /home/alice/piper_env/piper_http_server.py"
+    assert unit["Service"]["ExecStart"] == ("/home/alice/piper_env/.venv/bin/python -m piper_gpu_server "
+                                            "--config /etc/piper-gpu/server.toml")
+    assert unit["Service"]["TimeoutStopSec"] == "90"
     assert unit["Service"]["User"] == "alice" and unit["Install"]["WantedBy"] == "multi-user.target"
     assert unit["Service"]["ReadWritePaths"] == "/home/alice/piper_env/logs"
 
 
 @pytest.mark.parametrize("name,context", [
-    ("piper-tts-ctl.sh.j2", dict(service_user="alice", pid_file="/p.pid", log_path="/l.log", python="/py", server="/s.py",
-                                 env_file=ENV_FILE, health_url="http://127.0.0.1:6006/health")),
+    ("piper-tts-ctl.sh.j2", dict(service_user="alice", pid_file="/p.pid", log_path="/l.log", command="/py -m piper_gpu_server --config /c.toml",
+                                 piper_dir="/p", env_file=ENV_FILE, graceful_timeout=60.0, health_url="http://127.0.0.1:6006/health")),
     ("piper-tts-autostart.sh.j2", dict(service_user="alice", ctl="/usr/local/bin/piper-tts-ctl")),
     ("cuda-profile.sh.j2", dict(cuda_home="/usr/local/cuda-12.4", lib_dirs=["/a/lib", "/b/lib"])),
 ])

@@ -1,0 +1,18 @@
+"""piper-gpu-server: Piper voices over HTTP, on the GPU when there is one.
+
+Modules by concern: ``config`` (settings from a TOML file and flags), ``text`` (splitting texts into
+bounded pieces), ``gpu`` (driver probe, NVML), ``voices`` (ONNX sessions and synthesis), ``metrics``
+(Prometheus), ``app`` (the HTTP contract, an ASGI application), ``serve`` (Hypercorn, signals)."""
+
+from __future__ import annotations
+
+
+def version() -> str:
+    """The installed distribution's version (the deploy builds 0.2.0+src.<hash>)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("piper-gpu-server")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -1,0 +1,310 @@
+"""The HTTP contract, as an ASGI application (served by Hypercorn, see ``serve``):
+
+    POST /tts     {"text": str, "voice"?: str, "speaker_id"?: int, "length_scale"?: float,
+                   "stream"?: bool} -> audio/wav
+    GET  /health  {"status": "ok", "server": version, "voices": {name: {"provider", ...}}, "gpu", ...}
+    GET  /voices  [{"name", "sample_rate", "num_speakers", "provider"}]
+    GET  /metrics Prometheus text format
+
+With an API key, POST /tts needs ``Authorization: Bearer <key>`` (or ``X-API-Key``). At most
+``max_pending`` requests synthesise or wait at once; more get 503 with Retry-After. A text is split
+into pieces (``text.split``); with ``"stream": true`` the WAV is sent as each piece is synthesised
+(a header with unknown length, then the audio piece by piece), else whole with its length. A text
+with nothing to speak gets 422. Request text is never logged."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http import HTTPStatus
+
+from piper_gpu_server import text as texts
+from piper_gpu_server.config import ServerConfig
+from piper_gpu_server.metrics import CONTENT_TYPE as METRICS_TYPE
+from piper_gpu_server.metrics import Metrics
+from piper_gpu_server.voices import Voice, wav_header
+
+LOG = logging.getLogger("piper_gpu_server")
+JSON_TYPE = "application/json; charset=utf-8"
+
+
+class RequestError(Exception):
+    def __init__(self, status: HTTPStatus, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+
+class ClientGone(Exception):
+    pass
+
+
+@dataclasses.dataclass
+class TtsRequest:
+    voice: Voice
+    text: str
+    pieces: list[str]
+    speaker_id: int | None
+    length_scale: float | None
+    stream: bool
+
+
+class App:
+    def __init__(self, config: ServerConfig, voices: dict[str, Voice], *, info: dict, gpu_sample=dict,
+                 api_key: str | None = None, config_file: str | None = None):
+        self.config = config
+        self.voices = voices
+        self.info = info
+        self.api_key = api_key
+        self.config_file = config_file
+        self.pending = 0
+        # one thread per request that may be in progress: each has at most one piece synthesising
+        self.executor = ThreadPoolExecutor(max_workers=config.max_pending, thread_name_prefix="synth")
+        self.metrics = Metrics(lambda: self.pending, gpu_sample)
+        for name, voice in voices.items():
+            self.metrics.provider.labels(voice=name, provider=voice.provider).set(1)
+
+    # --- ASGI ---------------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        try:
+            if path == "/tts" and method == "POST":
+                await self._tts(scope, receive, send)
+            elif method in ("GET", "HEAD") and path in ("/health", "/voices", "/metrics"):
+                await self._get(path, send)
+            elif path == "/tts":
+                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, "use POST /tts with a JSON body", {"Allow": "POST"})
+            elif method == "POST":
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {path}; POST goes to /tts")
+            else:
+                raise RequestError(HTTPStatus.NOT_FOUND,
+                                   f"no such endpoint {path}; try POST /tts, GET /health, GET /voices, GET /metrics")
+        except RequestError as exc:
+            await self._error(send, exc)
+        except ClientGone:
+            pass
+
+    async def _lifespan(self, receive, send):
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.executor.shutdown(wait=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    @staticmethod
+    async def _respond(send, status: int, body: bytes, content_type: str, headers: dict | None = None):
+        head = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+        head += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
+        await send({"type": "http.response.start", "status": int(status), "headers": head})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _json(self, send, status, payload, headers=None):
+        await self._respond(send, status, json.dumps(payload, ensure_ascii=False).encode(), JSON_TYPE, headers)
+
+    async def _error(self, send, exc: RequestError):
+        await self._json(send, exc.status, {"error": exc.message, "status": int(exc.status)}, exc.headers)
+
+    # --- GET ----------------------------------------------------------------------------------
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            **self.info,
+            "config_file": self.config_file,
+            "config": dataclasses.asdict(self.config),
+            "use_gpu": self.config.use_gpu,
+            "pending": self.pending,
+            "voices": {
+                name: {"provider": v.provider, "session_providers": v.session_providers, "on_gpu": v.on_gpu,
+                       "onnx_sha256": v.sha256[".onnx"], "json_sha256": v.sha256[".onnx.json"]}
+                for name, v in self.voices.items()
+            },
+        }
+
+    async def _get(self, path: str, send):
+        if path == "/health":
+            await self._json(send, HTTPStatus.OK, self.health())
+        elif path == "/voices":
+            await self._json(send, HTTPStatus.OK, [
+                {"name": n, "sample_rate": v.sample_rate, "num_speakers": v.num_speakers, "provider": v.provider}
+                for n, v in self.voices.items()])
+        else:
+            await self._respond(send, HTTPStatus.OK, self.metrics.render(), METRICS_TYPE)
+
+    # --- POST /tts ----------------------------------------------------------------------------
+    def _authorised(self, headers: dict[str, str]) -> bool:
+        if self.api_key is None:
+            return True
+        given = headers.get("x-api-key", "")
+        auth = headers.get("authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[len("Bearer "):]
+        return hmac.compare_digest(given.encode(), self.api_key.encode())
+
+    async def _tts(self, scope, receive, send):
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if not self._authorised(headers):
+            self.metrics.record("", HTTPStatus.UNAUTHORIZED)
+            raise RequestError(HTTPStatus.UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer <key>)",
+                               {"WWW-Authenticate": "Bearer"})
+        if self.pending >= self.config.max_pending:
+            self.metrics.record("", HTTPStatus.SERVICE_UNAVAILABLE)
+            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
+                               f"busy: {self.config.max_pending} requests in progress; retry shortly",
+                               {"Retry-After": "1"})
+        self.pending += 1
+        voice = None
+        try:
+            request = self.parse(await self._body(headers, receive))
+            voice = request.voice
+            if request.stream:
+                await self._stream(request, send)
+            else:
+                await self._whole(request, send)
+        except RequestError as exc:
+            self.metrics.record(voice.name if voice else "", exc.status)
+            raise
+        finally:
+            self.pending -= 1
+
+    async def _body(self, headers: dict[str, str], receive) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > limit:
+                    raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {limit} bytes")
+            except ValueError:
+                raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone()
+            body += message.get("body", b"")
+            if len(body) > limit:
+                raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {limit} bytes")
+            if not message.get("more_body"):
+                return bytes(body)
+
+    def parse(self, raw: bytes) -> TtsRequest:
+        """The request body checked field by field; RequestError (4xx) names what is wrong."""
+        try:
+            body = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise RequestError(HTTPStatus.BAD_REQUEST, 'body must be a JSON object like {"text": "..."}')
+        text = body.get("text")
+        if not isinstance(text, str):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "'text' is required and must be a string")
+        if not text.strip():
+            raise RequestError(HTTPStatus.BAD_REQUEST, "'text' is empty")
+        limit = self.config.max_text_chars
+        if len(text) > limit:
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"'text' has {len(text)} characters; the limit is {limit}")
+        name = body.get("voice")
+        if name is None:
+            name = next(iter(self.voices))
+        if not isinstance(name, str) or name not in self.voices:
+            raise RequestError(HTTPStatus.NOT_FOUND, f"unknown voice {name!r}; available: {', '.join(self.voices)}")
+        voice = self.voices[name]
+        speaker_id = body.get("speaker_id")
+        if speaker_id is not None:
+            if not isinstance(speaker_id, int) or isinstance(speaker_id, bool):
+                raise RequestError(HTTPStatus.BAD_REQUEST, "'speaker_id' must be an integer")
+            if not 0 <= speaker_id < max(voice.num_speakers, 1):
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"'speaker_id' {speaker_id} out of range: voice {name} "
+                                                           f"has {voice.num_speakers} speaker(s)")
+            if voice.num_speakers <= 1:
+                speaker_id = None
+        length_scale = body.get("length_scale")
+        if length_scale is not None:
+            if not isinstance(length_scale, (int, float)) or isinstance(length_scale, bool) \
+                    or not 0.1 <= float(length_scale) <= 10.0:
+                raise RequestError(HTTPStatus.BAD_REQUEST, "'length_scale' must be a number from 0.1 to 10")
+            length_scale = float(length_scale)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise RequestError(HTTPStatus.BAD_REQUEST, "'stream' must be true or false")
+        pieces = texts.split(text, self.config.sentence_max_chars)
+        if not pieces:
+            raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY,
+                               "'text' has nothing to speak (no letters or digits)")
+        return TtsRequest(voice, text, pieces, speaker_id, length_scale, stream)
+
+    async def _pieces(self, request: TtsRequest):
+        """Each piece's audio as it is synthesised, in order (one piece in flight per request, so
+        other requests to the voice take turns between pieces)."""
+        loop = asyncio.get_running_loop()
+        for piece in request.pieces:
+            yield await loop.run_in_executor(self.executor, request.voice.synthesize, piece,
+                                             request.speaker_id, request.length_scale)
+
+    def _done(self, request: TtsRequest, started: float, seconds: float, first: float | None = None) -> dict:
+        elapsed = time.perf_counter() - started
+        rtf = elapsed / seconds if seconds > 0 else float("inf")
+        voice = request.voice
+        self.metrics.record(voice.name, HTTPStatus.OK, elapsed, rtf)
+        LOG.info("tts voice=%s chars=%d pieces=%d audio_s=%.3f ms=%.1f rtf=%.4f provider=%s%s", voice.name,
+                 len(request.text), len(request.pieces), seconds, elapsed * 1000, rtf, voice.provider,
+                 "" if first is None else f" stream first_audio_ms={first * 1000:.1f}")
+        return {"X-Voice": voice.name, "X-Provider": voice.provider, "X-Synthesis-Ms": f"{elapsed * 1000:.1f}",
+                "X-Audio-Seconds": f"{seconds:.3f}"}
+
+    async def _whole(self, request: TtsRequest, send):
+        started = time.perf_counter()
+        try:
+            pcm = [piece.pcm async for piece in self._pieces(request)]
+        except Exception as exc:  # noqa: BLE001 - a failed synthesis must answer, and be logged
+            LOG.exception("synthesis failed (voice %s)", request.voice.name)
+            raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"synthesis failed: {type(exc).__name__}: {exc}") \
+                from exc
+        data = b"".join(pcm)
+        seconds = len(data) / (2 * request.voice.sample_rate)
+        headers = self._done(request, started, seconds)
+        await self._respond(send, HTTPStatus.OK, wav_header(request.voice.sample_rate, len(data)) + data,
+                            "audio/wav", headers)
+
+    async def _stream(self, request: TtsRequest, send):
+        started = time.perf_counter()
+        voice = request.voice
+        pieces = self._pieces(request)
+        try:
+            first = await pieces.__anext__()  # a failure before any audio still gets its status
+        except Exception as exc:  # noqa: BLE001
+            LOG.exception("synthesis failed (voice %s)", voice.name)
+            raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"synthesis failed: {type(exc).__name__}: {exc}") \
+                from exc
+        first_at = time.perf_counter() - started
+        self.metrics.first_audio.labels(voice=voice.name).observe(first_at)
+        head = [(b"content-type", b"audio/wav"), (b"x-voice", voice.name.encode()),
+                (b"x-provider", voice.provider.encode()), (b"x-stream", b"1")]
+        await send({"type": "http.response.start", "status": 200, "headers": head})
+        await send({"type": "http.response.body", "body": wav_header(voice.sample_rate, None) + first.pcm,
+                    "more_body": True})
+        seconds = first.seconds
+        try:
+            async for piece in pieces:
+                seconds += piece.seconds
+                await send({"type": "http.response.body", "body": piece.pcm, "more_body": True})
+        except Exception:
+            # the status is sent: ending the connection without the last chunk tells the client
+            LOG.exception("synthesis failed mid-stream (voice %s); the stream is cut", voice.name)
+            self.metrics.record(voice.name, HTTPStatus.INTERNAL_SERVER_ERROR)
+            raise
+        self._done(request, started, seconds, first_at)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+

@@ -1,0 +1,207 @@
+"""Benchmark: this server against Piper's own ``piper.http_server`` (or this server on the GPU against
+the CPU), started side by side in one run with the same voice and texts.
+
+    python -m piper_gpu_server.bench --model VOICE.onnx --texts texts.json --out results/bench.json
+        [--contenders ours-cpu,piper-cpu] [--requests 24] [--concurrency 1,4,8] [--machine TEXT]
+
+Contenders: ``ours-cpu``, ``ours-gpu`` (``python -m piper_gpu_server``), ``piper-cpu``, ``piper-gpu``
+(``python -m piper.http_server``, needs Flask). For each, and each concurrency, ``--requests`` POSTs of
+the medium text: p50/p95 latency, requests/s and audio seconds per second; then the long text once
+whole and (ours) once streamed: time to the first audio byte against the full time; and the
+server's peak RSS (VmHWM). Writes one JSON file naming the machine, the versions and the command."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+WAV_HEADER = 44
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+               if line.startswith("MemTotal:"))
+    out = {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "kernel": platform.release(),
+           "python": platform.python_version()}
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        if smi.returncode == 0:
+            out["gpu"] = smi.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return out
+
+
+class Server:
+    def __init__(self, kind: str, model: str, log_dir: Path, extra: list[str] | None = None):
+        self.kind = kind
+        self.port = free_port()
+        ours, device = kind.split("-")
+        if ours == "ours":
+            cmd = [sys.executable, "-m", "piper_gpu_server", "--voice", f"voice={model}", "--port", str(self.port),
+                   "--max-text-chars", "5000"] + (["--cpu"] if device == "cpu" else []) + (extra or [])
+            self.path, self.body = "/tts", lambda text, stream=False: {"text": text, **({"stream": True} if stream else {})}
+            self.health = "/health"
+        elif ours == "piper":
+            cmd = [sys.executable, "-m", "piper.http_server", "-m", model, "--host", "127.0.0.1",
+                   "--port", str(self.port)] + (["--cuda"] if device == "gpu" else [])
+            self.path, self.body = "/synthesize", lambda text, stream=False: {"text": text}
+            self.health = "/voices"
+        else:
+            raise SystemExit(f"unknown contender {kind!r}: ours-cpu, ours-gpu, piper-cpu, piper-gpu")
+        self.log = open(log_dir / f"{kind}.log", "w")
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.command = " ".join(cmd)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{kind} exited {self.proc.returncode} during start-up: see {self.log.name}")
+            try:
+                status, _, _ = self.request("GET", self.health, None)
+                if status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{kind} did not answer {self.health} within 300 s: see {self.log.name}")
+            time.sleep(0.3)
+
+    def request(self, method: str, path: str, body, first_audio: list | None = None):
+        """(status, response bytes, seconds); ``first_audio`` gets the seconds to the first audio byte."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+        started = time.perf_counter()
+        try:
+            conn.request(method, path, body=None if body is None else json.dumps(body).encode(),
+                         headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = b""
+            while chunk := resp.read1(65536):
+                data += chunk
+                if first_audio is not None and not first_audio and len(data) > WAV_HEADER:
+                    first_audio.append(time.perf_counter() - started)
+            return resp.status, data, time.perf_counter() - started
+        finally:
+            conn.close()
+
+    def peak_rss_mib(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def audio_seconds(wav: bytes, rate: int) -> float:
+    return max(len(wav) - WAV_HEADER, 0) / (2 * rate)
+
+
+def load_run(server: Server, text: str, requests: int, concurrency: int, rate: int) -> dict:
+    latencies, audio, failures = [], [], []
+    lock = threading.Lock()
+    todo = list(range(requests))
+
+    def worker():
+        while True:
+            with lock:
+                if not todo:
+                    return
+                todo.pop()
+            status, data, seconds = server.request("POST", server.path, server.body(text))
+            with lock:
+                if status == 200:
+                    latencies.append(seconds)
+                    audio.append(audio_seconds(data, rate))
+                else:
+                    failures.append(status)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
+    return {"concurrency": concurrency, "requests": requests, "failed": len(failures),
+            "p50_ms": round(statistics.median(latencies) * 1000, 1), "p95_ms": round(q[18] * 1000, 1),
+            "requests_per_s": round(len(latencies) / wall, 3), "audio_s_per_s": round(sum(audio) / wall, 2)}
+
+
+def first_audio_run(server: Server, text: str, stream: bool) -> dict:
+    first: list = []
+    status, data, seconds = server.request("POST", server.path, server.body(text, stream), first)
+    return {"stream": stream, "status": status, "first_audio_ms": round(first[0] * 1000, 1) if first else None,
+            "total_ms": round(seconds * 1000, 1),
+            "first_audio_share": round(first[0] / seconds, 3) if first else None}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m piper_gpu_server.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="the voice's .onnx (its .onnx.json beside it)")
+    p.add_argument("--texts", required=True, help="JSON with the texts (keys --medium and --long)")
+    p.add_argument("--medium", default="en_medium")
+    p.add_argument("--long", default="en_long")
+    p.add_argument("--contenders", default="ours-cpu,piper-cpu")
+    p.add_argument("--requests", type=int, default=24)
+    p.add_argument("--concurrency", default="1,4,8")
+    p.add_argument("--ours-args", default="", help="more flags for this server (e.g. --syntheses-per-voice 4)")
+    p.add_argument("--machine", default="", help="words naming the machine, kept with the figures")
+    p.add_argument("--out", required=True, help="JSON file to write")
+    args = p.parse_args(argv)
+    texts = json.loads(Path(args.texts).read_text())
+    rate = json.loads(Path(args.model + ".json").read_text())["audio"]["sample_rate"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_dir = out.parent / (out.stem + "-logs")
+    log_dir.mkdir(exist_ok=True)
+    levels = [int(c) for c in args.concurrency.split(",")]
+    result = {"command": "python -m piper_gpu_server.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {"words": args.machine, **machine()},
+              "voice": Path(args.model).stem, "texts": {"medium": len(texts[args.medium]), "long": len(texts[args.long])},
+              "contenders": {}}
+    for kind in args.contenders.split(","):
+        server = Server(kind, args.model, log_dir, args.ours_args.split())
+        try:
+            server.request("POST", server.path, server.body(texts[args.medium]))  # warm beyond start-up
+            entry = {"command": server.command,
+                     "load": [load_run(server, texts[args.medium], args.requests, c, rate) for c in levels],
+                     "long_text": [first_audio_run(server, texts[args.long], False)]}
+            if kind.startswith("ours"):
+                entry["long_text"].append(first_audio_run(server, texts[args.long], True))
+                entry["health"] = json.loads(server.request("GET", "/health", None)[1])
+            entry["peak_rss_mib"] = round(server.peak_rss_mib(), 1)
+        finally:
+            server.stop()
+        result["contenders"][kind] = entry
+        print(json.dumps({kind: {k: v for k, v in entry.items() if k != "health"}}, indent=1), flush=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The server's settings: defaults, a TOML file (``--config``), then command-line flags.
+
+The file is flat ``key = value`` lines plus a ``[voices]`` table (name = "/path/model.onnx"); every key
+is a field of ``ServerConfig``. An unknown key, a wrong type or an out-of-range value is an error that
+names the file and the key."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 (Ubuntu 22.04)
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 5005
+    #: voice name -> model path (the .onnx.json beside it); the first is the default voice
+    voices: dict[str, str] = field(default_factory=dict)
+    #: ask for the CUDA execution provider (after the driver probe)
+    use_gpu: bool = True
+    warmup: bool = True
+    log_file: str | None = None
+    #: file holding the key POST /tts requires; none: open
+    api_key_file: str | None = None
+    max_text_chars: int = 2000
+    #: POST /tts requests synthesising or waiting at once; more get 503 + Retry-After
+    max_pending: int = 8
+    #: syntheses one voice runs at once on its one ONNX session (ONNX Runtime's Run is thread-safe)
+    syntheses_per_voice: int = 2
+    #: ONNX Runtime intra-op threads per session; 0: ONNX Runtime's default (one per physical core)
+    intra_op_threads: int = 0
+    #: longest piece of text synthesised in one go: longer sentences are split at a clause break,
+    #: a space or, failing both, at this length (bounds memory and the time a voice is held)
+    sentence_max_chars: int = 200
+    #: seconds a client may stay silent while sending a request (headers or body) before it is dropped
+    read_timeout: float = 10.0
+    #: seconds an idle kept-alive connection stays open
+    keep_alive_timeout: float = 5.0
+    #: open connections at most; more are closed at once
+    max_connections: int = 256
+    #: seconds SIGTERM waits for requests in flight before the process exits
+    graceful_timeout: float = 60.0
+    max_body_bytes: int = 1 << 20
+
+    def validate(self, where: str = "settings") -> "ServerConfig":
+        problems = []
+        if not self.voices:
+            problems.append("voices: no voice (give [voices] name = \"/path/model.onnx\" or --voice NAME=PATH)")
+        if not 0 < self.port < 65536:
+            problems.append(f"port: {self.port} is not a TCP port")
+        for name in ("max_text_chars", "max_pending", "syntheses_per_voice", "sentence_max_chars",
+                     "max_connections", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name}: {getattr(self, name)} must be at least 1")
+        if self.sentence_max_chars < 20:
+            problems.append(f"sentence_max_chars: {self.sentence_max_chars} is under 20")
+        for name in ("read_timeout", "keep_alive_timeout", "graceful_timeout"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}: {getattr(self, name)} must be over 0 seconds")
+        if self.intra_op_threads < 0:
+            problems.append(f"intra_op_threads: {self.intra_op_threads} must be 0 (default) or more")
+        if problems:
+            raise ConfigError(f"{where}: " + "; ".join(problems))
+        return self
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}
+_TYPES = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float), "str | None": (str,)}
+
+
+def from_mapping(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The fields in ``data`` (a parsed TOML file), type-checked; ``where`` names the file in errors."""
+    out = {}
+    for key, value in data.items():
+        f = FIELDS.get(key)
+        if f is None:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(FIELDS))})")
+        if key == "voices":
+            if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+                raise ConfigError(f'{where}: [voices] must map names to model paths (name = "/path/model.onnx")')
+            out[key] = dict(value)
+            continue
+        kinds = _TYPES[str(f.type)]
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            raise ConfigError(f"{where}: {key} = {value!r} is not a {f.type}")
+        out[key] = float(value) if f.type == "float" else value
+    return out
+
+
+def load_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return from_mapping(data, path)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m piper_gpu_server",
+                                description="Piper voices over HTTP (POST /tts -> audio/wav), GPU-aware")
+    p.add_argument("--config", metavar="FILE", help="TOML file with the settings (flags override it)")
+    p.add_argument("--voice", action="append", metavar="NAME=MODEL.onnx", help="voice to load (repeatable)")
+    p.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="do not ask for the CUDA provider")
+    p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False)
+    for name, f in FIELDS.items():
+        if name in ("voices", "use_gpu", "warmup"):
+            continue
+        kind = {"int": int, "float": float}.get(str(f.type), str)
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=name.upper())
+    return p
+
+
+def load(argv: list[str] | None = None) -> ServerConfig:
+    """Defaults < --config FILE < flags."""
+    p = parser()
+    args = p.parse_args(argv)
+    values: dict[str, Any] = load_file(args.config) if args.config else {}
+    for name in FIELDS:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    if args.voice:
+        voices = {}
+        for item in args.voice:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                p.error(f"--voice {item!r}: use NAME=/path/model.onnx")
+            voices[name] = path
+        values["voices"] = voices
+    return ServerConfig(**values).validate(args.config or "command line")

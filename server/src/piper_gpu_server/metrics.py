@@ -1,0 +1,53 @@
+"""/metrics through prometheus-client, in a registry of the server's own (no process-wide state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+RTF_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+disable_created_metrics()  # no *_created series: a scrape shows counts, not start times
+
+
+class Metrics:
+    def __init__(self, pending, gpu_sample):
+        """``pending``: a callable giving the requests in progress; ``gpu_sample``: one giving NVML's
+        figures (``gpu.Gpu.sample``), read at each scrape."""
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter("piper_tts_requests", "POST /tts requests by voice and HTTP status.",
+                                ("voice", "status"), registry=self.registry)
+        self.duration = Histogram("piper_tts_request_duration_seconds", "Synthesis time of answered requests.",
+                                  ("voice",), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.rtf = Histogram("piper_tts_realtime_factor", "Synthesis time divided by audio duration.",
+                             ("voice",), buckets=RTF_BUCKETS, registry=self.registry)
+        self.first_audio = Histogram("piper_tts_first_audio_seconds",
+                                     "Time from a streamed request to its first audio.",
+                                     ("voice",), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.provider = Gauge("piper_tts_voice_provider", "Execution provider each voice's session runs on.",
+                              ("voice", "provider"), registry=self.registry)
+        Gauge("piper_tts_pending_requests", "Requests synthesising or waiting.",
+              registry=self.registry).set_function(pending)
+        self._gpu_sample = gpu_sample
+        self._gpu_util = self._gpu_mem = None
+        if gpu_sample():  # only with NVML: no GPU is no series, not a zero
+            self._gpu_util = Gauge("piper_tts_gpu_utilization_percent", "GPU utilisation (NVML).",
+                                   registry=self.registry)
+            self._gpu_mem = Gauge("piper_tts_gpu_memory_used_bytes", "GPU memory in use (NVML).",
+                                  registry=self.registry)
+
+    def record(self, voice: str, status: int, seconds: float | None = None, rtf: float | None = None) -> None:
+        self.requests.labels(voice=voice, status=str(status)).inc()
+        if seconds is not None:
+            self.duration.labels(voice=voice).observe(seconds)
+        if rtf is not None:
+            self.rtf.labels(voice=voice).observe(rtf)
+
+    def render(self) -> bytes:
+        sample = self._gpu_sample()
+        if self._gpu_util is not None and "utilization_percent" in sample:
+            self._gpu_util.set(sample["utilization_percent"])
+        if self._gpu_mem is not None and "memory_used_bytes" in sample:
+            self._gpu_mem.set(sample["memory_used_bytes"])
+        return generate_latest(self.registry)

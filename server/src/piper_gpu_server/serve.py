@@ -1,0 +1,205 @@
+"""Start-up (voices loaded, warmed and logged), then Hypercorn serving the app until SIGTERM/SIGINT,
+which stops accepting, lets requests in flight finish (up to ``graceful_timeout``) and exits 0.
+
+Hypercorn (asyncio, h11) brings what the hand-written server lacked: a read timeout that drops a
+client stalling mid-request, an idle timeout for kept-alive connections, chunked request bodies,
+and graceful shutdown. Its one missing limit, on open connections, is a listening socket that closes
+connections over ``max_connections`` as it accepts them (``LimitedListener``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from piper_gpu_server import version
+from piper_gpu_server.config import ConfigError, ServerConfig, load
+from piper_gpu_server.gpu import Gpu, cuda_driver_problem
+from piper_gpu_server.voices import Voice
+
+LOG = logging.getLogger("piper_gpu_server")
+
+
+class CountedSocket(socket.socket):
+    """An accepted connection that gives its place back when it closes."""
+
+    listener: "LimitedListener"
+    _counted = False
+
+    def close(self):
+        if self._counted:
+            self._counted = False
+            self.listener.open -= 1
+        super().close()
+
+
+class LimitedListener(socket.socket):
+    """A listening socket whose accept() closes connections over ``limit`` at once."""
+
+    limit = 256
+    open = 0
+    refused = 0
+    _last_warning = 0.0
+
+    def accept(self):
+        fd, addr = self._accept()
+        conn = CountedSocket(self.family, self.type, self.proto, fileno=fd)
+        if self.open >= self.limit:
+            conn.close()
+            self.refused += 1
+            if time.monotonic() - self._last_warning > 10:
+                self._last_warning = time.monotonic()
+                LOG.warning("%d open connections (max_connections): closing new ones (%d so far)",
+                            self.open, self.refused)
+            raise ConnectionAbortedError("over max_connections")  # asyncio: nothing accepted this round
+        conn.listener = self
+        conn._counted = True
+        self.open += 1
+        return conn, addr
+
+
+def listen(host: str, port: int, limit: int, backlog: int = 128) -> LimitedListener:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    plain = socket.create_server((host, port), family=family, backlog=backlog)
+    sock = LimitedListener(plain.family, plain.type, plain.proto, fileno=plain.detach())
+    sock.limit = limit
+    sock.setblocking(False)
+    return sock
+
+
+def hypercorn_config(config: ServerConfig, sock: socket.socket):
+    from hypercorn.config import Config, Sockets
+
+    class Bound(Config):
+        def create_sockets(self):  # serve on the limited socket made above
+            return Sockets([], [sock], [])
+
+    hc = Bound()
+    hc.bind = [f"{config.host}:{config.port}"]
+    hc.read_timeout = config.read_timeout
+    hc.keep_alive_timeout = config.keep_alive_timeout
+    hc.graceful_timeout = config.graceful_timeout
+    hc.accesslog = None  # one performance line per request is logged instead, never the text
+    hc.errorlog = LOG
+    hc.include_server_header = False
+    hc.h11_max_incomplete_size = 16 * 1024
+    hc.alpn_protocols = ["http/1.1"]
+    return hc
+
+
+def setup_logging(log_file: str | None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.addLevelName(logging.WARNING, "WARN")
+
+
+def piper_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("piper-tts")
+    except PackageNotFoundError:
+        return None
+
+
+def load_voices(config: ServerConfig) -> dict[str, Voice]:
+    """Every voice loaded (the CUDA provider asked for only when the driver answers), logged, warmed."""
+    driver_problem = cuda_driver_problem() if config.use_gpu else None
+    voices = {}
+    for name, path in config.voices.items():
+        started = time.perf_counter()
+        voice = Voice(name, path, use_gpu=config.use_gpu, driver_problem=driver_problem,
+                      syntheses=config.syntheses_per_voice, intra_op_threads=config.intra_op_threads)
+        LOG.info("voice %s: active provider %s (session providers %s), loaded in %.0f ms",
+                 name, voice.provider, voice.session_providers, (time.perf_counter() - started) * 1000)
+        if voice.cpu_reason:
+            LOG.warning("voice %s: GPU wanted but the session runs on %s: %s", name, voice.provider, voice.cpu_reason)
+        if config.warmup:
+            started = time.perf_counter()
+            voice.synthesize("Warm up.")
+            LOG.info("voice %s: warm-up synthesis %.0f ms", name, (time.perf_counter() - started) * 1000)
+        voices[name] = voice
+    return voices
+
+
+def read_api_key(path: str | None) -> str | None:
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return fh.read().strip() or None
+
+
+async def serve(app, config: ServerConfig, sock: socket.socket) -> None:
+    from hypercorn.asyncio import serve as hypercorn_serve
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signame: str) -> None:
+        if not stop.is_set():
+            LOG.info("%s: no new connections; finishing %d request(s) in progress (at most %.0f s), then exiting",
+                     signame, app.pending, config.graceful_timeout)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig.name)
+    await hypercorn_serve(app, hypercorn_config(config, sock), shutdown_trigger=stop.wait)
+    LOG.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = argv if argv is not None else sys.argv[1:]
+    try:
+        config = load(args)
+    except ConfigError as exc:
+        print(f"piper_gpu_server: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_file)
+    import onnxruntime
+
+    from piper_gpu_server.app import App
+
+    available = onnxruntime.get_available_providers()
+    gpu = Gpu()
+    config_file = args[args.index("--config") + 1] if "--config" in args else None
+    LOG.info("start: pid=%d server=%s onnxruntime=%s piper-tts=%s available_providers=%s config=%s",
+             os.getpid(), version(), onnxruntime.__version__, piper_version(), available, config_file or "(flags)")
+    LOG.info("GPU detection: %s (%s); use_gpu=%s", gpu.name or "none", gpu.how, config.use_gpu)
+    try:
+        api_key = read_api_key(config.api_key_file)
+    except OSError as exc:
+        LOG.error("cannot read the API key file %s: %s", config.api_key_file, exc)
+        return 2
+    for name, path in config.voices.items():
+        for f in (path, path + ".json"):
+            if not os.path.isfile(f):
+                LOG.error("voice %s: file %s not found", name, f)
+                return 2
+    voices = load_voices(config)
+    info = {"server": version(), "gpu": gpu.name, "onnxruntime": onnxruntime.__version__, "piper_tts": piper_version(),
+            "available_providers": available, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    try:
+        sock = listen(config.host, config.port, config.max_connections)
+    except OSError as exc:
+        LOG.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+        return 2
+    app = App(config, voices, info=info, gpu_sample=gpu.sample, api_key=api_key, config_file=config_file)
+    LOG.info("listening on http://%s:%d (POST /tts, GET /health, GET /voices, GET /metrics); API key %s; "
+             "max %d pending, %d synthes(es) per voice, %d connections; read timeout %.0f s",
+             config.host, config.port, "required" if api_key else "not set", config.max_pending,
+             config.syntheses_per_voice, config.max_connections, config.read_timeout)
+    asyncio.run(serve(app, config, sock))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

