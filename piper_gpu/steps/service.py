@@ -46,6 +46,7 @@ def server_config(target: Target) -> dict:
         "keep_alive_timeout": float(s.keep_alive_timeout),
         "max_connections": s.max_connections,
         "graceful_timeout": float(s.graceful_timeout),
+        "cpu_memory_arena": s.cpu_memory_arena,
     }
 
 

@@ -2,13 +2,15 @@
 the CPU), started side by side in one run with the same voice and texts.
 
     python -m piper_gpu_server.bench --model VOICE.onnx --texts texts.json --out results/bench.json
-        [--contenders ours-cpu,piper-cpu] [--requests 24] [--concurrency 1,4,8] [--machine TEXT]
+        [--contenders ours-cpu,piper-cpu] [--requests 16] [--rounds 3] [--concurrency 1,4,8] [--machine TEXT]
 
 Contenders: ``ours-cpu``, ``ours-gpu`` (``python -m piper_gpu_server``), ``piper-cpu``, ``piper-gpu``
-(``python -m piper.http_server``, needs Flask). For each, and each concurrency, ``--requests`` POSTs of
-the medium text: p50/p95 latency, requests/s and audio seconds per second; then the long text once
-whole and (ours) once streamed: time to the first audio byte against the full time; and the
-server's peak RSS (VmHWM). Writes one JSON file naming the machine, the versions and the command."""
+(``python -m piper.http_server``, needs Flask). All run at once; in each round every contender takes its
+turn at each concurrency (``--requests`` POSTs of the medium text: p50/p95 latency, requests/s, audio
+seconds per second), then the long text once whole and (ours) once streamed (time to the first audio
+byte against the full time). Figures are medians over the rounds, which spreads a machine's drift over
+all contenders alike; plus each server's peak RSS (VmHWM). Writes one JSON file naming the machine, the
+versions and the command."""
 
 from __future__ import annotations
 
@@ -159,6 +161,16 @@ def first_audio_run(server: Server, text: str, stream: bool) -> dict:
             "first_audio_share": round(first[0] / seconds, 3) if first else None}
 
 
+def summarise(runs: list[dict]) -> dict:
+    """One concurrency level over its rounds: the median of each figure, and the rounds themselves."""
+    keys = ("p50_ms", "p95_ms", "requests_per_s", "audio_s_per_s")
+    out = {"concurrency": runs[0]["concurrency"], "rounds": len(runs), "requests": sum(r["requests"] for r in runs),
+           "failed": sum(r["failed"] for r in runs)}
+    out.update({k: round(statistics.median(r[k] for r in runs), 3) for k in keys})
+    out["per_round"] = [{k: r[k] for k in keys} for r in runs]
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m piper_gpu_server.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the voice's .onnx (its .onnx.json beside it)")
@@ -166,7 +178,9 @@ def main(argv=None) -> int:
     p.add_argument("--medium", default="en_medium")
     p.add_argument("--long", default="en_long")
     p.add_argument("--contenders", default="ours-cpu,piper-cpu")
-    p.add_argument("--requests", type=int, default=24)
+    p.add_argument("--requests", type=int, default=16, help="requests per contender, concurrency level and round")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="rounds; in each, every contender takes its turn at each level (machine drift hits all alike)")
     p.add_argument("--concurrency", default="1,4,8")
     p.add_argument("--ours-args", default="", help="more flags for this server (e.g. --syntheses-per-voice 4)")
     p.add_argument("--machine", default="", help="words naming the machine, kept with the figures")
@@ -179,26 +193,55 @@ def main(argv=None) -> int:
     log_dir = out.parent / (out.stem + "-logs")
     log_dir.mkdir(exist_ok=True)
     levels = [int(c) for c in args.concurrency.split(",")]
+    kinds = args.contenders.split(",")
     result = {"command": "python -m piper_gpu_server.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {"words": args.machine, **machine()},
               "voice": Path(args.model).stem, "texts": {"medium": len(texts[args.medium]), "long": len(texts[args.long])},
+              "method": f"all contenders running at once; {args.rounds} rounds, in each every contender in turn at each "
+                        f"concurrency ({args.requests} POSTs of the medium text), then the long text once whole and "
+                        "(this server) once streamed; figures are medians over the rounds",
               "contenders": {}}
-    for kind in args.contenders.split(","):
-        server = Server(kind, args.model, log_dir, args.ours_args.split())
-        try:
-            server.request("POST", server.path, server.body(texts[args.medium]))  # warm beyond start-up
-            entry = {"command": server.command,
-                     "load": [load_run(server, texts[args.medium], args.requests, c, rate) for c in levels],
-                     "long_text": [first_audio_run(server, texts[args.long], False)]}
+    servers = {}
+    try:
+        for kind in kinds:
+            servers[kind] = Server(kind, args.model, log_dir, args.ours_args.split())
+            servers[kind].request("POST", servers[kind].path, servers[kind].body(texts[args.medium]))  # warm
+        runs = {k: {c: [] for c in levels} for k in kinds}
+        long_runs = {k: [] for k in kinds}
+        for _ in range(args.rounds):
+            for c in levels:
+                for kind in kinds:
+                    runs[kind][c].append(load_run(servers[kind], texts[args.medium], args.requests, c, rate))
+            for kind in kinds:
+                long_runs[kind].append(first_audio_run(servers[kind], texts[args.long], False))
+                if kind.startswith("ours"):
+                    long_runs[kind].append(first_audio_run(servers[kind], texts[args.long], True))
+        for kind, server in servers.items():
+            entry = {"command": server.command, "load": [summarise(runs[kind][c]) for c in levels]}
+            for stream in (False, True):
+                mine = [r for r in long_runs[kind] if r["stream"] is stream]
+                if mine:
+                    entry["long_text" + ("_stream" if stream else "")] = {
+                        "first_audio_ms": statistics.median(r["first_audio_ms"] for r in mine),
+                        "total_ms": statistics.median(r["total_ms"] for r in mine),
+                        "first_audio_share": statistics.median(r["first_audio_share"] for r in mine),
+                        "per_round": mine}
             if kind.startswith("ours"):
-                entry["long_text"].append(first_audio_run(server, texts[args.long], True))
                 entry["health"] = json.loads(server.request("GET", "/health", None)[1])
             entry["peak_rss_mib"] = round(server.peak_rss_mib(), 1)
-        finally:
+            result["contenders"][kind] = entry
+    finally:
+        for server in servers.values():
             server.stop()
-        result["contenders"][kind] = entry
-        print(json.dumps({kind: {k: v for k, v in entry.items() if k != "health"}}, indent=1), flush=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
+    for kind, entry in result["contenders"].items():
+        print(kind, " ".join(f"c{r['concurrency']}: p50 {r['p50_ms']:.0f} ms, {r['requests_per_s']:.2f} req/s;"
+                             for r in entry["load"]),
+              f"long text: first audio {entry['long_text']['first_audio_ms']:.0f} ms of "
+              f"{entry['long_text']['total_ms']:.0f} ms" + (
+                  f", streamed {entry['long_text_stream']['first_audio_ms']:.0f} ms of "
+                  f"{entry['long_text_stream']['total_ms']:.0f} ms" if "long_text_stream" in entry else ""),
+              f"; peak RSS {entry['peak_rss_mib']:.0f} MiB")
     print(f"wrote {out}")
     return 0
 

@@ -118,7 +118,8 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
     for name, path in config.voices.items():
         started = time.perf_counter()
         voice = Voice(name, path, use_gpu=config.use_gpu, driver_problem=driver_problem,
-                      syntheses=config.syntheses_per_voice, intra_op_threads=config.intra_op_threads)
+                      syntheses=config.syntheses_per_voice, intra_op_threads=config.intra_op_threads,
+                      cpu_memory_arena=config.cpu_memory_arena)
         LOG.info("voice %s: active provider %s (session providers %s), loaded in %.0f ms",
                  name, voice.provider, voice.session_providers, (time.perf_counter() - started) * 1000)
         if voice.cpu_reason:

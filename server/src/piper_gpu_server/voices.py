@@ -74,7 +74,7 @@ class Piece:
 
 class Voice:
     def __init__(self, name: str, model_path: str, *, use_gpu: bool, driver_problem: str | None,
-                 syntheses: int, intra_op_threads: int = 0):
+                 syntheses: int, intra_op_threads: int = 0, cpu_memory_arena: bool = False):
         import onnxruntime
         from piper import PiperConfig, PiperVoice
 
@@ -87,9 +87,10 @@ class Voice:
         else:
             providers = [CPU_PROVIDER]
         options = onnxruntime.SessionOptions()
-        # no CPU arena: it keeps the largest piece's buffers for good (RSS 2.4-3.2x of the warm process
-        # after a 2,000-character text with it); the CUDA provider keeps its own arena on the GPU
-        options.enable_cpu_mem_arena = False
+        # without the CPU arena (the default) a long text's buffers go back to the system after each
+        # piece (with release_memory); the CUDA provider keeps its own arena on the GPU either way
+        options.enable_cpu_mem_arena = cpu_memory_arena
+        self.cpu_memory_arena = cpu_memory_arena
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
@@ -124,5 +125,6 @@ class Voice:
         config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
         with self.slots:
             pcm = b"".join(chunk.audio_int16_bytes for chunk in self.piper.synthesize(piece, syn_config=config))
-        release_memory()
+        if not self.cpu_memory_arena:
+            release_memory()
         return Piece(pcm, len(pcm) / (SAMPLE_WIDTH * CHANNELS * self.sample_rate))
