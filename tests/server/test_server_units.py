@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from piper_gpu_server import text as texts
 from piper_gpu_server.app import App
-from piper_gpu_server.config import ConfigError, ServerConfig, load, load_file
+from piper_gpu_server.config import ConfigError, ServerConfig, config_file, load, load_file
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
 from piper_gpu_server.metrics import Metrics
 from piper_gpu_server.serve import LimitedListener, listen
@@ -55,6 +55,12 @@ def test_a_bad_config_file_names_the_file_and_the_key(tmp_path, content, message
 def test_validation_names_each_problem(field, value, message):
     with pytest.raises(ConfigError, match=message):
         ServerConfig(**{"voices": {"v": "/v.onnx"}, field: value}).validate("here")
+
+
+def test_config_file_is_found_in_either_form():
+    assert config_file(["--config", "/a.toml", "--port", "1"]) == "/a.toml"
+    assert config_file(["--port", "1", "--config=/b.toml"]) == "/b.toml"
+    assert config_file(["--voice", "x=/y.onnx"]) is None
 
 
 def test_missing_config_file_is_named(tmp_path):

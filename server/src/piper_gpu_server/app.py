@@ -79,7 +79,7 @@ class App:
         try:
             if path == "/tts" and method == "POST":
                 await self._tts(scope, receive, send)
-            elif method in ("GET", "HEAD") and path in ("/health", "/voices", "/metrics"):
+            elif method == "GET" and path in ("/health", "/voices", "/metrics"):
                 await self._get(path, send)
             elif path == "/tts":
                 raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, "use POST /tts with a JSON body", {"Allow": "POST"})

@@ -129,6 +129,11 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def config_file(argv: list[str] | None = None) -> str | None:
+    """The --config FILE given in ``argv``, if any."""
+    return parser().parse_known_args(argv)[0].config
+
+
 def load(argv: list[str] | None = None) -> ServerConfig:
     """Defaults < --config FILE < flags."""
     p = parser()

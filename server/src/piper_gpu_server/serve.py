@@ -17,7 +17,7 @@ import sys
 import time
 
 from piper_gpu_server import version
-from piper_gpu_server.config import ConfigError, ServerConfig, load
+from piper_gpu_server.config import ConfigError, ServerConfig, config_file, load
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
 from piper_gpu_server.voices import Voice
 
@@ -171,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
 
     available = onnxruntime.get_available_providers()
     gpu = Gpu()
-    config_file = args[args.index("--config") + 1] if "--config" in args else None
+    config_path = config_file(args)
     LOG.info("start: pid=%d server=%s onnxruntime=%s piper-tts=%s available_providers=%s config=%s",
-             os.getpid(), version(), onnxruntime.__version__, piper_version(), available, config_file or "(flags)")
+             os.getpid(), version(), onnxruntime.__version__, piper_version(), available, config_path or "(flags)")
     LOG.info("GPU detection: %s (%s); use_gpu=%s", gpu.name or "none", gpu.how, config.use_gpu)
     try:
         api_key = read_api_key(config.api_key_file)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         LOG.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         return 2
-    app = App(config, voices, info=info, gpu_sample=gpu.sample, api_key=api_key, config_file=config_file)
+    app = App(config, voices, info=info, gpu_sample=gpu.sample, api_key=api_key, config_file=config_path)
     LOG.info("listening on http://%s:%d (POST /tts, GET /health, GET /voices, GET /metrics); API key %s; "
              "max %d pending, %d synthes(es) per voice, %d connections; read timeout %.0f s",
              config.host, config.port, "required" if api_key else "not set", config.max_pending,
