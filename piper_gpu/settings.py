@@ -167,7 +167,7 @@ class Settings:
     #: Warm-up synthesis per voice at start (first request otherwise pays for CUDA init).
     warmup: bool = True
     #: Requires ``Authorization: Bearer <key>`` (or ``X-API-Key``) on POST /tts; stored on the host
-    #: in /etc/piper-gpu/api-key (root:service user, 0640), never in the rendered server.
+    #: in /etc/piper-gpu/api-key (root:service user, 0640), never in the server's config file.
     api_key: str | None = None
     #: Requests synthesising or waiting at once; beyond it POST /tts answers 503 with Retry-After.
     max_pending: int = 8
