@@ -99,6 +99,7 @@ def record(name: str, **figures) -> None:
     if not out:
         return
     path = Path(out, f"{name}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(figures)
     path.write_text(json.dumps(data, indent=2) + "\n")
