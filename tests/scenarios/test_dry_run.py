@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from piper_gpu.server_wheel import source_version
 from tests.lab.sandbox import provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scenario("dry-run")]
@@ -33,7 +34,8 @@ def test_dry_run_lists_exactly_what_a_changed_pin_changes(lab):
     changing = sorted(name for name, (change, _) in rows.items() if change != "-")
     assert changing == sorted([
         "Record the venv lock (requirements.lock)",
-        "Venv holds piper-tts 1.3.0 and only onnxruntime-gpu 1.20.2: install piper-tts==1.3.0 (was 1.8.0)",
+        f"Venv holds piper-tts 1.3.0, only onnxruntime-gpu 1.20.2 and piper-gpu-server {source_version()}: "
+        "install piper-tts==1.3.0 (was 1.8.0)",
         "Rebuild the linker cache (ldconfig): the libraries or their directories change",
         "(Re)start piper-tts (its files change)",
         "Applied settings /etc/piper-gpu/settings.json",
