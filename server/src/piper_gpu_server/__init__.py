@@ -7,12 +7,17 @@ bounded pieces), ``gpu`` (driver probe, NVML), ``voices`` (ONNX sessions and syn
 from __future__ import annotations
 
 
-def version() -> str:
-    """The installed distribution's version (the deploy builds 0.2.0+src.<hash>)."""
+def installed(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, or None."""
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as dist_version
 
     try:
-        return dist_version("piper-gpu-server")
+        return dist_version(dist)
     except PackageNotFoundError:
-        return "0+unknown"
+        return None
+
+
+def version() -> str:
+    """This server's installed version (the deploy builds 0.2.0+src.<hash>)."""
+    return installed("piper-gpu-server") or "0+unknown"

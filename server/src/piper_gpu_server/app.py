@@ -43,6 +43,12 @@ class ClientGone(Exception):
     pass
 
 
+def synthesis_failed(voice: Voice, exc: Exception) -> RequestError:
+    """A 500 naming the error of a synthesis that failed before any audio was sent; logged with its trace."""
+    LOG.exception("synthesis failed (voice %s)", voice.name)
+    return RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"synthesis failed: {type(exc).__name__}: {exc}")
+
+
 @dataclasses.dataclass
 class TtsRequest:
     voice: Voice
@@ -269,9 +275,7 @@ class App:
         try:
             pcm = [piece.pcm async for piece in self._pieces(request)]
         except Exception as exc:  # noqa: BLE001 - a failed synthesis must answer, and be logged
-            LOG.exception("synthesis failed (voice %s)", request.voice.name)
-            raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"synthesis failed: {type(exc).__name__}: {exc}") \
-                from exc
+            raise synthesis_failed(request.voice, exc) from exc
         data = b"".join(pcm)
         seconds = len(data) / (2 * request.voice.sample_rate)
         headers = self._done(request, started, seconds)
@@ -285,9 +289,7 @@ class App:
         try:
             first = await pieces.__anext__()  # a failure before any audio still gets its status
         except Exception as exc:  # noqa: BLE001
-            LOG.exception("synthesis failed (voice %s)", voice.name)
-            raise RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"synthesis failed: {type(exc).__name__}: {exc}") \
-                from exc
+            raise synthesis_failed(voice, exc) from exc
         first_at = time.perf_counter() - started
         self.metrics.first_audio.labels(voice=voice.name).observe(first_at)
         head = [(b"content-type", b"audio/wav"), (b"x-voice", voice.name.encode()),

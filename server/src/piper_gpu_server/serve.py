@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 
-from piper_gpu_server import version
+from piper_gpu_server import installed, version
 from piper_gpu_server.config import ConfigError, ServerConfig, config_file, load
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
 from piper_gpu_server.voices import Voice
@@ -101,16 +101,6 @@ def setup_logging(log_file: str | None) -> None:
     logging.addLevelName(logging.WARNING, "WARN")
 
 
-def piper_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as dist_version
-
-    try:
-        return dist_version("piper-tts")
-    except PackageNotFoundError:
-        return None
-
-
 def load_voices(config: ServerConfig) -> dict[str, Voice]:
     """Every voice loaded (the CUDA provider asked for only when the driver answers), logged, warmed."""
     driver_problem = cuda_driver_problem() if config.use_gpu else None
@@ -172,8 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     available = onnxruntime.get_available_providers()
     gpu = Gpu()
     config_path = config_file(args)
+    info = {"server": version(), "gpu": gpu.name, "onnxruntime": onnxruntime.__version__,
+            "piper_tts": installed("piper-tts"), "available_providers": available}
     LOG.info("start: pid=%d server=%s onnxruntime=%s piper-tts=%s available_providers=%s config=%s",
-             os.getpid(), version(), onnxruntime.__version__, piper_version(), available, config_path or "(flags)")
+             os.getpid(), info["server"], info["onnxruntime"], info["piper_tts"], available, config_path or "(flags)")
     LOG.info("GPU detection: %s (%s); use_gpu=%s", gpu.name or "none", gpu.how, config.use_gpu)
     try:
         api_key = read_api_key(config.api_key_file)
@@ -186,8 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 LOG.error("voice %s: file %s not found", name, f)
                 return 2
     voices = load_voices(config)
-    info = {"server": version(), "gpu": gpu.name, "onnxruntime": onnxruntime.__version__, "piper_tts": piper_version(),
-            "available_providers": available, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
         sock = listen(config.host, config.port, config.max_connections)
     except OSError as exc:
