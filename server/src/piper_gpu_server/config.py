@@ -42,7 +42,7 @@ class ServerConfig:
     #: ONNX Runtime intra-op threads per session; 0: ONNX Runtime's default (one per physical core)
     intra_op_threads: int = 0
     #: ONNX Runtime's CPU memory arena: faster CPU synthesis, but the process keeps its largest
-    #: buffers for good (README: "Long texts and concurrency" has both measured)
+    #: buffers for good (README: "Long texts and concurrency")
     cpu_memory_arena: bool = False
     #: longest piece of text synthesised in one go: longer sentences are split at a clause break,
     #: a space or, failing both, at this length (bounds memory and the time a voice is held)
