@@ -183,8 +183,15 @@ class Settings:
     max_connections: int = 256
     #: Seconds a stop (SIGTERM) waits for requests in progress (the unit's TimeoutStopSec is above it).
     graceful_timeout: float = 60.0
-    #: ONNX Runtime's CPU memory arena: faster on the CPU, but the process keeps its largest buffers.
-    cpu_memory_arena: bool = False
+    #: ONNX Runtime's CPU memory arena: buffers kept between pieces (faster on the CPU), handed back
+    #: after ``memory_release_idle`` idle seconds; off, they go back after every piece.
+    cpu_memory_arena: bool = True
+    #: Seconds a voice stays idle before its buffers go back to the system; 0: never.
+    memory_release_idle: float = 30.0
+    #: On the CPU, a second session per voice with fewer threads for pieces that start while others run.
+    concurrent_session: bool = True
+    #: Its intra-op threads; 0: the server's CPUs divided by syntheses_per_voice (at least 1).
+    concurrent_intra_op_threads: int = 0
 
     # --- undeploy.py ----------------------------------------------------------------------
     #: Also delete the voices (models_dir).
@@ -360,6 +367,10 @@ class Settings:
         for name in ("read_timeout", "keep_alive_timeout", "graceful_timeout"):
             check(isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0,
                   f"{name} must be a positive number of seconds")
+        check(isinstance(self.memory_release_idle, (int, float)) and self.memory_release_idle >= 0,
+              "memory_release_idle must be 0 (never) or a positive number of seconds")
+        check(isinstance(self.concurrent_intra_op_threads, int) and self.concurrent_intra_op_threads >= 0,
+              "concurrent_intra_op_threads must be 0 (automatic) or a positive integer")
         check(self.api_key is None or len(self.api_key) >= 16,
               "api_key must be at least 16 characters (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
         check(self.min_speedup > 0, "min_speedup must be positive")

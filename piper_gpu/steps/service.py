@@ -47,6 +47,9 @@ def server_config(target: Target) -> dict:
         "max_connections": s.max_connections,
         "graceful_timeout": float(s.graceful_timeout),
         "cpu_memory_arena": s.cpu_memory_arena,
+        "memory_release_idle": float(s.memory_release_idle),
+        "concurrent_session": s.concurrent_session,
+        "concurrent_intra_op_threads": s.concurrent_intra_op_threads,
     }
 
 

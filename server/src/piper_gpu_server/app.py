@@ -27,7 +27,7 @@ from piper_gpu_server import text as texts
 from piper_gpu_server.config import ServerConfig
 from piper_gpu_server.metrics import CONTENT_TYPE as METRICS_TYPE
 from piper_gpu_server.metrics import Metrics
-from piper_gpu_server.voices import Voice, wav_header
+from piper_gpu_server.voices import Voice, rss_mib, wav_header
 
 LOG = logging.getLogger("piper_gpu_server")
 JSON_TYPE = "application/json; charset=utf-8"
@@ -41,6 +41,11 @@ class RequestError(Exception):
 
 class ClientGone(Exception):
     pass
+
+
+#: the status /metrics counts for a request whose client hung up before its answer was complete
+#: (nginx's "client closed request"); nothing is sent
+CLIENT_GONE = 499
 
 
 def synthesis_failed(voice: Voice, exc: Exception) -> RequestError:
@@ -57,6 +62,7 @@ class TtsRequest:
     speaker_id: int | None
     length_scale: float | None
     stream: bool
+    gone: bool = False  # the client hung up
 
 
 class App:
@@ -71,6 +77,7 @@ class App:
         # one thread per request that may be in progress: each has at most one piece synthesising
         self.executor = ThreadPoolExecutor(max_workers=config.max_pending, thread_name_prefix="synth")
         self.metrics = Metrics(lambda: self.pending, gpu_sample)
+        self._releaser: asyncio.Task | None = None
         for name, voice in voices.items():
             self.metrics.provider.labels(voice=name, provider=voice.provider).set(1)
 
@@ -103,11 +110,34 @@ class App:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                if self.config.memory_release_idle > 0:
+                    self._releaser = asyncio.create_task(self.release_idle_memory())
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._releaser is not None:
+                    self._releaser.cancel()
                 self.executor.shutdown(wait=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def release_idle_memory(self):
+        """Every voice idle for ``memory_release_idle`` seconds hands its buffers back (once per idle
+        spell), in the synthesis threads so that the event loop never waits on it."""
+        idle = self.config.memory_release_idle
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, idle / 4))
+            for voice in self.voices.values():
+                before = rss_mib()
+                try:
+                    released = await loop.run_in_executor(self.executor, voice.release_if_idle, idle)
+                except Exception:  # noqa: BLE001 - memory stays in use; synthesis is not affected
+                    LOG.exception("voice %s: handing idle memory back failed; it stays in use", voice.name)
+                    return
+                if released:
+                    self.metrics.memory_releases.labels(voice=voice.name).inc()
+                    LOG.info("voice %s: idle %.0f s, memory handed back (RSS %d -> %d MiB)",
+                             voice.name, idle, before, rss_mib())
 
     @staticmethod
     async def _respond(send, status: int, body: bytes, content_type: str, headers: dict | None = None):
@@ -133,6 +163,8 @@ class App:
             "pending": self.pending,
             "voices": {
                 name: {"provider": v.provider, "session_providers": v.session_providers, "on_gpu": v.on_gpu,
+                       "sessions": v.sessions, "concurrent_intra_op_threads": v.concurrent_intra_op_threads,
+                       "pieces": v.pieces, "concurrent_pieces": v.concurrent_pieces, "memory_releases": v.releases,
                        "onnx_sha256": v.sha256[".onnx"], "json_sha256": v.sha256[".onnx.json"]}
                 for name, v in self.voices.items()
             },
@@ -171,9 +203,11 @@ class App:
                                {"Retry-After": "1"})
         self.pending += 1
         voice = None
+        watcher = None
         try:
             request = self.parse(await self._body(headers, receive))
             voice = request.voice
+            watcher = asyncio.create_task(self._watch_disconnect(receive, request))
             if request.stream:
                 await self._stream(request, send)
             else:
@@ -182,7 +216,17 @@ class App:
             self.metrics.record(voice.name if voice else "", exc.status)
             raise
         finally:
+            if watcher is not None:
+                watcher.cancel()
             self.pending -= 1
+
+    @staticmethod
+    async def _watch_disconnect(receive, request: "TtsRequest"):
+        """Marks the request gone when its client hangs up (the body is read: the next message is
+        ``http.disconnect``), so that its remaining pieces are not synthesised."""
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        request.gone = True
 
     async def _body(self, headers: dict[str, str], receive) -> bytes:
         limit = self.config.max_body_bytes
@@ -195,7 +239,11 @@ class App:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
         body = bytearray()
         while True:
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.config.read_timeout)
+            except asyncio.TimeoutError:
+                raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the request body stalled for "
+                                   f"{self.config.read_timeout:g} s", {"Connection": "close"}) from None
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             body += message.get("body", b"")
@@ -255,7 +303,13 @@ class App:
         """Each piece's audio as it is synthesised, in order (one piece in flight per request, so
         other requests to the voice take turns between pieces)."""
         loop = asyncio.get_running_loop()
-        for piece in request.pieces:
+        for done, piece in enumerate(request.pieces):
+            if request.gone:
+                voice = request.voice
+                LOG.info("tts voice=%s: client gone after %d of %d pieces; the rest is not synthesised",
+                         voice.name, done, len(request.pieces))
+                self.metrics.record(voice.name, CLIENT_GONE)
+                raise ClientGone()
             yield await loop.run_in_executor(self.executor, request.voice.synthesize, piece,
                                              request.speaker_id, request.length_scale)
 
@@ -274,6 +328,8 @@ class App:
         started = time.perf_counter()
         try:
             pcm = [piece.pcm async for piece in self._pieces(request)]
+        except ClientGone:
+            raise
         except Exception as exc:  # noqa: BLE001 - a failed synthesis must answer, and be logged
             raise synthesis_failed(request.voice, exc) from exc
         data = b"".join(pcm)
@@ -288,6 +344,8 @@ class App:
         pieces = self._pieces(request)
         try:
             first = await pieces.__anext__()  # a failure before any audio still gets its status
+        except ClientGone:
+            raise
         except Exception as exc:  # noqa: BLE001
             raise synthesis_failed(voice, exc) from exc
         first_at = time.perf_counter() - started
@@ -302,6 +360,8 @@ class App:
             async for piece in pieces:
                 seconds += piece.seconds
                 await send({"type": "http.response.body", "body": piece.pcm, "more_body": True})
+        except ClientGone:
+            raise
         except Exception:
             # the status is sent: ending the connection without the last chunk tells the client
             LOG.exception("synthesis failed mid-stream (voice %s); the stream is cut", voice.name)

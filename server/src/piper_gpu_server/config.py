@@ -37,13 +37,21 @@ class ServerConfig:
     max_text_chars: int = 2000
     #: POST /tts requests synthesising or waiting at once; more get 503 + Retry-After
     max_pending: int = 8
-    #: syntheses one voice runs at once on its one ONNX session (ONNX Runtime's Run is thread-safe)
-    syntheses_per_voice: int = 2
-    #: ONNX Runtime intra-op threads per session; 0: ONNX Runtime's default (one per physical core)
+    #: pieces one voice synthesises at once (ONNX Runtime's Run is thread-safe)
+    syntheses_per_voice: int = 4
+    #: ONNX Runtime intra-op threads of a voice's main session; 0: ONNX Runtime's default (one per
+    #: physical core)
     intra_op_threads: int = 0
-    #: ONNX Runtime's CPU memory arena: faster CPU synthesis, but the process keeps its largest
-    #: buffers for good (README: "Long texts and concurrency")
-    cpu_memory_arena: bool = False
+    #: on the CPU, a second session per voice for pieces that start while others run, with fewer
+    #: threads, so that concurrent pieces share the cores (README: "Long texts and concurrency")
+    concurrent_session: bool = True
+    #: its intra-op threads; 0: the usable CPUs divided by syntheses_per_voice, at least 1
+    concurrent_intra_op_threads: int = 0
+    #: ONNX Runtime's CPU memory arena: buffers kept between pieces (faster CPU synthesis); off, they
+    #: go back to the system after every piece
+    cpu_memory_arena: bool = True
+    #: seconds a voice stays idle before its arena and the freed heap go back to the system; 0: never
+    memory_release_idle: float = 30.0
     #: longest piece of text synthesised in one go: longer sentences are split at a clause break,
     #: a space or, failing both, at this length (bounds memory and the time a voice is held)
     sentence_max_chars: int = 200
@@ -72,8 +80,11 @@ class ServerConfig:
         for name in ("read_timeout", "keep_alive_timeout", "graceful_timeout"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: {getattr(self, name)} must be over 0 seconds")
-        if self.intra_op_threads < 0:
-            problems.append(f"intra_op_threads: {self.intra_op_threads} must be 0 (default) or more")
+        if self.memory_release_idle < 0:
+            problems.append(f"memory_release_idle: {self.memory_release_idle} must be 0 (never) or more seconds")
+        for name in ("intra_op_threads", "concurrent_intra_op_threads"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}: {getattr(self, name)} must be 0 (default) or more")
         if problems:
             raise ConfigError(f"{where}: " + "; ".join(problems))
         return self
@@ -120,9 +131,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--voice", action="append", metavar="NAME=MODEL.onnx", help="voice to load (repeatable)")
     p.add_argument("--cpu", dest="use_gpu", action="store_const", const=False, help="do not ask for the CUDA provider")
     p.add_argument("--no-warmup", dest="warmup", action="store_const", const=False)
-    p.add_argument("--cpu-memory-arena", dest="cpu_memory_arena", action="store_const", const=True)
     for name, f in FIELDS.items():
-        if name in ("voices", "use_gpu", "warmup", "cpu_memory_arena"):
+        if name in ("voices", "use_gpu", "warmup"):
+            continue
+        if str(f.type) == "bool":  # --cpu-memory-arena / --no-cpu-memory-arena
+            p.add_argument("--" + name.replace("_", "-"), dest=name, action=argparse.BooleanOptionalAction,
+                           default=None)
             continue
         kind = {"int": int, "float": float}.get(str(f.type), str)
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, metavar=name.upper())

@@ -25,6 +25,8 @@ class Metrics:
         self.first_audio = Histogram("piper_tts_first_audio_seconds",
                                      "Time from a streamed request to its first audio.",
                                      ("voice",), buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.memory_releases = Counter("piper_tts_memory_releases", "Idle spells after which a voice's buffers "
+                                       "went back to the system.", ("voice",), registry=self.registry)
         self.provider = Gauge("piper_tts_voice_provider", "Execution provider each voice's session runs on.",
                               ("voice", "provider"), registry=self.registry)
         Gauge("piper_tts_pending_requests", "Requests synthesising or waiting.",

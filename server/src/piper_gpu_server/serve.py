@@ -80,7 +80,11 @@ def hypercorn_config(config: ServerConfig, sock: socket.socket):
 
     hc = Bound()
     hc.bind = [f"{config.host}:{config.port}"]
-    hc.read_timeout = config.read_timeout
+    # not Hypercorn's read_timeout: it also ends the reading of a connection whose client is quietly
+    # waiting for a slow answer, and tells the application the client is gone (hypercorn 0.18
+    # asyncio/tcp_server.py _read_data). The application times out a stalled body itself (408), and
+    # Hypercorn's idle timer (keep_alive_timeout) ends a connection whose request headers stop coming.
+    hc.read_timeout = None
     hc.keep_alive_timeout = config.keep_alive_timeout
     hc.graceful_timeout = config.graceful_timeout
     hc.accesslog = None  # one performance line per request is logged instead, never the text
@@ -109,9 +113,14 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
         started = time.perf_counter()
         voice = Voice(name, path, use_gpu=config.use_gpu, driver_problem=driver_problem,
                       syntheses=config.syntheses_per_voice, intra_op_threads=config.intra_op_threads,
-                      cpu_memory_arena=config.cpu_memory_arena)
-        LOG.info("voice %s: active provider %s (session providers %s), loaded in %.0f ms",
-                 name, voice.provider, voice.session_providers, (time.perf_counter() - started) * 1000)
+                      cpu_memory_arena=config.cpu_memory_arena,
+                      concurrent_intra_op_threads=(config.concurrent_intra_op_threads
+                                                   if config.concurrent_session else None))
+        LOG.info("voice %s: active provider %s (session providers %s), loaded in %.0f ms%s",
+                 name, voice.provider, voice.session_providers, (time.perf_counter() - started) * 1000,
+                 "" if voice.concurrent is None else
+                 f"; a second CPU session with {voice.concurrent_intra_op_threads} intra-op thread(s) "
+                 "for pieces that start while others run")
         if voice.cpu_reason:
             LOG.warning("voice %s: GPU wanted but the session runs on %s: %s", name, voice.provider, voice.cpu_reason)
         if config.warmup:

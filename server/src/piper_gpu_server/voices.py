@@ -1,9 +1,15 @@
-"""Voices: one ONNX Runtime session per voice, on the CUDA provider when it is wanted and works, and
+"""Voices: ONNX Runtime sessions for a voice, on the CUDA provider when it is wanted and works, and
 synthesis of bounded pieces of text, several at once per voice.
 
 ONNX Runtime's ``InferenceSession.run`` may be called from several threads at once; Piper's espeak-ng
 phonemizer keeps global state (its voice), so phonemizing is serialised process-wide while the
-model runs concurrently, at most ``syntheses_per_voice`` pieces per voice."""
+model runs concurrently, at most ``syntheses_per_voice`` pieces per voice.
+
+On the CPU a voice may have two sessions of the same model: a piece that starts while no other
+piece of the voice is running gets the one with all the intra-op threads (lowest latency alone);
+a piece that starts while others run gets the one with few threads, so that concurrent pieces
+share the cores instead of spinning against each other (more pieces per second under load).
+``python -m piper_gpu_server.bench`` measures both; README "Long texts and concurrency"."""
 
 from __future__ import annotations
 
@@ -12,7 +18,9 @@ import ctypes.util
 import hashlib
 import json
 import struct
+import os
 import threading
+import time
 from dataclasses import dataclass
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
@@ -32,9 +40,35 @@ def _malloc_trim():
     return lambda: trim(0)
 
 
-#: hands freed heap back to the system after each piece, so a long text's tensors do not stay in the
-#: process's heap (tests/server/test_server_hostile.py holds RSS after 2,000 characters to 1.5x the warm process)
+#: hands freed heap back to the system: after each piece without the CPU arena, and when a voice has
+#: been idle ``memory_release_idle`` seconds with it (tests/server/test_server_hostile.py holds RSS
+#: after 2,000 characters to 1.5x the warm process)
 release_memory = _malloc_trim()
+#: ONNX Runtime run option: after this run, free the CPU arena's regions no tensor uses
+_SHRINK_CPU_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+
+
+def rss_mib() -> int:
+    """This process's resident memory in MiB (0 where /proc has no answer)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            return next(int(line.split()[1]) // 1024 for line in fh if line.startswith("VmRSS:"))
+    except (OSError, StopIteration, ValueError):
+        return 0
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: taskset, a cgroup cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def concurrent_threads(syntheses: int, cpus: int | None = None) -> int:
+    """Intra-op threads for a piece that runs beside others: the usable CPUs shared among the
+    voice's ``syntheses`` pieces, at least one."""
+    return max(1, (cpus or usable_cpus()) // syntheses)
 
 
 def file_sha256(path: str) -> str:
@@ -74,57 +108,130 @@ class Piece:
 
 class Voice:
     def __init__(self, name: str, model_path: str, *, use_gpu: bool, driver_problem: str | None,
-                 syntheses: int, intra_op_threads: int = 0, cpu_memory_arena: bool = False):
+                 syntheses: int, intra_op_threads: int = 0, cpu_memory_arena: bool = True,
+                 concurrent_intra_op_threads: int | None = 0):
+        """``concurrent_intra_op_threads``: threads of the CPU session for pieces that start while
+        others run; 0: ``concurrent_threads(syntheses)``; None: no such session (one session for all)."""
         import onnxruntime
-        from piper import PiperConfig, PiperVoice
+        from piper import PiperConfig
 
         config_path = model_path + ".json"
         with open(config_path, "r", encoding="utf-8") as fh:
-            config = PiperConfig.from_dict(json.load(fh))
+            self.config = PiperConfig.from_dict(json.load(fh))
         available = onnxruntime.get_available_providers()
         if use_gpu and CUDA_PROVIDER in available and driver_problem is None:
             providers = [(CUDA_PROVIDER, {"cudnn_conv_algo_search": "HEURISTIC", "device_id": 0}), CPU_PROVIDER]
         else:
             providers = [CPU_PROVIDER]
-        options = onnxruntime.SessionOptions()
-        # without the CPU arena (the default) a long text's buffers go back to the system after each
-        # piece (with release_memory); the CUDA provider keeps its own arena on the GPU either way
-        options.enable_cpu_mem_arena = cpu_memory_arena
-        self.cpu_memory_arena = cpu_memory_arena
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
         self.name = name
         self.model_path = model_path
-        self.piper = PiperVoice(session=session, config=config)
-        unlocked = self.piper.phonemize
-
-        def phonemize(text: str):
-            with _PHONEMIZE_LOCK:
-                return unlocked(text)
-
-        self.piper.phonemize = phonemize  # PiperVoice.synthesize calls self.phonemize
-        self.session_providers = session.get_providers()
+        # with the CPU arena (the default) buffers are kept between pieces and handed back when the
+        # voice is idle (release_if_idle); without it they go back after each piece (release_memory).
+        # The CUDA provider keeps its own arena on the GPU either way.
+        self.cpu_memory_arena = cpu_memory_arena
+        self.piper = self._load(model_path, providers, intra_op_threads)
+        self.session_providers = self.piper.session.get_providers()
         self.provider = self.session_providers[0]
-        self.sample_rate = config.sample_rate
-        self.num_speakers = config.num_speakers
+        self.concurrent_intra_op_threads = None
+        self.concurrent = None
+        if self.provider == CPU_PROVIDER and syntheses > 1 and concurrent_intra_op_threads is not None:
+            threads = concurrent_intra_op_threads or concurrent_threads(syntheses)
+            if threads < (intra_op_threads or usable_cpus()):
+                self.concurrent = self._load(model_path, [CPU_PROVIDER], threads)
+                self.concurrent_intra_op_threads = threads
+        self.sample_rate = self.config.sample_rate
+        self.num_speakers = self.config.num_speakers
         self.slots = threading.BoundedSemaphore(syntheses)
+        self._state = threading.Lock()
+        self.running = 0  # pieces synthesising now
+        self.pieces = 0  # pieces started, ever
+        self.concurrent_pieces = 0  # of which on the concurrent session
+        self.last_used = time.monotonic()
+        self._released_at = -1  # ``pieces`` when memory was last handed back
+        self.releases = 0
         # what this process loaded, so a check can tell a service that missed a restart
         self.sha256 = {".onnx": file_sha256(model_path), ".onnx.json": file_sha256(config_path)}
         self.cpu_reason = (gpu_reason(self.provider, available, driver_problem)
                            if use_gpu and self.provider != CUDA_PROVIDER else None)
 
+    def _load(self, model_path: str, providers: list, intra_op_threads: int):
+        import onnxruntime
+        from piper import PiperVoice
+
+        options = onnxruntime.SessionOptions()
+        options.enable_cpu_mem_arena = self.cpu_memory_arena
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
+        piper = PiperVoice(session=session, config=self.config)
+        unlocked = piper.phonemize
+
+        def phonemize(text: str):
+            with _PHONEMIZE_LOCK:
+                return unlocked(text)
+
+        piper.phonemize = phonemize  # PiperVoice.synthesize calls self.phonemize
+        return piper
+
     @property
     def on_gpu(self) -> bool:
         return self.provider == CUDA_PROVIDER
 
+    @property
+    def sessions(self) -> int:
+        return 1 if self.concurrent is None else 2
+
     def synthesize(self, piece: str, speaker_id: int | None = None, length_scale: float | None = None) -> Piece:
-        """One bounded piece of text to 16-bit PCM, holding one of the voice's slots while it runs."""
+        """One bounded piece of text to 16-bit PCM, holding one of the voice's slots while it runs:
+        on the voice's main session when no other piece is running, else on its concurrent one."""
         from piper import SynthesisConfig
 
         config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
         with self.slots:
-            pcm = b"".join(chunk.audio_int16_bytes for chunk in self.piper.synthesize(piece, syn_config=config))
+            with self._state:
+                piper = self.piper if self.running == 0 or self.concurrent is None else self.concurrent
+                self.running += 1
+                self.pieces += 1
+                self.concurrent_pieces += piper is self.concurrent
+            try:
+                pcm = b"".join(chunk.audio_int16_bytes for chunk in piper.synthesize(piece, syn_config=config))
+            finally:
+                with self._state:
+                    self.running -= 1
+                    self.last_used = time.monotonic()
         if not self.cpu_memory_arena:
             release_memory()
         return Piece(pcm, len(pcm) / (SAMPLE_WIDTH * CHANNELS * self.sample_rate))
+
+    def release_if_idle(self, idle_seconds: float) -> bool:
+        """Hands the CPU arena's buffers and the freed heap back to the system once the voice has run
+        no piece for ``idle_seconds``; True when it did. The arena is shrunk by a minimal run of each
+        session with ONNX Runtime's shrinkage run option (the only way ONNX Runtime offers)."""
+        with self._state:
+            if self.running or self.pieces == self._released_at or time.monotonic() - self.last_used < idle_seconds:
+                return False
+            pieces = self.pieces
+        # a piece may start meanwhile: shrinking frees only regions no tensor uses, so it is safe
+        if self.cpu_memory_arena:
+            for piper in (self.piper, self.concurrent):
+                if piper is not None:
+                    self._shrink(piper)
+        release_memory()
+        with self._state:
+            self._released_at = pieces
+            self.releases += 1
+        return True
+
+    def _shrink(self, piper) -> None:
+        import numpy as np
+        import onnxruntime
+
+        ids = np.array([piper.phonemes_to_ids([])], dtype=np.int64)
+        feeds = {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64),
+                 "scales": np.array([self.config.noise_scale, self.config.length_scale, self.config.noise_w_scale],
+                                    dtype=np.float32)}
+        if self.num_speakers > 1:
+            feeds["sid"] = np.array([0], dtype=np.int64)
+        options = onnxruntime.RunOptions()
+        options.add_run_config_entry(*_SHRINK_CPU_ARENA)
+        piper.session.run(None, feeds, options)
