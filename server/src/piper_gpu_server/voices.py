@@ -17,8 +17,8 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
-import struct
 import os
+import struct
 import threading
 import time
 from dataclasses import dataclass
