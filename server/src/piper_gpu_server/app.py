@@ -27,7 +27,7 @@ from piper_gpu_server import text as texts
 from piper_gpu_server.config import ServerConfig
 from piper_gpu_server.metrics import CONTENT_TYPE as METRICS_TYPE
 from piper_gpu_server.metrics import Metrics
-from piper_gpu_server.voices import Voice, rss_mib, wav_header
+from piper_gpu_server.voices import Voice, wav_header
 
 LOG = logging.getLogger("piper_gpu_server")
 JSON_TYPE = "application/json; charset=utf-8"
@@ -128,16 +128,14 @@ class App:
         while True:
             await asyncio.sleep(min(1.0, idle / 4))
             for voice in self.voices.values():
-                before = rss_mib()
                 try:
-                    released = await loop.run_in_executor(self.executor, voice.release_if_idle, idle)
+                    rss = await loop.run_in_executor(self.executor, voice.release_if_idle, idle)
                 except Exception:  # noqa: BLE001 - memory stays in use; synthesis is not affected
                     LOG.exception("voice %s: handing idle memory back failed; it stays in use", voice.name)
                     return
-                if released:
+                if rss is not None:
                     self.metrics.memory_releases.labels(voice=voice.name).inc()
-                    LOG.info("voice %s: idle %.0f s, memory handed back (RSS %d -> %d MiB)",
-                             voice.name, idle, before, rss_mib())
+                    LOG.info("voice %s: idle %.0f s, memory handed back (RSS %d -> %d MiB)", voice.name, idle, *rss)
 
     @staticmethod
     async def _respond(send, status: int, body: bytes, content_type: str, headers: dict | None = None):

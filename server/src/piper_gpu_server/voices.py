@@ -203,14 +203,16 @@ class Voice:
             release_memory()
         return Piece(pcm, len(pcm) / (SAMPLE_WIDTH * CHANNELS * self.sample_rate))
 
-    def release_if_idle(self, idle_seconds: float) -> bool:
+    def release_if_idle(self, idle_seconds: float) -> tuple[int, int] | None:
         """Hands the CPU arena's buffers and the freed heap back to the system once the voice has run
-        no piece for ``idle_seconds``; True when it did. The arena is shrunk by a minimal run of each
+        no piece for ``idle_seconds``: the process's RSS in MiB before and after, or None when it was
+        not idle (or nothing ran since the last release). The arena is shrunk by a minimal run of each
         session with ONNX Runtime's shrinkage run option (the only way ONNX Runtime offers)."""
         with self._state:
             if self.running or self.pieces == self._released_at or time.monotonic() - self.last_used < idle_seconds:
-                return False
+                return None
             pieces = self.pieces
+        before = rss_mib()
         # a piece may start meanwhile: shrinking frees only regions no tensor uses, so it is safe
         if self.cpu_memory_arena:
             for piper in (self.piper, self.concurrent):
@@ -220,7 +222,7 @@ class Voice:
         with self._state:
             self._released_at = pieces
             self.releases += 1
-        return True
+        return before, rss_mib()
 
     def _shrink(self, piper) -> None:
         import numpy as np
