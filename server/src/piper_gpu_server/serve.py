@@ -17,7 +17,7 @@ import sys
 import time
 
 from piper_gpu_server import installed, version
-from piper_gpu_server.config import ConfigError, ServerConfig, config_file, load
+from piper_gpu_server.config import ConfigError, ServerConfig, config_file, cuda_options, load
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
 from piper_gpu_server.voices import Voice
 
@@ -113,7 +113,7 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
         started = time.perf_counter()
         voice = Voice(name, path, use_gpu=config.use_gpu, driver_problem=driver_problem,
                       syntheses=config.syntheses_per_voice, intra_op_threads=config.intra_op_threads,
-                      cpu_memory_arena=config.cpu_memory_arena,
+                      cpu_memory_arena=config.cpu_memory_arena, cuda_options=cuda_options(config.cuda_options),
                       concurrent_intra_op_threads=(config.concurrent_intra_op_threads
                                                    if config.concurrent_session else None))
         LOG.info("voice %s: active provider %s (session providers %s), loaded in %.0f ms%s",

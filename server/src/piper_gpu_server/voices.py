@@ -24,6 +24,14 @@ import time
 from dataclasses import dataclass
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
+#: the CUDA provider's options unless the config's cuda_options says otherwise: cuDNN picks each
+#: convolution's algorithm by heuristics (no search per new input shape, and every shape is new in VITS)
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "device_id": "0"}
+
+
+def cuda_provider(options: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """The CUDA provider as ONNX Runtime takes it: CUDA_OPTIONS, then ``options`` (the config's cuda_options)."""
+    return CUDA_PROVIDER, {**CUDA_OPTIONS, **(options or {})}
 CPU_PROVIDER = "CPUExecutionProvider"
 SAMPLE_WIDTH = 2  # Piper's audio: 16-bit mono
 CHANNELS = 1
@@ -44,8 +52,9 @@ def _malloc_trim():
 #: been idle ``memory_release_idle`` seconds with it (tests/server/test_server_hostile.py holds RSS
 #: after 2,000 characters to 1.5x the warm process)
 release_memory = _malloc_trim()
-#: ONNX Runtime run option: after this run, free the CPU arena's regions no tensor uses
-_SHRINK_CPU_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+#: ONNX Runtime run option: after this run, free the listed arenas' regions no tensor uses
+#: ("cpu:0;gpu:0"; onnxruntime_run_options_config_keys.h, kOrtRunOptionsConfigEnableMemoryArenaShrinkage)
+_SHRINK_ARENAS = "memory.enable_memory_arena_shrinkage"
 
 
 def rss_mib() -> int:
@@ -109,7 +118,7 @@ class Piece:
 class Voice:
     def __init__(self, name: str, model_path: str, *, use_gpu: bool, driver_problem: str | None,
                  syntheses: int, intra_op_threads: int = 0, cpu_memory_arena: bool = True,
-                 concurrent_intra_op_threads: int | None = 0):
+                 concurrent_intra_op_threads: int | None = 0, cuda_options: dict[str, str] | None = None):
         """``concurrent_intra_op_threads``: threads of the CPU session for pieces that start while
         others run; 0: ``concurrent_threads(syntheses)``; None: no such session (one session for all)."""
         import onnxruntime
@@ -120,18 +129,20 @@ class Voice:
             self.config = PiperConfig.from_dict(json.load(fh))
         available = onnxruntime.get_available_providers()
         if use_gpu and CUDA_PROVIDER in available and driver_problem is None:
-            providers = [(CUDA_PROVIDER, {"cudnn_conv_algo_search": "HEURISTIC", "device_id": 0}), CPU_PROVIDER]
+            providers = [cuda_provider(cuda_options), CPU_PROVIDER]
         else:
             providers = [CPU_PROVIDER]
         self.name = name
         self.model_path = model_path
         # with the CPU arena (the default) buffers are kept between pieces and handed back when the
         # voice is idle (release_if_idle); without it they go back after each piece (release_memory).
-        # The CUDA provider keeps its own arena on the GPU either way.
+        # The CUDA provider keeps its own arena on the GPU, shrunk likewise when the voice is idle.
         self.cpu_memory_arena = cpu_memory_arena
         self.piper = self._load(model_path, providers, intra_op_threads)
         self.session_providers = self.piper.session.get_providers()
         self.provider = self.session_providers[0]
+        #: the arenas release_if_idle shrinks: ONNX Runtime refuses "cpu" where the CPU arena is off
+        self.arenas = ";".join(a for a, on in (("cpu:0", cpu_memory_arena), ("gpu:0", self.on_gpu)) if on)
         self.concurrent_intra_op_threads = None
         self.concurrent = None
         if self.provider == CPU_PROVIDER and syntheses > 1 and concurrent_intra_op_threads is not None:
@@ -204,7 +215,7 @@ class Voice:
         return Piece(pcm, len(pcm) / (SAMPLE_WIDTH * CHANNELS * self.sample_rate))
 
     def release_if_idle(self, idle_seconds: float) -> tuple[int, int] | None:
-        """Hands the CPU arena's buffers and the freed heap back to the system once the voice has run
+        """Hands the arenas' buffers (CPU, and GPU on CUDA) and the freed heap back once the voice has run
         no piece for ``idle_seconds``: the process's RSS in MiB before and after, or None when it was
         not idle (or nothing ran since the last release). The arena is shrunk by a minimal run of each
         session with ONNX Runtime's shrinkage run option (the only way ONNX Runtime offers)."""
@@ -214,7 +225,7 @@ class Voice:
             pieces = self.pieces
         before = rss_mib()
         # a piece may start meanwhile: shrinking frees only regions no tensor uses, so it is safe
-        if self.cpu_memory_arena:
+        if self.arenas:
             for piper in (self.piper, self.concurrent):
                 if piper is not None:
                     self._shrink(piper)
@@ -235,5 +246,5 @@ class Voice:
         if self.num_speakers > 1:
             feeds["sid"] = np.array([0], dtype=np.int64)
         options = onnxruntime.RunOptions()
-        options.add_run_config_entry(*_SHRINK_CPU_ARENA)
+        options.add_run_config_entry(_SHRINK_ARENAS, self.arenas)
         piper.session.run(None, feeds, options)
