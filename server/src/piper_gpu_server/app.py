@@ -161,7 +161,7 @@ class App:
             "pending": self.pending,
             "voices": {
                 name: {"provider": v.provider, "session_providers": v.session_providers, "on_gpu": v.on_gpu,
-                       "sessions": v.sessions, "concurrent_intra_op_threads": v.concurrent_intra_op_threads,
+                       "syntheses": v.syntheses, "sessions": v.sessions, "concurrent_intra_op_threads": v.concurrent_intra_op_threads,
                        "pieces": v.pieces, "concurrent_pieces": v.concurrent_pieces, "memory_releases": v.releases,
                        "onnx_sha256": v.sha256[".onnx"], "json_sha256": v.sha256[".onnx.json"]}
                 for name, v in self.voices.items()

@@ -40,8 +40,9 @@ class ServerConfig:
     max_text_chars: int = 2000
     #: POST /tts requests synthesising or waiting at once; more get 503 + Retry-After
     max_pending: int = 8
-    #: pieces one voice synthesises at once (ONNX Runtime's Run is thread-safe)
-    syntheses_per_voice: int = 4
+    #: pieces one voice synthesises at once (ONNX Runtime's Run is thread-safe); 0: chosen by where the
+    #: voice runs, 8 on CUDA and 4 on the CPU (voices.SYNTHESES, from the README's measurements)
+    syntheses_per_voice: int = 0
     #: ONNX Runtime intra-op threads of a voice's main session; 0: ONNX Runtime's default (one per
     #: physical core)
     intra_op_threads: int = 0
@@ -74,7 +75,7 @@ class ServerConfig:
             problems.append("voices: no voice (give [voices] name = \"/path/model.onnx\" or --voice NAME=PATH)")
         if not 0 < self.port < 65536:
             problems.append(f"port: {self.port} is not a TCP port")
-        for name in ("max_text_chars", "max_pending", "syntheses_per_voice", "sentence_max_chars",
+        for name in ("max_text_chars", "max_pending", "sentence_max_chars",
                      "max_connections", "max_body_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name}: {getattr(self, name)} must be at least 1")
@@ -89,9 +90,9 @@ class ServerConfig:
             cuda_options(self.cuda_options)
         except ValueError as exc:
             problems.append(f"cuda_options: {exc}")
-        for name in ("intra_op_threads", "concurrent_intra_op_threads"):
+        for name in ("syntheses_per_voice", "intra_op_threads", "concurrent_intra_op_threads"):
             if getattr(self, name) < 0:
-                problems.append(f"{name}: {getattr(self, name)} must be 0 (default) or more")
+                problems.append(f"{name}: {getattr(self, name)} must be 0 (automatic) or more")
         if problems:
             raise ConfigError(f"{where}: " + "; ".join(problems))
         return self

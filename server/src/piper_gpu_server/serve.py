@@ -195,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     app = App(config, voices, info=info, gpu_sample=gpu.sample, api_key=api_key, config_file=config_path)
     LOG.info("listening on http://%s:%d (POST /tts, GET /health, GET /voices, GET /metrics); API key %s; "
-             "max %d pending, %d synthes(es) per voice, %d connections; read timeout %.0f s",
+             "max %d pending, synthes(es) at once per voice %s, %d connections; read timeout %.0f s",
              config.host, config.port, "required" if api_key else "not set", config.max_pending,
-             config.syntheses_per_voice, config.max_connections, config.read_timeout)
+             {name: v.syntheses for name, v in voices.items()}, config.max_connections, config.read_timeout)
     asyncio.run(serve(app, config, sock))
     return 0
 

@@ -24,15 +24,14 @@ import time
 from dataclasses import dataclass
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
-#: the CUDA provider's options unless the config's cuda_options says otherwise: cuDNN picks each
-#: convolution's algorithm by heuristics (no search per new input shape, and every shape is new in VITS)
-CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "device_id": "0"}
-
-
-def cuda_provider(options: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
-    """The CUDA provider as ONNX Runtime takes it: CUDA_OPTIONS, then ``options`` (the config's cuda_options)."""
-    return CUDA_PROVIDER, {**CUDA_OPTIONS, **(options or {})}
 CPU_PROVIDER = "CPUExecutionProvider"
+#: the CUDA provider's options unless the config's cuda_options says otherwise: cuDNN picks each
+#: convolution's algorithm by heuristics, as Piper itself asks (README "On a GPU" measures the others)
+CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "device_id": "0"}
+#: pieces a voice synthesises at once where the config says 0, by where its session runs. On the CPU, 4
+#: with a second session passed Piper's own server under load on 2 cores; on CUDA (an H200), 8 gave 9.5
+#: requests/s at concurrency 8 against 6.7 with 4, and alike at concurrency 1 and 4 (README "On a GPU")
+SYNTHESES = {CPU_PROVIDER: 4, CUDA_PROVIDER: 8}
 SAMPLE_WIDTH = 2  # Piper's audio: 16-bit mono
 CHANNELS = 1
 #: espeak-ng's state (the voice set last) is process-wide
@@ -55,6 +54,11 @@ release_memory = _malloc_trim()
 #: ONNX Runtime run option: after this run, free the listed arenas' regions no tensor uses
 #: ("cpu:0;gpu:0"; onnxruntime_run_options_config_keys.h, kOrtRunOptionsConfigEnableMemoryArenaShrinkage)
 _SHRINK_ARENAS = "memory.enable_memory_arena_shrinkage"
+
+
+def cuda_provider(options: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+    """The CUDA provider as ONNX Runtime takes it: CUDA_OPTIONS, then ``options`` (the config's cuda_options)."""
+    return CUDA_PROVIDER, {**CUDA_OPTIONS, **(options or {})}
 
 
 def rss_mib() -> int:
@@ -119,7 +123,8 @@ class Voice:
     def __init__(self, name: str, model_path: str, *, use_gpu: bool, driver_problem: str | None,
                  syntheses: int, intra_op_threads: int = 0, cpu_memory_arena: bool = True,
                  concurrent_intra_op_threads: int | None = 0, cuda_options: dict[str, str] | None = None):
-        """``concurrent_intra_op_threads``: threads of the CPU session for pieces that start while
+        """``syntheses``: pieces at once, 0: ``SYNTHESES`` of the session's provider.
+        ``concurrent_intra_op_threads``: threads of the CPU session for pieces that start while
         others run; 0: ``concurrent_threads(syntheses)``; None: no such session (one session for all)."""
         import onnxruntime
         from piper import PiperConfig
@@ -145,6 +150,7 @@ class Voice:
         self.arenas = ";".join(a for a, on in (("cpu:0", cpu_memory_arena), ("gpu:0", self.on_gpu)) if on)
         self.concurrent_intra_op_threads = None
         self.concurrent = None
+        self.syntheses = syntheses = syntheses or SYNTHESES.get(self.provider, SYNTHESES[CPU_PROVIDER])
         if self.provider == CPU_PROVIDER and syntheses > 1 and concurrent_intra_op_threads is not None:
             threads = concurrent_intra_op_threads or concurrent_threads(syntheses)
             if threads < (intra_op_threads or usable_cpus()):
