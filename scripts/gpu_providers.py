@@ -1,7 +1,8 @@
 """Where a Piper voice's time goes on ONNX Runtime's CUDA provider, in-process (no server): the same
 phoneme ids through sessions with different CUDA provider options and through the CPU provider, with
 the durations' noise (every run a new output length, as in service), without it (the same shapes
-every run) and two pieces without it in turn (shapes seen before, but not in the last run), then several runs at once, and a profile of the default options by operator and provider.
+every run) and two pieces without it in turn (shapes seen before, but not in the last run); then
+several runs at once, and a profile of the best options by operator and provider.
 
     python scripts/gpu_providers.py --model VOICE.onnx --texts piper_gpu/texts.json --out FILE.json
 
