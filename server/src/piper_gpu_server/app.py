@@ -76,7 +76,7 @@ class App:
         self.pending = 0
         # one thread per request that may be in progress: each has at most one piece synthesising
         self.executor = ThreadPoolExecutor(max_workers=config.max_pending, thread_name_prefix="synth")
-        self.metrics = Metrics(lambda: self.pending, gpu_sample)
+        self.metrics = Metrics(lambda: self.pending, gpu_sample, voices)
         self._releaser: asyncio.Task | None = None
         for name, voice in voices.items():
             self.metrics.provider.labels(voice=name, provider=voice.provider).set(1)
@@ -163,7 +163,8 @@ class App:
                 name: {"provider": v.provider, "session_providers": v.session_providers, "on_gpu": v.on_gpu,
                        "syntheses": v.syntheses, "sessions": v.sessions, "concurrent_intra_op_threads": v.concurrent_intra_op_threads,
                        "pieces": v.pieces, "concurrent_pieces": v.concurrent_pieces, "memory_releases": v.releases,
-                       "onnx_sha256": v.sha256[".onnx"], "json_sha256": v.sha256[".onnx.json"]}
+                       "onnx_sha256": v.sha256[".onnx"], "json_sha256": v.sha256[".onnx.json"],
+                       "shape_stable": v.stable_health()}
                 for name, v in self.voices.items()
             },
         }

@@ -3,7 +3,7 @@ the CPU), started side by side in one run with the same voice and texts.
 
     python -m piper_gpu_server.bench --model VOICE.onnx --texts texts.json --out results/bench.json
         [--contenders ours-cpu,piper-cpu] [--requests 16] [--rounds 3] [--concurrency 1,4,8] [--machine TEXT]
-        [--ours-args FLAGS] [--args KIND=FLAGS ...]
+        [--ours-args FLAGS] [--args KIND=FLAGS ...] [--varied en_medium_varied]
 
 Contenders: ``ours-cpu``, ``ours-gpu`` (``python -m piper_gpu_server``), ``piper-cpu``, ``piper-gpu``
 (``python -m piper.http_server``, needs Flask), each with an optional label (``ours-gpu-serial``) so that
@@ -11,9 +11,12 @@ one server can run twice with different flags (``--args "ours-gpu-serial=--synth
 run at once; in each round every contender takes its
 turn at each concurrency (``--requests`` POSTs of the medium text: p50/p95 latency, requests/s, audio
 seconds per second), then the long text once whole and (ours) once streamed (time to the first audio
-byte against the full time). Figures are medians over the rounds, which spreads a machine's drift over
-all contenders alike; plus each server's peak RSS (VmHWM). Writes one JSON file naming the machine, the
-versions and the command."""
+byte against the full time). With ``--varied KEY`` the POSTs cycle through the medium text and the list
+of texts under KEY, so that every request has other tensor shapes than the one before, as in service
+(p50 per text length too). Figures are medians over the rounds, which spreads a machine's drift over
+all contenders alike; plus each server's start-up time (start to its first 200 on the health path), its
+first request after start-up, its peak RSS (VmHWM) and, where nvidia-smi lists it, its GPU memory.
+Writes one JSON file naming the machine, the versions and the command."""
 
 from __future__ import annotations
 
@@ -37,6 +40,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def gpu_mib(pid: int) -> int | None:
+    """The GPU memory (MiB) nvidia-smi's compute-apps query gives for ``pid``; None without nvidia-smi or
+    where it lists no such process."""
+    try:
+        res = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in res.stdout.splitlines() if res.returncode == 0 else []:
+        fields = [f.strip() for f in line.split(",")]
+        if fields[0] == str(pid) and len(fields) > 1 and fields[1].isdigit():
+            return int(fields[1])
+    return None
 
 
 def machine() -> dict:
@@ -78,13 +96,15 @@ class Server:
         self.log = open(log_dir / f"{kind}.log", "w")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT)
         self.command = " ".join(cmd)
-        deadline = time.monotonic() + 300
+        started = time.monotonic()
+        deadline = started + 300
         while True:
             if self.proc.poll() is not None:
                 raise SystemExit(f"{kind} exited {self.proc.returncode} during start-up: see {self.log.name}")
             try:
                 status, _, _ = self.request("GET", self.health, None)
                 if status == 200:
+                    self.startup_s = round(time.monotonic() - started, 2)
                     break
             except OSError:
                 pass
@@ -132,8 +152,11 @@ def audio_seconds(wav: bytes, rate: int) -> float:
     return max(len(wav) - WAV_HEADER, 0) / (2 * rate)
 
 
-def load_run(server: Server, text: str, requests: int, concurrency: int, rate: int) -> dict:
+def load_run(server: Server, texts: str | list[str], requests: int, concurrency: int, rate: int) -> dict:
+    """``requests`` POSTs, ``concurrency`` at a time, cycling through ``texts`` (one text: all alike)."""
+    texts = [texts] if isinstance(texts, str) else texts
     latencies, audio, failures = [], [], []
+    by_chars: dict[int, list[float]] = {}
     lock = threading.Lock()
     todo = list(range(requests))
 
@@ -142,12 +165,14 @@ def load_run(server: Server, text: str, requests: int, concurrency: int, rate: i
             with lock:
                 if not todo:
                     return
+                text = texts[(requests - len(todo)) % len(texts)]
                 todo.pop()
             status, data, seconds = server.request("POST", server.path, server.body(text))
             with lock:
                 if status == 200:
                     latencies.append(seconds)
                     audio.append(audio_seconds(data, rate))
+                    by_chars.setdefault(len(text), []).append(seconds)
                 else:
                     failures.append(status)
 
@@ -159,9 +184,12 @@ def load_run(server: Server, text: str, requests: int, concurrency: int, rate: i
         t.join()
     wall = time.perf_counter() - started
     q = statistics.quantiles(latencies, n=20) if len(latencies) > 1 else latencies * 19
-    return {"concurrency": concurrency, "requests": requests, "failed": len(failures),
-            "p50_ms": round(statistics.median(latencies) * 1000, 1), "p95_ms": round(q[18] * 1000, 1),
-            "requests_per_s": round(len(latencies) / wall, 3), "audio_s_per_s": round(sum(audio) / wall, 2)}
+    out = {"concurrency": concurrency, "requests": requests, "failed": len(failures),
+           "p50_ms": round(statistics.median(latencies) * 1000, 1), "p95_ms": round(q[18] * 1000, 1),
+           "requests_per_s": round(len(latencies) / wall, 3), "audio_s_per_s": round(sum(audio) / wall, 2)}
+    if len(texts) > 1:
+        out["p50_ms_by_chars"] = {str(n): round(statistics.median(v) * 1000, 1) for n, v in sorted(by_chars.items())}
+    return out
 
 
 def first_audio_run(server: Server, text: str, stream: bool) -> dict:
@@ -178,6 +206,10 @@ def summarise(runs: list[dict]) -> dict:
     out = {"concurrency": runs[0]["concurrency"], "rounds": len(runs), "requests": sum(r["requests"] for r in runs),
            "failed": sum(r["failed"] for r in runs)}
     out.update({k: round(statistics.median(r[k] for r in runs), 3) for k in keys})
+    if "p50_ms_by_chars" in runs[0]:
+        out["p50_ms_by_chars"] = {n: round(statistics.median(r["p50_ms_by_chars"][n] for r in runs
+                                                              if n in r.get("p50_ms_by_chars", {})), 1)
+                                  for n in runs[0]["p50_ms_by_chars"]}
     out["per_round"] = [{k: r[k] for k in keys} for r in runs]
     return out
 
@@ -196,10 +228,15 @@ def main(argv=None) -> int:
     p.add_argument("--ours-args", default="", help="more flags for this server (e.g. --syntheses-per-voice 4)")
     p.add_argument("--args", action="append", default=[], metavar="KIND=FLAGS",
                    help="more flags for one contender (after --ours-args), e.g. 'ours-gpu-serial=--syntheses-per-voice 1'")
+    p.add_argument("--varied", default="", metavar="KEY",
+                   help="the texts' key of a list: the POSTs cycle through the medium text and these (new shapes each)")
     p.add_argument("--machine", default="", help="words naming the machine, kept with the figures")
     p.add_argument("--out", required=True, help="JSON file to write")
     args = p.parse_args(argv)
     texts = json.loads(Path(args.texts).read_text())
+    if args.varied and not (isinstance(texts.get(args.varied), list) and texts[args.varied]):
+        raise SystemExit(f"--varied {args.varied!r}: {args.texts} has no list of texts under that key")
+    cycle = [texts[args.medium]] + (texts[args.varied] if args.varied else [])
     rate = json.loads(Path(args.model + ".json").read_text())["audio"]["sample_rate"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -215,28 +252,33 @@ def main(argv=None) -> int:
         extra[kind] += flags.split()
     result = {"command": "python -m piper_gpu_server.bench " + " ".join(argv if argv is not None else sys.argv[1:]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": {"words": args.machine, **machine()},
-              "voice": Path(args.model).stem, "texts": {"medium": len(texts[args.medium]), "long": len(texts[args.long])},
+              "voice": Path(args.model).stem, "texts": {"medium": len(texts[args.medium]), "long": len(texts[args.long]),
+                                                        **({"varied": [len(t) for t in cycle]} if args.varied else {})},
               "method": f"all contenders running at once; {args.rounds} rounds, in each every contender in turn at each "
-                        f"concurrency ({args.requests} POSTs of the medium text), then the long text once whole and "
+                        f"concurrency ({args.requests} POSTs of "
+                        + (f"the medium text and {args.varied} in turn" if args.varied else "the medium text")
+                        + "), then the long text once whole and "
                         "(this server) once streamed; figures are medians over the rounds",
               "contenders": {}}
     servers = {}
     try:
         for kind in kinds:
             servers[kind] = Server(kind, args.model, log_dir, extra[kind])
-            servers[kind].request("POST", servers[kind].path, servers[kind].body(texts[args.medium]))  # warm
+            first = servers[kind].request("POST", servers[kind].path, servers[kind].body(texts[args.medium]))
+            servers[kind].first_request_ms = round(first[2] * 1000, 1)
         runs = {k: {c: [] for c in levels} for k in kinds}
         long_runs = {k: [] for k in kinds}
         for _ in range(args.rounds):
             for c in levels:
                 for kind in kinds:
-                    runs[kind][c].append(load_run(servers[kind], texts[args.medium], args.requests, c, rate))
+                    runs[kind][c].append(load_run(servers[kind], cycle, args.requests, c, rate))
             for kind in kinds:
                 long_runs[kind].append(first_audio_run(servers[kind], texts[args.long], False))
                 if kind.startswith("ours"):
                     long_runs[kind].append(first_audio_run(servers[kind], texts[args.long], True))
         for kind, server in servers.items():
-            entry = {"command": server.command, "load": [summarise(runs[kind][c]) for c in levels]}
+            entry = {"command": server.command, "startup_s": server.startup_s,
+                     "first_request_ms": server.first_request_ms, "load": [summarise(runs[kind][c]) for c in levels]}
             for stream in (False, True):
                 mine = [r for r in long_runs[kind] if r["stream"] is stream]
                 if mine:
@@ -248,6 +290,7 @@ def main(argv=None) -> int:
             if kind.startswith("ours"):
                 entry["health"] = json.loads(server.request("GET", "/health", None)[1])
             entry["peak_rss_mib"] = round(server.peak_rss_mib(), 1)
+            entry["gpu_mib"] = gpu_mib(server.proc.pid)
             result["contenders"][kind] = entry
     finally:
         for server in servers.values():
@@ -260,7 +303,8 @@ def main(argv=None) -> int:
               f"{entry['long_text']['total_ms']:.0f} ms" + (
                   f", streamed {entry['long_text_stream']['first_audio_ms']:.0f} ms of "
                   f"{entry['long_text_stream']['total_ms']:.0f} ms" if "long_text_stream" in entry else ""),
-              f"; peak RSS {entry['peak_rss_mib']:.0f} MiB")
+              f"; start-up {entry['startup_s']} s, first request {entry['first_request_ms']:.0f} ms"
+              f"; peak RSS {entry['peak_rss_mib']:.0f} MiB" + (f", GPU {entry['gpu_mib']} MiB" if entry["gpu_mib"] else ""))
     print(f"wrote {out}")
     return 0
 

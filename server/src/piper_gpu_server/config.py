@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from piper_gpu_server.stable import FRAME_BUCKETS, MODES, PHONEME_BUCKETS, parse_buckets
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10 (Ubuntu 22.04)
@@ -34,6 +36,15 @@ class ServerConfig:
     #: cudnn_conv_algo_search=HEURISTIC (see voices.CUDA_OPTIONS)
     cuda_options: str = ""
     warmup: bool = True
+    #: shape-stable synthesis (stable.py): each voice split at the flow's input and run through one
+    #: session per bucket, so that no session ever sees a second input shape (on CUDA since onnxruntime
+    #: 1.20 a new shape rebuilds every convolution's cuDNN plan). auto: on for a voice whose session
+    #: runs on CUDA; on: on any provider (to test and measure it on the CPU); off: the whole model
+    shape_stable: str = "auto"
+    #: the buckets, comma-separated: phoneme ids per piece, frames of audio per piece (a piece longer
+    #: than the largest runs on the whole model, counted in /health and /metrics as a fallback)
+    phoneme_buckets: str = ",".join(map(str, PHONEME_BUCKETS))
+    frame_buckets: str = ",".join(map(str, FRAME_BUCKETS))
     log_file: str | None = None
     #: file holding the key POST /tts requires; none: open
     api_key_file: str | None = None
@@ -69,6 +80,11 @@ class ServerConfig:
     graceful_timeout: float = 60.0
     max_body_bytes: int = 1 << 20
 
+    @property
+    def buckets(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The phoneme and frame buckets as sorted tuples."""
+        return parse_buckets(self.phoneme_buckets, "phoneme_buckets"), parse_buckets(self.frame_buckets, "frame_buckets")
+
     def validate(self, where: str = "settings") -> "ServerConfig":
         problems = []
         if not self.voices:
@@ -90,6 +106,13 @@ class ServerConfig:
             cuda_options(self.cuda_options)
         except ValueError as exc:
             problems.append(f"cuda_options: {exc}")
+        if self.shape_stable not in MODES:
+            problems.append(f"shape_stable: {self.shape_stable!r} is not one of {', '.join(MODES)}")
+        for name in ("phoneme_buckets", "frame_buckets"):
+            try:
+                parse_buckets(getattr(self, name), name)
+            except ValueError as exc:
+                problems.append(str(exc))
         for name in ("syntheses_per_voice", "intra_op_threads", "concurrent_intra_op_threads"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}: {getattr(self, name)} must be 0 (automatic) or more")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -11,11 +12,44 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 disable_created_metrics()  # no *_created series: a scrape shows counts, not start times
 
 
+class ShapeStableCollector:
+    """The shape-stable buckets' use, read from the voices at each scrape (the voices count it)."""
+
+    def __init__(self, voices):
+        self.voices = voices
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        on = GaugeMetricFamily("piper_tts_shape_stable", "1 where a voice synthesises through its shape-stable "
+                               "bucket sessions, 0 where it runs whole.", labels=("voice",))
+        runs = CounterMetricFamily("piper_tts_shape_bucket_runs", "Pieces run by each bucket session of a "
+                                   "shape-stable voice (part: encoder by phoneme ids, decoder by frames).",
+                                   labels=("voice", "part", "size"))
+        fallbacks = CounterMetricFamily("piper_tts_shape_fallbacks", "Pieces of a shape-stable voice that fit no "
+                                        "bucket and ran on the whole model, by what was too long.",
+                                        labels=("voice", "reason"))
+        for name, voice in self.voices.items():
+            on.add_metric([name], 1 if voice.stable is not None else 0)
+            if voice.stable is None:
+                continue
+            usage = voice.stable.usage()
+            for part, key in (("encoder", "phoneme_buckets"), ("decoder", "frame_buckets")):
+                for size, count in usage[key].items():
+                    runs.add_metric([name, part, size], count)
+            for reason, count in usage["fallbacks"].items():
+                fallbacks.add_metric([name, reason], count)
+        yield from (on, runs, fallbacks)
+
+
 class Metrics:
-    def __init__(self, pending, gpu_sample):
+    def __init__(self, pending, gpu_sample, voices=None):
         """``pending``: a callable giving the requests in progress; ``gpu_sample``: one giving NVML's
-        figures (``gpu.Gpu.sample``), read at each scrape."""
+        figures (``gpu.Gpu.sample``), read at each scrape; ``voices``: name -> Voice."""
         self.registry = CollectorRegistry(auto_describe=True)
+        if voices is not None:
+            self.registry.register(ShapeStableCollector(voices))
         self.requests = Counter("piper_tts_requests", "POST /tts requests by voice and HTTP status.",
                                 ("voice", "status"), registry=self.registry)
         self.duration = Histogram("piper_tts_request_duration_seconds", "Synthesis time of answered requests.",

