@@ -392,8 +392,10 @@ class Settings:
             parts = [p.strip() for p in value.split(",")] if isinstance(value, str) and value.strip() else []
             check(isinstance(value, str) and all(p.isdigit() and int(p) > 0 for p in parts),
                   f"{name}={value!r} must be \"\" (the server's defaults) or comma-separated lengths, e.g. \"128,256,512\"")
-        check(self.api_key is None or len(self.api_key) >= 16,
-              "api_key must be at least 16 characters (e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
+        check(self.api_key is None or (isinstance(self.api_key, str) and len(self.api_key) >= 16
+                                       and self.api_key == self.api_key.strip()),
+              "api_key must be at least 16 characters, without leading or trailing whitespace (an empty key file "
+              "would stop the server; e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
         check(self.min_speedup > 0, "min_speedup must be positive")
         if self.cudnn_source == "local-deb":
             check(bool(self.cudnn_deb_url and self.cudnn_deb_sha256),

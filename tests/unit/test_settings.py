@@ -216,3 +216,10 @@ def test_shape_stable_and_its_buckets_are_validated():
             make(phoneme_buckets=bad)
     with pytest.raises(SettingsError, match="frame_buckets=512 must be"):
         make(frame_buckets=512)
+
+
+@pytest.mark.parametrize("key", ["", " " * 24, "\n" * 20, " " + "k" * 20, "k" * 20 + "\n"])
+def test_the_deploy_refuses_an_empty_or_blank_api_key(key):
+    """Never an empty key file: the server would refuse to start (it fails closed), so the deploy stops first."""
+    with pytest.raises(SettingsError, match="api_key must be at least 16 characters, without leading or trailing"):
+        make(api_key=key)

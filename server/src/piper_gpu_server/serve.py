@@ -143,10 +143,17 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
 
 
 def read_api_key(path: str | None) -> str | None:
+    """The key in ``path`` (None: no ``api_key_file``, the server is open). A file that is set but empty
+    fails closed: ValueError, and the server does not start (an empty key must never mean "no key")."""
     if not path:
         return None
     with open(path, encoding="utf-8") as fh:
-        return fh.read().strip() or None
+        key = fh.read().strip()
+    if not key:
+        raise ValueError(f"the API key file {path} is empty: POST /tts would need no key. Write the key into it "
+                         "(python3 -c 'import secrets; print(secrets.token_urlsafe(24))'), or remove api_key_file "
+                         "from the settings to run without one")
+    return key
 
 
 async def serve(app, config: ServerConfig, sock: socket.socket) -> None:
@@ -189,8 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     LOG.info("GPU detection: %s (%s); use_gpu=%s", gpu.name or "none", gpu.how, config.use_gpu)
     try:
         api_key = read_api_key(config.api_key_file)
-    except OSError as exc:
-        LOG.error("cannot read the API key file %s: %s", config.api_key_file, exc)
+    except (OSError, UnicodeDecodeError) as exc:
+        LOG.error("cannot read the API key file %s (%s: %s); the server does not start without its key",
+                  config.api_key_file, type(exc).__name__, exc)
+        return 2
+    except ValueError as exc:
+        LOG.error("%s", exc)
         return 2
     for name, path in config.voices.items():
         for f in (path, path + ".json"):
