@@ -322,3 +322,36 @@ def test_an_api_key_file_that_is_set_but_empty_or_unreadable_stops_the_server(tm
     expected = f"the API key file {key_file} is empty" if content is not None else f"cannot read the API key file {key_file}"
     assert expected in res.stderr and expected in log.read_text()
     assert "listening on" not in res.stderr
+
+
+HOSTILE_BODIES = {
+    "integer-of-5000-digits": ('{"text": "hi", "speaker_id": ' + "9" * 5000 + "}", "cannot be read"),
+    "100k-brackets": ("[" * 100_000, "nested too deeply"),
+    "length-scale-of-401-digits": ('{"text": "hi", "length_scale": ' + "9" * 401 + "}", "'length_scale' must be"),
+    "length-scale-nan": ('{"text": "hi", "length_scale": NaN}', "'length_scale' must be"),
+    "lone-surrogate": ('{"text": "hello \\ud800 world"}', "U+D800 at position 6"),
+    "nul": ('{"text": "hello\\u0000world"}', "U+0000 at position 5"),
+    "escape-character": ('{"text": "bell \\u001b[31m red"}', "U+001B at position 5"),
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("name", list(HOSTILE_BODIES))
+def test_hostile_bodies_get_400_with_a_reason_and_are_counted(server, name, stream):
+    """Never a 500 or a traceback, never a 200 stream that is cut short: refused before the first byte."""
+    url, log = server
+    body, reason = HOSTILE_BODIES[name]
+    if stream and body.startswith("{"):
+        body = body[:-1] + ', "stream": true}'
+    counted = scrape(url).get(("piper_tts_requests_total", frozenset({"voice": "", "status": "400"}.items())), 0)
+    r = requests.post(url + "/tts", data=body.encode(), headers={"Content-Type": "application/json"}, timeout=60)
+    assert r.status_code == 400, (r.status_code, r.text[:300])
+    assert reason in r.json()["error"]
+    assert scrape(url)[("piper_tts_requests_total", frozenset({"voice": "", "status": "400"}.items()))] == counted + 1
+    assert "Traceback" not in log.read_text()
+
+
+def test_tabs_and_newlines_are_still_speakable(server):
+    url, _ = server
+    r = post(url, {"text": "Hello\tthere.\r\nHow are you?\n"})
+    assert r.status_code == 200 and wav_seconds(r.content) > 0.5

@@ -33,6 +33,13 @@ LOG = logging.getLogger("piper_gpu_server")
 JSON_TYPE = "application/json; charset=utf-8"
 
 
+def unspeakable_char(ch: str) -> bool:
+    """A control character other than tab, newline and carriage return (NUL included), or a lone
+    surrogate (JSON's "\\ud800"): text espeak-ng fails on, refused before any synthesis."""
+    code = ord(ch)
+    return (code < 0x20 and ch not in "\t\n\r") or 0x7F <= code < 0xA0 or 0xD800 <= code <= 0xDFFF
+
+
 class RequestError(Exception):
     def __init__(self, status: HTTPStatus, message: str, headers: dict | None = None):
         super().__init__(message)
@@ -257,6 +264,10 @@ class App:
             body = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise RequestError(HTTPStatus.BAD_REQUEST, "body is nested too deeply to be a request") from None
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"body has a value that cannot be read: {exc}") from None
         if not isinstance(body, dict):
             raise RequestError(HTTPStatus.BAD_REQUEST, 'body must be a JSON object like {"text": "..."}')
         text = body.get("text")
@@ -264,6 +275,10 @@ class App:
             raise RequestError(HTTPStatus.BAD_REQUEST, "'text' is required and must be a string")
         if not text.strip():
             raise RequestError(HTTPStatus.BAD_REQUEST, "'text' is empty")
+        bad = next(((i, ch) for i, ch in enumerate(text) if unspeakable_char(ch)), None)
+        if bad is not None:
+            raise RequestError(HTTPStatus.BAD_REQUEST, f"'text' has the character U+{ord(bad[1]):04X} at position "
+                                                       f"{bad[0]} (a control character or a lone surrogate)")
         limit = self.config.max_text_chars
         if len(text) > limit:
             raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
@@ -285,8 +300,9 @@ class App:
                 speaker_id = None
         length_scale = body.get("length_scale")
         if length_scale is not None:
+            # compared as given: float() of a huge integer overflows, and NaN fails every comparison
             if not isinstance(length_scale, (int, float)) or isinstance(length_scale, bool) \
-                    or not 0.1 <= float(length_scale) <= 10.0:
+                    or not 0.1 <= length_scale <= 10.0:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "'length_scale' must be a number from 0.1 to 10")
             length_scale = float(length_scale)
         stream = body.get("stream", False)
