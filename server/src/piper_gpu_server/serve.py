@@ -19,7 +19,7 @@ import time
 from piper_gpu_server import installed, version
 from piper_gpu_server.config import ConfigError, ServerConfig, config_file, cuda_options, load
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
-from piper_gpu_server.voices import Voice
+from piper_gpu_server.voices import Voice, VoiceLoadError
 
 LOG = logging.getLogger("piper_gpu_server")
 
@@ -112,12 +112,17 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
     for name, path in config.voices.items():
         started = time.perf_counter()
         phoneme_buckets, frame_buckets = config.buckets
-        voice = Voice(name, path, use_gpu=config.use_gpu, driver_problem=driver_problem,
-                      syntheses=config.syntheses_per_voice, intra_op_threads=config.intra_op_threads,
-                      cpu_memory_arena=config.cpu_memory_arena, cuda_options=cuda_options(config.cuda_options),
-                      concurrent_intra_op_threads=(config.concurrent_intra_op_threads
-                                                   if config.concurrent_session else None),
-                      shape_stable=config.shape_stable, phoneme_buckets=phoneme_buckets, frame_buckets=frame_buckets)
+        try:
+            voice = Voice(name, path, use_gpu=config.use_gpu, driver_problem=driver_problem,
+                          syntheses=config.syntheses_per_voice, intra_op_threads=config.intra_op_threads,
+                          cpu_memory_arena=config.cpu_memory_arena, cuda_options=cuda_options(config.cuda_options),
+                          concurrent_intra_op_threads=(config.concurrent_intra_op_threads
+                                                       if config.concurrent_session else None),
+                          shape_stable=config.shape_stable, phoneme_buckets=phoneme_buckets,
+                          frame_buckets=frame_buckets)
+        except VoiceLoadError as exc:
+            exc.voice = name
+            raise
         LOG.info("voice %s: active provider %s (session providers %s), loaded in %.0f ms%s",
                  name, voice.provider, voice.session_providers, (time.perf_counter() - started) * 1000,
                  "" if voice.concurrent is None else
@@ -208,7 +213,12 @@ def main(argv: list[str] | None = None) -> int:
             if not os.path.isfile(f):
                 LOG.error("voice %s: file %s not found", name, f)
                 return 2
-    voices = load_voices(config)
+    try:
+        voices = load_voices(config)
+    except VoiceLoadError as exc:
+        LOG.error("voice %s: cannot load %s: %s; the server does not start (replace the file, or re-run the deploy "
+                  "to fetch it again)", exc.voice, exc.path, exc.reason)
+        return 2
     info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
         sock = listen(config.host, config.port, config.max_connections)

@@ -121,6 +121,15 @@ class Piece:
     seconds: float
 
 
+class VoiceLoadError(Exception):
+    """A voice's file that cannot be loaded: the file and why (serve.main logs it and exits 2)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+        self.voice = ""  # set by serve.load_voices
+
+
 class Voice:
     def __init__(self, name: str, model_path: str, *, use_gpu: bool, driver_problem: str | None,
                  syntheses: int, intra_op_threads: int = 0, cpu_memory_arena: bool = True,
@@ -136,8 +145,11 @@ class Voice:
         from piper import PiperConfig
 
         config_path = model_path + ".json"
-        with open(config_path, "r", encoding="utf-8") as fh:
-            self.config = PiperConfig.from_dict(json.load(fh))
+        try:
+            with open(config_path, "r", encoding="utf-8") as fh:
+                self.config = PiperConfig.from_dict(json.load(fh))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, or not Piper's fields
+            raise VoiceLoadError(config_path, f"not a Piper voice config ({type(exc).__name__}: {exc})") from exc
         available = onnxruntime.get_available_providers()
         if use_gpu and CUDA_PROVIDER in available and driver_problem is None:
             providers = [cuda_provider(cuda_options), CPU_PROVIDER]
@@ -195,7 +207,10 @@ class Voice:
         from piper import PiperVoice
 
         options = self._options(intra_op_threads)
-        session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
+        try:
+            session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types for a bad model
+            raise VoiceLoadError(model_path, f"ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
         piper = PiperVoice(session=session, config=self.config)
         unlocked = piper.phonemize
 
