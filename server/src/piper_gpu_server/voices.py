@@ -347,16 +347,9 @@ class Voice:
         return before, rss_mib()
 
     def _shrink(self, piper) -> None:
-        import numpy as np
-        import onnxruntime
+        from piper import SynthesisConfig
 
-        ids = np.array([piper.phonemes_to_ids([])], dtype=np.int64)
-        feeds = {"input": ids, "input_lengths": np.array([ids.shape[1]], dtype=np.int64),
-                 "scales": np.array([self.config.noise_scale, self.config.length_scale, self.config.noise_w_scale],
-                                    dtype=np.float32)}
-        if self.num_speakers > 1:
-            feeds["sid"] = np.array([0], dtype=np.int64)
-        piper.session.run(None, feeds, self._shrink_options())
+        piper.session.run(None, self._feeds(piper.phonemes_to_ids([]), SynthesisConfig()), self._shrink_options())
 
     def _shrink_options(self):
         import onnxruntime
