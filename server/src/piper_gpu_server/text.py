@@ -1,16 +1,68 @@
 """Texts into pieces a voice synthesises one at a time: sentences, and over-long sentences cut at a
-clause break, a space or, failing both, a fixed length. Bounded pieces bound the memory one request
+clause break, a space or, failing both, a fixed point. Bounded pieces bound the memory one request
 takes, let other requests to the same voice take turns between pieces, and let a stream send audio
-after the first piece."""
+after the first piece.
+
+Sentence rules (``split``), applied to each line of the text in turn:
+
+1. A line break (one or more, any kind ``str.splitlines`` knows) always ends a piece.
+2. A CJK full stop, question or exclamation mark (``。！？｡``) always ends a sentence, with or
+   without a space after it.
+3. ``!`` and ``?`` (runs such as ``?!`` too) end a sentence when the end of the line follows, or a
+   CJK character directly, or whitespace and then anything but a lowercase letter. So
+   ``"Is it?" he asked.`` and ``Yahoo! is`` stay whole, and ``a.b/c.d?x=1`` is no end.
+4. ``.`` ends a sentence when the end of the line follows, or a CJK character directly, or whitespace
+   and then an uppercase letter, a digit, a quote or bracket, a CJK character or any other
+   non-lowercase character. So a ``.`` inside a token is never an end: decimals (3.14, 1,234.56,
+   $2.50), times (10.30), versions (v1.2.3), URLs (www.example.com), e-mail addresses
+   (bob.smith@example.co.uk); nor is one followed by a lowercase word (``approx. five``).
+5. Exceptions to 4: no end after an abbreviation in ``_ABBREVIATIONS`` (Dr. Smith, e.g. Paris,
+   U.S. Army, 9 a.m. Monday, Acme Inc. Today...; ``No.`` only before a digit, as in ``No. 5``), after
+   an initial (J. R. R. Tolkien, John F. Kennedy), or after an enumerator that is all the sentence
+   holds so far (``1. Open the box.``). ``etc.`` is the one abbreviation that does end a sentence
+   before a capital (``apples, pears, etc. Then...``): it nearly always closes a list.
+6. An ellipsis (``...`` or ``…``, ``……``) ends a sentence only like 4 with whitespace after it:
+   before a lowercase word (``Wait... what?``) or directly before anything (``想想……好吧``) it is a
+   pause, not an end; before a capital (``Wait... What?``) it is an end.
+7. Closing quotes and brackets right after an end (``”’"')）」』`` and the like) stay with their
+   sentence.
+
+Then each sentence whose ``weight`` is over the limit is cut (``_cut``), and pieces with no letter or
+digit are dropped; everything else of the text is kept, in order, each piece a stripped slice of it.
+"""
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
-#: ends of sentences (Latin and CJK), each kept with its sentence
-_SENTENCE = re.compile(r"[^.!?。！？…\n]*(?:[.!?。！？…]+[\"'”’)）」』]*|\n+|$)")
-#: places to cut an over-long sentence, best first
-_CLAUSE = re.compile(r"[,;:，；：、—–]")
+#: weight of a wide (CJK, fullwidth) character, in Latin characters. Measured with Piper's
+#: espeak-ng phonemizer (tests/server/test_text_split.py, test_wide_weight_covers_measured_ratio):
+#: phoneme codepoints other than spaces and punctuation per letter or digit of the text, over the
+#: texts in shared/texts.json: zh_* with voice "cmn" 344/72 = 4.78, en_* with "en-us" 750/666 = 1.13,
+#: ratio 4.24 (worst pair, zh_medium 4.79 / en_medium 1.06: 4.53); ceil -> 5.
+WIDE_WEIGHT = 5
+
+#: a run of sentence-ending marks and the closing quotes and brackets that stay with them
+_CLOSERS = "\"'”’»)]}）」』】》〉〕"
+_END = re.compile(r"[.!?…。！？｡]+[" + re.escape(_CLOSERS) + "]*")
+#: marks that end a sentence whatever follows
+_CJK_END = frozenset("。！？｡")
+#: places to cut an over-long sentence, best first: ASCII , ; : only before a space (not in 1,234
+#: or 10:30 or https://), the CJK ones and dashes anywhere
+_CLAUSE = re.compile(r"[,;:](?=\s|$)|[，；：、—–]")
+#: abbreviations (lowercase, without the last dot) after which a "." is no end of sentence
+_ABBREVIATIONS = frozenset("""
+    dr mr mrs ms mx prof st mt rev fr sr jr gen col capt lt sgt gov sen rep hon
+    vs etc e.g i.e a.m p.m u.s u.k u.s.a no fig figs approx inc ltd co corp bros dept univ est
+    cf al viz ca ave rd blvd ph.d jan feb mar apr jun jul aug sep sept oct nov dec
+""".split())
+#: abbreviations that do end a sentence before a capital
+_ENDING_ABBREVIATIONS = frozenset({"etc"})
+#: opening quotes and brackets stripped from the front of the word before a "."
+_OPENERS = "\"'“‘«([{（「『【《〈〔"
+#: a sentence so far that is only an enumerator: "1." "(2)." "12)"
+_ENUMERATOR = re.compile(r"[(\[]?\d{1,3}[.)]?")
 
 
 def speakable(text: str) -> bool:
@@ -18,27 +70,106 @@ def speakable(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
 
+def _wide(ch: str) -> bool:
+    return unicodedata.east_asian_width(ch) in ("W", "F")
+
+
+def _char_weight(ch: str) -> int:
+    return WIDE_WEIGHT if _wide(ch) else 1
+
+
+def weight(text: str) -> int:
+    """The cost of synthesising ``text``, in Latin characters: a wide (CJK) character counts
+    ``WIDE_WEIGHT``, anything else 1. Audio, and so memory, grows with it about linearly."""
+    return sum(_char_weight(ch) for ch in text)
+
+
+def _is_end(line: str, start: int, m: re.Match) -> bool:
+    """Whether the run of marks ``m`` in ``line`` ends the sentence that began at ``start``."""
+    marks = m.group(0)
+    if _CJK_END.intersection(marks):
+        return True
+    rest = line[m.end():]
+    after = rest.lstrip()
+    if not after:
+        return True  # end of the line
+    spaced = len(after) < len(rest)
+    ellipsis = "…" in marks or ".." in marks
+    plain = marks.rstrip(_CLOSERS) == "."  # a single full stop: rule 5 applies
+    nxt = after[0]
+    if not spaced:
+        # a mark inside a token (3.14, www.a.b, ?x=1) is none; before CJK it is, but an ellipsis
+        # there is a pause (想想……好吧)
+        if not _wide(nxt) or ellipsis:
+            return False
+        return not plain or not _exception(line, start, m, nxt)
+    if nxt.islower():
+        return False  # "Wait... what?", '"Is it?" he asked.', "approx. five"
+    return not plain or not _exception(line, start, m, nxt)
+
+
+def _exception(line: str, start: int, m: re.Match, nxt: str) -> bool:
+    """Whether a single "." (rule 5) is no end although what follows it would make it one."""
+    before = line[start:m.start()]
+    word = re.search(r"\S*$", before).group(0).lstrip(_OPENERS)
+    low = word.lower()
+    if low in _ABBREVIATIONS:
+        if low == "no":
+            return nxt.isdigit()
+        return low not in _ENDING_ABBREVIATIONS
+    if len(word) == 1 and word.isalpha() and word.isupper():
+        return True  # an initial
+    return _ENUMERATOR.fullmatch(before.strip()) is not None
+
+
+def _sentences(line: str):
+    start = 0
+    for m in _END.finditer(line):
+        if _is_end(line, start, m):
+            yield line[start:m.end()]
+            start = m.end()
+    yield line[start:]
+
+
 def _cut(sentence: str, limit: int) -> list[str]:
+    """``sentence`` in pieces of weight at most ``limit``: each cut after the last clause break
+    that leaves the piece at least a third of the limit, else after the last such space, else at
+    the last character that fits (never before a combining mark)."""
     pieces = []
-    while len(sentence) > limit:
-        window = sentence[:limit]
-        cut = max((m.end() for m in _CLAUSE.finditer(window)), default=0)
-        if cut < limit // 3:
+    while True:
+        fit, total = 0, 0
+        while fit < len(sentence) and total + _char_weight(sentence[fit]) <= limit:
+            total += _char_weight(sentence[fit])
+            fit += 1
+        if fit == len(sentence):
+            pieces.append(sentence)
+            return pieces
+        window = sentence[:fit]
+        floor = limit // 3
+        cut = max((c.end() for c in _CLAUSE.finditer(window)), default=0)
+        if weight(window[:cut]) < floor:
             space = window.rfind(" ")
-            cut = space + 1 if space >= limit // 3 else limit
+            if space >= 0 and weight(window[:space + 1]) >= floor:
+                cut = space + 1
+            else:
+                cut = fit
+                while cut > 1 and unicodedata.combining(sentence[cut]):
+                    cut -= 1
         pieces.append(sentence[:cut])
-        sentence = sentence[cut:]
-    pieces.append(sentence)
-    return pieces
+        sentence = sentence[cut:].lstrip()
 
 
 def split(text: str, limit: int) -> list[str]:
-    """Pieces of at most ``limit`` characters that together hold all of ``text``'s speakable parts,
-    in order; pieces with nothing to say are dropped."""
+    """Pieces of ``weight`` at most ``limit`` that together hold all of ``text``'s speakable parts,
+    in order: sentences by the rules in this module's docstring, over-long ones cut (``_cut``).
+    Pieces are stripped; pieces with nothing to say are dropped. ``limit`` must be at least
+    ``WIDE_WEIGHT``, or a CJK character could not fit in any piece."""
+    if limit < WIDE_WEIGHT:
+        raise ValueError(f"limit {limit} is below WIDE_WEIGHT ({WIDE_WEIGHT}): no CJK character fits")
     out = []
-    for m in _SENTENCE.finditer(text):
-        sentence = m.group(0).strip()
-        if not sentence:
-            continue
-        out.extend(p.strip() for p in _cut(sentence, limit))
+    for line in text.splitlines():
+        for sentence in _sentences(line):
+            sentence = sentence.strip()
+            if sentence:
+                out.extend(p.strip() for p in _cut(sentence, limit))
     return [p for p in out if speakable(p)]
