@@ -177,6 +177,12 @@ class Settings:
     sentence_max_chars: int = 200
     #: Seconds a client may stall while sending a request body before it is dropped.
     read_timeout: float = 10.0
+    #: Seconds a whole request body may take, however slowly it comes (408 after); it is read before
+    #: the request takes one of the max_pending places.
+    body_timeout: float = 30.0
+    #: Seconds an answer's writes may wait for a client that reads slowly: each 64 KiB at most this,
+    #: all together this plus the audio's seconds; a client that reads slower is dropped.
+    write_timeout: float = 10.0
     #: Seconds an idle kept-alive connection (or one whose request headers stop coming) stays open.
     keep_alive_timeout: float = 5.0
     #: Open connections at most; more are closed as they are accepted.
@@ -374,7 +380,7 @@ class Settings:
               "syntheses_per_voice must be 0 (8 on CUDA, 4 on the CPU) or a positive integer")
         check(isinstance(self.sentence_max_chars, int) and self.sentence_max_chars >= 20,
               "sentence_max_chars must be an integer of at least 20")
-        for name in ("read_timeout", "keep_alive_timeout", "graceful_timeout"):
+        for name in ("read_timeout", "body_timeout", "write_timeout", "keep_alive_timeout", "graceful_timeout"):
             check(isinstance(getattr(self, name), (int, float)) and getattr(self, name) > 0,
                   f"{name} must be a positive number of seconds")
         check(isinstance(self.memory_release_idle, (int, float)) and self.memory_release_idle >= 0,

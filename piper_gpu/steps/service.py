@@ -43,6 +43,8 @@ def server_config(target: Target) -> dict:
         "syntheses_per_voice": s.syntheses_per_voice,
         "sentence_max_chars": s.sentence_max_chars,
         "read_timeout": float(s.read_timeout),
+        "body_timeout": float(s.body_timeout),
+        "write_timeout": float(s.write_timeout),
         "keep_alive_timeout": float(s.keep_alive_timeout),
         "max_connections": s.max_connections,
         "graceful_timeout": float(s.graceful_timeout),

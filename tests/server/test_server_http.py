@@ -173,6 +173,23 @@ def test_one_performance_line_per_request_without_the_text(server):
     assert "quick brown fox" not in log.read_text()
 
 
+@pytest.mark.parametrize("text,secrets", [
+    ("[[My PIN is 4321, Bob]]", ["Missing phoneme", "PIN", "4321", "Bob", ": M", ": B"]),
+    ("Zahlen ☃ ⌘ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 ꙮ ᚠᛇᚻ 🂡 secretword", ["☃", "⌘", "𝔘", "ꙮ", "ᚠ", "🂡", "secretword", "Zahlen"]),
+], ids=["phoneme-notation", "characters-espeak-cannot-map"])
+def test_no_request_text_reaches_the_log(server, text, secrets):
+    """Piper writes "Missing phoneme from id map: X" for each character of raw phonemes ([[ ]]) it cannot
+    map; neither that nor any part of the text reaches the log (stderr has the same handlers' filter)."""
+    url, log = server
+    before = len(log.read_text())
+    r = post(url, {"text": text})
+    assert r.status_code in (200, 422), (r.status_code, r.text[:200])
+    written = log.read_text()[before:]
+    assert " tts voice=" in written or r.status_code == 422, written
+    leaked = [s for s in secrets if s in written]
+    assert not leaked, (leaked, written[-2000:])
+
+
 @pytest.mark.parametrize("payload,status,message", [
     ({"text": ""}, 400, "'text' is empty"),
     ({"text": "   \n"}, 400, "'text' is empty"),

@@ -7,6 +7,7 @@ import json
 import shutil
 import struct
 import threading
+import time
 import wave
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from piper_gpu_server import bench
 from piper_gpu_server import text as texts
-from piper_gpu_server.app import App
+from piper_gpu_server.app import App, Writer, WriteTimeout
 from piper_gpu_server.config import ConfigError, ServerConfig, config_file, cuda_options, load, load_file
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
 from piper_gpu_server.metrics import Metrics
@@ -213,19 +214,24 @@ AUTH = (("Authorization", "Bearer " + "k" * 20),)
 
 
 def test_whole_answer_is_one_wav_with_its_length(app):
-    status, headers, parts = call(app, "POST", "/tts", json.dumps({"text": "One. Two words."}).encode(), AUTH)
-    assert status == 200 and headers["content-type"] == "audio/wav" and len(parts) == 1
-    with wave.open(io.BytesIO(parts[0])) as w:
+    """Sent in 64 KiB writes (each with its own deadline, app.Writer), which together are one WAV."""
+    status, headers, parts = call(app, "POST", "/tts", json.dumps({"text": "One. Two words. And three more."}).encode(), AUTH)
+    assert status == 200 and headers["content-type"] == "audio/wav"
+    assert len(parts) > 1 and all(len(p) == Writer.CHUNK for p in parts[:-1]) and 0 < len(parts[-1]) <= Writer.CHUNK
+    wav = b"".join(parts)
+    with wave.open(io.BytesIO(wav)) as w:
         assert abs(w.getnframes() / w.getframerate() - float(headers["x-audio-seconds"])) < 0.01
-    assert int(headers["content-length"]) == len(parts[0])
+    assert int(headers["content-length"]) == len(wav)
 
 
 def test_stream_sends_the_header_with_the_first_piece_then_one_part_per_piece(app):
     text = "First sentence here. Second one follows. And a third."
+    voice = app.voices["joe"]
+    before = voice.pieces
     status, headers, parts = call(app, "POST", "/tts", json.dumps({"text": text, "stream": True}).encode(), AUTH)
     assert status == 200 and headers["x-stream"] == "1" and "content-length" not in headers
     assert parts[0][:4] == b"RIFF" and len(parts[0]) > 44 and parts[-1] == b""
-    assert len([p for p in parts if p]) == 3  # one per sentence
+    assert voice.pieces - before == 3  # one per sentence
 
 
 def test_a_client_that_hangs_up_mid_stream_stops_the_synthesis(app):
@@ -238,6 +244,29 @@ def test_a_client_that_hangs_up_mid_stream_stops_the_synthesis(app):
     assert parts[-1] != b"" and voice.pieces - before < 5  # not finished, not all synthesised
     families = {f.name: f for f in text_string_to_metric_families(app.metrics.render().decode())}
     assert any(s.labels.get("status") == "499" and s.value >= 1 for s in families["piper_tts_requests"].samples)
+
+
+def test_a_write_the_client_does_not_take_times_out():
+    """app.Writer: a write that never completes ends after write_timeout; writes that each complete
+    in time but together wait longer than write_timeout plus the audio sent end too."""
+    async def never(message):
+        await asyncio.Event().wait()
+
+    async def slow(message):
+        await asyncio.sleep(0.1)
+
+    async def run(send, data):
+        out = Writer(send, 0.5, bytes_per_second=Writer.CHUNK * 100)  # 64 KiB: 0.01 s of audio
+        await out.start(200, [])
+        await out.body(data, more=False)
+
+    started = time.monotonic()
+    with pytest.raises(WriteTimeout, match=r"a write waited 0.5 s \(write_timeout\)"):
+        asyncio.run(run(never, b"x" * 10))
+    assert 0.5 <= time.monotonic() - started < 2
+    with pytest.raises(WriteTimeout, match="plus the seconds of audio sent, in all"):
+        asyncio.run(run(slow, b"x" * Writer.CHUNK * 10))  # 11 writes of 0.1 s against 0.5 + 0.1 s
+    asyncio.run(run(slow, b"x" * Writer.CHUNK))  # two writes of 0.1 s: within 0.5 + 0.01 s
 
 
 def test_chunked_body_parts_are_joined(app):

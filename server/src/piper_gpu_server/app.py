@@ -20,6 +20,7 @@ import hmac
 import json
 import logging
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
@@ -50,14 +51,63 @@ class ClientGone(Exception):
     pass
 
 
+class WriteTimeout(Exception):
+    """A write of an answer that the client did not take in time."""
+
+
+class Writer:
+    """The ASGI ``send`` of one answer, with deadlines. The body goes in chunks of ``CHUNK`` bytes;
+    each must be taken by the client within ``write_timeout`` seconds, and all of the answer's writes
+    together may wait at most ``write_timeout`` plus the seconds of audio sent (a client must read at
+    least as fast as the audio plays). A write past either raises WriteTimeout."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, send, write_timeout: float, bytes_per_second: int):
+        self._send, self.timeout, self.rate = send, write_timeout, bytes_per_second
+        self.budget = write_timeout  # seconds the writes may still wait, all together
+
+    async def _write(self, message: dict) -> None:
+        loop = asyncio.get_running_loop()
+        wait = max(0.0, min(self.timeout, self.budget))
+        started = loop.time()
+        try:
+            await asyncio.wait_for(self._send(message), wait)
+        except asyncio.TimeoutError:
+            raise WriteTimeout(f"a write waited {self.timeout:g} s (write_timeout)" if wait == self.timeout else
+                               f"its writes waited write_timeout ({self.timeout:g} s) plus the seconds of audio "
+                               "sent, in all") from None
+        self.budget -= loop.time() - started
+
+    async def start(self, status: int, headers: list) -> None:
+        await self._write({"type": "http.response.start", "status": int(status), "headers": headers})
+
+    async def body(self, data: bytes, more: bool) -> None:
+        """``data`` in chunks, each crediting the writes with its seconds of audio."""
+        for at in range(0, len(data), self.CHUNK):
+            chunk = data[at:at + self.CHUNK]
+            self.budget += len(chunk) / self.rate
+            await self._write({"type": "http.response.body", "body": chunk,
+                               "more_body": more or at + self.CHUNK < len(data)})
+        if not data:
+            await self._write({"type": "http.response.body", "body": b"", "more_body": more})
+
+
 #: the status /metrics counts for a request whose client hung up before its answer was complete
 #: (nginx's "client closed request"); nothing is sent
 CLIENT_GONE = 499
 
 
+def trace(exc: BaseException) -> str:
+    """An exception for the log: its type and frames, not its message, which may quote the request
+    text (a KeyError of a character, espeak's input)."""
+    return f"{type(exc).__name__} (message withheld: it may quote the text)\n" + \
+        "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+
+
 def synthesis_failed(voice: Voice, exc: Exception) -> RequestError:
     """A 500 naming the error of a synthesis that failed before any audio was sent; logged with its trace."""
-    LOG.exception("synthesis failed (voice %s)", voice.name)
+    LOG.error("synthesis failed (voice %s): %s", voice.name, trace(exc))
     return RequestError(HTTPStatus.INTERNAL_SERVER_ERROR, f"synthesis failed: {type(exc).__name__}: {exc}")
 
 
@@ -70,12 +120,17 @@ class TtsRequest:
     length_scale: float | None
     stream: bool
     gone: bool = False  # the client hung up
+    #: seconds synthesising, of audio, to the first audio (streams): set when the audio is complete
+    finished: tuple | None = None
 
 
 class App:
     def __init__(self, config: ServerConfig, voices: dict[str, Voice], *, info: dict, gpu_sample=dict,
-                 api_key: str | None = None, config_file: str | None = None):
+                 api_key: str | None = None, config_file: str | None = None, abort=None):
         self.config = config
+        #: drops the connection of a request (its ASGI scope) at once, unsent data discarded
+        #: (serve.LimitedListener.abort); in-process tests have no socket to drop
+        self.abort = abort or (lambda scope: None)
         self.voices = voices
         self.info = info
         self.api_key = api_key
@@ -202,28 +257,37 @@ class App:
             self.metrics.record("", HTTPStatus.UNAUTHORIZED)
             raise RequestError(HTTPStatus.UNAUTHORIZED, "missing or wrong API key (Authorization: Bearer <key>)",
                                {"WWW-Authenticate": "Bearer"})
-        if self.pending >= self.config.max_pending:
-            self.metrics.record("", HTTPStatus.SERVICE_UNAVAILABLE)
-            raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
-                               f"busy: {self.config.max_pending} requests in progress; retry shortly",
-                               {"Retry-After": "1"})
-        self.pending += 1
         voice = None
-        watcher = None
         try:
+            # body and checks before a slot: a client sending slowly (at most body_timeout) holds none
             request = self.parse(await self._body(headers, receive))
             voice = request.voice
-            watcher = asyncio.create_task(self._watch_disconnect(receive, request))
-            if request.stream:
-                await self._stream(request, send)
-            else:
-                await self._whole(request, send)
+            if self.pending >= self.config.max_pending:
+                raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
+                                   f"busy: {self.config.max_pending} requests in progress; retry shortly",
+                                   {"Retry-After": "1"})
         except RequestError as exc:
             self.metrics.record(voice.name if voice else "", exc.status)
             raise
+        self.pending += 1
+        watcher = asyncio.create_task(self._watch_disconnect(receive, request))
+        out = Writer(send, self.config.write_timeout, 2 * voice.sample_rate)
+        try:
+            if request.stream:
+                await self._stream(request, out)
+            else:
+                await self._whole(request, out)
+        except RequestError as exc:
+            self.metrics.record(voice.name, exc.status)
+            raise
+        except WriteTimeout as exc:
+            LOG.warning("tts voice=%s: the client is not reading its answer (%s); connection dropped, the rest "
+                        "is not synthesised", voice.name, exc)
+            self.metrics.record(voice.name, CLIENT_GONE)
+            self.abort(scope)
+            raise ClientGone() from exc
         finally:
-            if watcher is not None:
-                watcher.cancel()
+            watcher.cancel()
             self.pending -= 1
 
     @staticmethod
@@ -244,12 +308,17 @@ class App:
             except ValueError:
                 raise RequestError(HTTPStatus.BAD_REQUEST, "Content-Length is not a number") from None
         body = bytearray()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.body_timeout
         while True:
+            left = deadline - loop.time()
             try:
-                message = await asyncio.wait_for(receive(), self.config.read_timeout)
+                message = await asyncio.wait_for(receive(), max(0.0, min(self.config.read_timeout, left)))
             except asyncio.TimeoutError:
-                raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the request body stalled for "
-                                   f"{self.config.read_timeout:g} s", {"Connection": "close"}) from None
+                stalled = left > self.config.read_timeout
+                raise RequestError(HTTPStatus.REQUEST_TIMEOUT, f"the request body stalled for {self.config.read_timeout:g} s"
+                                   if stalled else f"the request body took over {self.config.body_timeout:g} s",
+                                   {"Connection": "close"}) from None
             if message["type"] == "http.disconnect":
                 raise ClientGone()
             body += message.get("body", b"")
@@ -308,11 +377,17 @@ class App:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise RequestError(HTTPStatus.BAD_REQUEST, "'stream' must be true or false")
-        pieces = texts.split(text, self.config.sentence_max_chars)
+        pieces = texts.split(text, self.piece_limit(voice.config.length_scale if length_scale is None else length_scale))
         if not pieces:
             raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY,
                                "'text' has nothing to speak (no letters or digits)")
         return TtsRequest(voice, text, pieces, speaker_id, length_scale, stream)
+
+    def piece_limit(self, length_scale: float) -> int:
+        """The ``text.weight`` a piece may have: ``sentence_max_chars`` at a ``length_scale`` of 1 or less,
+        and less in proportion above it, so that no piece holds more audio (and so more memory) than
+        ``sentence_max_chars`` Latin characters at the voice's normal pace; at least one wide character."""
+        return max(texts.WIDE_WEIGHT, int(self.config.sentence_max_chars / max(1.0, length_scale)))
 
     async def _pieces(self, request: TtsRequest):
         """Each piece's audio as it is synthesised, in order (one piece in flight per request, so
@@ -329,17 +404,23 @@ class App:
                                              request.speaker_id, request.length_scale)
 
     def _done(self, request: TtsRequest, started: float, seconds: float, first: float | None = None) -> dict:
+        """The answer's headers; the request is counted and logged once its last byte is taken (``_sent``)."""
         elapsed = time.perf_counter() - started
+        voice = request.voice
+        request.finished = (elapsed, seconds, first)
+        return {"X-Voice": voice.name, "X-Provider": voice.provider, "X-Synthesis-Ms": f"{elapsed * 1000:.1f}",
+                "X-Audio-Seconds": f"{seconds:.3f}"}
+
+    def _sent(self, request: TtsRequest) -> None:
+        elapsed, seconds, first = request.finished
         rtf = elapsed / seconds if seconds > 0 else float("inf")
         voice = request.voice
         self.metrics.record(voice.name, HTTPStatus.OK, elapsed, rtf)
         LOG.info("tts voice=%s chars=%d pieces=%d audio_s=%.3f ms=%.1f rtf=%.4f provider=%s%s", voice.name,
                  len(request.text), len(request.pieces), seconds, elapsed * 1000, rtf, voice.provider,
                  "" if first is None else f" stream first_audio_ms={first * 1000:.1f}")
-        return {"X-Voice": voice.name, "X-Provider": voice.provider, "X-Synthesis-Ms": f"{elapsed * 1000:.1f}",
-                "X-Audio-Seconds": f"{seconds:.3f}"}
 
-    async def _whole(self, request: TtsRequest, send):
+    async def _whole(self, request: TtsRequest, out: Writer):
         started = time.perf_counter()
         try:
             pcm = [piece.pcm async for piece in self._pieces(request)]
@@ -349,11 +430,13 @@ class App:
             raise synthesis_failed(request.voice, exc) from exc
         data = b"".join(pcm)
         seconds = len(data) / (2 * request.voice.sample_rate)
-        headers = self._done(request, started, seconds)
-        await self._respond(send, HTTPStatus.OK, wav_header(request.voice.sample_rate, len(data)) + data,
-                            "audio/wav", headers)
+        headers = {"Content-Type": "audio/wav", "Content-Length": 44 + len(data),
+                   **self._done(request, started, seconds)}
+        await out.start(HTTPStatus.OK, [(k.lower().encode(), str(v).encode()) for k, v in headers.items()])
+        await out.body(wav_header(request.voice.sample_rate, len(data)) + data, more=False)
+        self._sent(request)
 
-    async def _stream(self, request: TtsRequest, send):
+    async def _stream(self, request: TtsRequest, out: Writer):
         started = time.perf_counter()
         voice = request.voice
         pieces = self._pieces(request)
@@ -367,21 +450,21 @@ class App:
         self.metrics.first_audio.labels(voice=voice.name).observe(first_at)
         head = [(b"content-type", b"audio/wav"), (b"x-voice", voice.name.encode()),
                 (b"x-provider", voice.provider.encode()), (b"x-stream", b"1")]
-        await send({"type": "http.response.start", "status": 200, "headers": head})
-        await send({"type": "http.response.body", "body": wav_header(voice.sample_rate, None) + first.pcm,
-                    "more_body": True})
+        await out.start(HTTPStatus.OK, head)
+        await out.body(wav_header(voice.sample_rate, None) + first.pcm, more=True)
         seconds = first.seconds
         try:
             async for piece in pieces:
                 seconds += piece.seconds
-                await send({"type": "http.response.body", "body": piece.pcm, "more_body": True})
-        except ClientGone:
+                await out.body(piece.pcm, more=True)
+        except (ClientGone, WriteTimeout):
             raise
-        except Exception:
+        except Exception as exc:
             # the status is sent: ending the connection without the last chunk tells the client
-            LOG.exception("synthesis failed mid-stream (voice %s); the stream is cut", voice.name)
+            LOG.error("synthesis failed mid-stream (voice %s); the stream is cut: %s", voice.name, trace(exc))
             self.metrics.record(voice.name, HTTPStatus.INTERNAL_SERVER_ERROR)
             raise
         self._done(request, started, seconds, first_at)
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        await out.body(b"", more=False)
+        self._sent(request)
 

@@ -73,6 +73,13 @@ class ServerConfig:
     sentence_max_chars: int = 200
     #: seconds a client may stay silent while sending a request (headers or body) before it is dropped
     read_timeout: float = 10.0
+    #: seconds the whole request body may take, however it trickles (then 408); it is read before the
+    #: request takes one of the max_pending places, so a slow sender holds none
+    body_timeout: float = 30.0
+    #: seconds an answer's writes may wait for the client: each 64 KiB chunk at most this long, and
+    #: all together at most this plus the seconds of audio sent. A client that reads slower is
+    #: dropped, and its synthesis stops
+    write_timeout: float = 10.0
     #: seconds an idle kept-alive connection stays open
     keep_alive_timeout: float = 5.0
     #: open connections at most; more are closed at once
@@ -101,7 +108,7 @@ class ServerConfig:
         for name in (f.name for f in dataclasses.fields(self) if f.type == "float"):
             if not math.isfinite(getattr(self, name)):  # nan passes every "<= 0" check; inf is no bound
                 problems.append(f"{name}: {getattr(self, name)} is not a finite number of seconds")
-        for name in ("read_timeout", "keep_alive_timeout", "graceful_timeout"):
+        for name in ("read_timeout", "body_timeout", "write_timeout", "keep_alive_timeout", "graceful_timeout"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}: {getattr(self, name)} must be over 0 seconds")
         if self.memory_release_idle < 0:

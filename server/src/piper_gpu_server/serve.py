@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 
@@ -28,21 +29,29 @@ class CountedSocket(socket.socket):
     """An accepted connection that gives its place back when it closes."""
 
     listener: "LimitedListener"
+    peer: tuple = ()
     _counted = False
 
     def close(self):
         if self._counted:
             self._counted = False
             self.listener.open -= 1
+            if self.listener.conns.get(self.peer) is self:
+                del self.listener.conns[self.peer]
         super().close()
 
 
 class LimitedListener(socket.socket):
-    """A listening socket whose accept() closes connections over ``limit`` at once."""
+    """A listening socket whose accept() closes connections over ``limit`` at once. Each accepted
+    connection's kernel send buffer is fixed at ``SEND_BUFFER`` (Linux doubles it), which bounds the
+    memory a client that stops reading holds, and can be dropped at once by its peer address
+    (``abort``)."""
 
+    SEND_BUFFER = 256 * 1024
     limit = 256
     open = 0
     refused = 0
+    conns: dict  # peer (host, port) -> its connection (listen() gives each listener its own)
     _last_warning = 0.0
 
     def accept(self):
@@ -56,10 +65,27 @@ class LimitedListener(socket.socket):
                 LOG.warning("%d open connections (max_connections): closing new ones (%d so far)",
                             self.open, self.refused)
             raise ConnectionAbortedError("over max_connections")  # asyncio: nothing accepted this round
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.SEND_BUFFER)
         conn.listener = self
+        conn.peer = tuple(addr[:2])
         conn._counted = True
+        self.conns[conn.peer] = conn
         self.open += 1
         return conn, addr
+
+    def abort(self, peer) -> bool:
+        """Drops the connection from ``peer`` (an ASGI scope's "client") now: what is unsent is discarded
+        and the client gets a reset. asyncio's transport then fails its next write and closes (a plain
+        close would wait for the client to read what is buffered). False: no such connection."""
+        conn = self.conns.get(tuple(peer or ()))
+        if conn is None:
+            return False
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
+        return True
 
 
 def listen(host: str, port: int, limit: int, backlog: int = 128) -> LimitedListener:
@@ -67,6 +93,7 @@ def listen(host: str, port: int, limit: int, backlog: int = 128) -> LimitedListe
     plain = socket.create_server((host, port), family=family, backlog=backlog)
     sock = LimitedListener(plain.family, plain.type, plain.proto, fileno=plain.detach())
     sock.limit = limit
+    sock.conns = {}
     sock.setblocking(False)
     return sock
 
@@ -95,11 +122,30 @@ def hypercorn_config(config: ServerConfig, sock: socket.socket):
     return hc
 
 
+class NoRequestText(logging.Filter):
+    """Keeps request text out of the log (on every handler), whatever the text holds. Piper's records
+    quote it: "Missing phoneme from id map: X" for each character it cannot map (one line per
+    character), "Skipping unusable text: ...", and at DEBUG the text itself. Theirs below ERROR are
+    dropped; the others keep their template, not its arguments."""
+
+    LIBRARIES = ("piper",)  # logger names: piper.phoneme_ids, piper.voice, ... (not piper_gpu_server)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.split(".")[0] in self.LIBRARIES:
+            if record.levelno < logging.ERROR:
+                return False
+            record.msg, record.args = f"{record.msg} (arguments withheld: they may quote the text)", None
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def setup_logging(log_file: str | None) -> None:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file:
         os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for handler in handlers:
+        handler.addFilter(NoRequestText())
     logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.addLevelName(logging.WARNING, "WARN")
@@ -225,11 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         LOG.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         return 2
-    app = App(config, voices, info=info, gpu_sample=gpu.sample, api_key=api_key, config_file=config_path)
+    app = App(config, voices, info=info, gpu_sample=gpu.sample, api_key=api_key, config_file=config_path,
+              abort=lambda scope: sock.abort(scope.get("client")))
     LOG.info("listening on http://%s:%d (POST /tts, GET /health, GET /voices, GET /metrics); API key %s; "
-             "max %d pending, synthes(es) at once per voice %s, %d connections; read timeout %.0f s",
+             "max %d pending, synthes(es) at once per voice %s, %d connections; timeouts: read %g s, body %g s, write %g s",
              config.host, config.port, "required" if api_key else "not set", config.max_pending,
-             {name: v.syntheses for name, v in voices.items()}, config.max_connections, config.read_timeout)
+             {name: v.syntheses for name, v in voices.items()}, config.max_connections, config.read_timeout,
+             config.body_timeout, config.write_timeout)
     asyncio.run(serve(app, config, sock))
     return 0
 
