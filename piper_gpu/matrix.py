@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from piper_gpu.errors import SettingsError
+from piper_gpu.naming import major_minor, release
+
 
 @dataclass(frozen=True)
 class OrtBuild:
@@ -100,9 +103,6 @@ ONNXRUNTIME_DISTRIBUTIONS = (
 
 def cudnn_built_for(cudnn_version: str) -> str:
     """The CUDA version the CUDA-12 build of a cuDNN release targets (CUDNN_BUILT_FOR)."""
-    from piper_gpu.naming import release
-    from piper_gpu.settings import SettingsError
-
     try:
         return CUDNN_BUILT_FOR[release(cudnn_version)]
     except KeyError:
@@ -117,8 +117,6 @@ def check(ort: str, cuda: str, cudnn: str, cudnn_built: str, python: str | None,
     """Raise ``error`` naming the conflict and the fix unless onnxruntime-gpu ``ort``, CUDA ``cuda``,
     cuDNN ``cudnn`` (built for CUDA ``cudnn_built``) and the host's ``python`` (None: not known yet)
     fit together."""
-    from piper_gpu.naming import major_minor
-
     cuda_major, cuda_minor = major_minor(cuda, "cuda_version")
     cudnn_major = major_minor(cudnn, "cudnn_version")[0]
     build = ORT_GPU_BUILDS.get(ort)

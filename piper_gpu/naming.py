@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import re
 
+from piper_gpu.errors import SettingsError
+
 
 def major_minor(version: str, what: str) -> tuple[int, int]:
     m = re.match(r"^(\d+)\.(\d+)", str(version))
     if not m:
-        from piper_gpu.settings import SettingsError
-
         raise SettingsError(f"{what}: {version!r} is not a version like 12.4")
     return int(m.group(1)), int(m.group(2))
 

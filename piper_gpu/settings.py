@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from pyinfra.api.exceptions import PyinfraError
 
 from piper_gpu import locks, matrix, naming, platforms
+from piper_gpu.errors import SettingsError  # noqa: F401 - imported from here by the CLI and the tests
 from piper_gpu.matrix import CUDA_WHEELS_12_4, CUDNN_ARCHIVE_SHA256, DEFAULT_ORT_GPU, ONNXRUNTIME_DISTRIBUTIONS
 
 #: Packages that must never be installed inside WSL2: the Linux driver comes from Windows, and any
@@ -41,11 +41,6 @@ WSL_FORBIDDEN_PACKAGE_PATTERNS = (
 
 
 CUDNN_SOURCES = ("auto", "repo", "local-repo", "archive", "wheel", "local-deb")
-
-
-class SettingsError(PyinfraError, ValueError):
-    """A setting is invalid or settings contradict each other. (A PyinfraError: pyinfra prints it
-    as one message, without a traceback.)"""
 
 
 @dataclass(frozen=True)
