@@ -82,6 +82,7 @@ class Lab:
         self.diagnose_seconds = time.monotonic() - started
         results = json.loads(out.read_text())
         self.last_screen = proc.stdout
+        self.last_returncode = proc.returncode
         return {r["check"]: r for r in results}
 
 

@@ -1,6 +1,7 @@
 """Break a provisioned host one way at a time (what hurt the users), and prove the verify suite
 fails on the right check with the right fix; then repair it and prove the host passes again."""
 
+import re
 import shutil
 import zipfile
 from pathlib import Path
@@ -95,7 +96,10 @@ def test_fault_is_detected_named_and_fixed(lab, tmp_path, fault):
     assert hit.get("outcome") == "failed", f"{fault}: {spec['check']} did not fail\n{lab.last_screen}"
     assert spec["fix"] in hit.get("fix", ""), hit
     assert spec.get("found", "") in hit.get("found", ""), hit
-    assert f"x {spec['check']}" in lab.last_screen.replace("/ ", "") or spec["check"] in lab.last_screen
+    check = re.escape(spec["check"])
+    assert re.search(rf"^  x \S+ / {check}$", lab.last_screen, re.M), lab.last_screen  # in "What is wrong"
+    assert re.search(rf"^  \S+\s+{check}\s+FAIL$", lab.last_screen, re.M), lab.last_screen
+    assert lab.last_returncode == 1
 
     if spec["repair"] == "deploy":
         assert lab.deploy().changes > 0

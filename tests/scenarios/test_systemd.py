@@ -142,7 +142,8 @@ def test_a_changed_voice_file_restarts_it_exactly_once(booted):
     assert "Voice en_US-joe-medium.onnx" in result.output and result.changes >= 1
     assert starts_since(booted, since) == 1
     health = answers(booted)
-    assert health["voices"]["en_US-joe-medium"]["provider"]
+    on_disk = booted.sh(f"sha256sum {VOICE}").stdout.split()[0]
+    assert health["voices"]["en_US-joe-medium"]["onnx_sha256"] == on_disk  # the restart loaded the repaired file
 
 
 def test_the_service_sandbox_holds_and_the_checks_see_a_weakened_one(booted, tmp_path):

@@ -128,9 +128,19 @@ def test_json_round_trip_is_what_verify_reads():
     assert json.loads(s.to_json())["voices"][0]["name"] == "zh_CN-huayan-medium"
 
 
-def test_settings_fields_are_typed():
-    for f in dataclasses.fields(Settings):
-        assert f.type, f.name
+#: Python types of the annotations Settings uses (a new kind of annotation fails the test below)
+ANNOTATED = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "str | None": (str, type(None)),
+             "dict[str, str]": (dict,), "tuple[Voice, ...]": (tuple,)}
+
+
+def test_every_default_has_its_annotated_type():
+    """The defaults are what an inventory that sets nothing gets: each must be of its field's type
+    (an int default for a bool field, or a string for a number, would pass every check of the
+    value and then be written into server.toml as the wrong TOML type)."""
+    wrong = [(f.name, f.type, getattr(Settings(), f.name)) for f in dataclasses.fields(Settings)
+             if not isinstance(getattr(Settings(), f.name), ANNOTATED[f.type])
+             or (f.type in ("int", "float") and isinstance(getattr(Settings(), f.name), bool))]
+    assert not wrong, wrong
 
 
 def test_cuda_options_must_be_key_value_pairs():
@@ -199,10 +209,14 @@ def test_generic_unprefixed_names_belong_to_other_deploys_and_are_left_alone():
 
 
 def test_data_defaults_hold_every_setting_under_its_key():
+    """What pyinfra's @deploy(data_defaults=) gets: every setting under piper_gpu_<its name> and no
+    other key, read back (as group data is read) as the defaults; a changed key is read back changed."""
     assert DATA_DEFAULTS["piper_gpu_cuda_version"] == "12.4"
-    assert DATA_DEFAULTS["piper_gpu_onnxruntime_gpu_version"] == Settings().onnxruntime_gpu_version
-    assert all(k.startswith("piper_gpu_") for k in DATA_DEFAULTS)
+    assert DATA_DEFAULTS["piper_gpu_onnxruntime_gpu_version"] == "1.20.2"
+    # python_version is the target's, found by preflight: no data key sets it
+    assert set(DATA_DEFAULTS) == {"piper_gpu_" + f.name for f in dataclasses.fields(Settings)} - {"piper_gpu_python_version"}
     assert settings_from(DATA_DEFAULTS, validate=False) == Settings()
+    assert settings_from({**DATA_DEFAULTS, "piper_gpu_port": 6007}, validate=False).port == 6007
 
 
 def test_shape_stable_and_its_buckets_are_validated():
