@@ -19,6 +19,7 @@ import shlex
 
 import pytest
 
+import checks
 
 SETTINGS_FILE = "/etc/piper-gpu/settings.json"
 TARGET_FILE = "/etc/piper-gpu/target.json"
@@ -76,18 +77,27 @@ def target(host) -> dict:
 
 
 @pytest.fixture(scope="module")
-def driver(host) -> dict | None:
-    """{'gpus': [...], 'cuda_version': ..., 'driver_version': ...} or None (no working nvidia-smi)."""
+def driver(host) -> dict:
+    return read_driver(host)
+
+
+def read_driver(host) -> dict:
+    """What nvidia-smi answers: {'path', 'gpus': [(name, driver version)], 'driver_version', 'cuda_version',
+    'error'}; 'gpus' is empty (and 'error' says why) when no nvidia-smi works."""
+    errors = []
     for smi in ("nvidia-smi", "/usr/lib/wsl/lib/nvidia-smi"):
-        query = host.run(f"{smi} --query-gpu=name,driver_version --format=csv,noheader")
-        if query.rc == 0 and query.stdout.strip():
-            header = host.run(smi).stdout
-            cuda = next((line.split("CUDA Version:")[1].split()[0] for line in header.splitlines()
-                         if "CUDA Version:" in line), None)
-            rows = [r.rsplit(",", 1) for r in query.stdout.strip().splitlines()]
-            return {"path": smi, "gpus": [r[0].strip() for r in rows], "driver_version": rows[0][1].strip(),
-                    "cuda_version": cuda}
-    return None
+        where = host.run(f"command -v {smi}")
+        if where.rc != 0:
+            errors.append(f"{smi}: not found")
+            continue
+        path = where.stdout.strip()
+        query = host.run(f"{path} --query-gpu=name,driver_version --format=csv,noheader")
+        gpus = checks.parse_gpu_query(query.stdout) if query.rc == 0 else []
+        if gpus:
+            return {"path": path, "gpus": gpus, "driver_version": gpus[0][1],
+                    "cuda_version": checks.parse_cuda_version(host.run(path).stdout), "error": ""}
+        errors.append(f"{path}: rc {query.rc}: {(query.stderr or query.stdout).strip()[-200:] or 'lists no GPU'}")
+    return {"path": None, "gpus": [], "driver_version": None, "cuda_version": None, "error": "; ".join(errors)}
 
 
 CUINIT = """
@@ -99,21 +109,33 @@ except (OSError, AttributeError) as exc:
 """
 
 
+def report(problem) -> None:
+    """Fail with a verify/checks.py Problem (FOUND / EXPECTED / FIX); nothing when it is None."""
+    if problem is not None:
+        raise Expectation(f"FOUND: {problem.found}\nEXPECTED: {problem.expected}\nFIX: {problem.fix}")
+
+
+def gpu_verdict(driver, applied, target, service_env) -> tuple[str | None, object]:
+    """(skip reason, problem) of checks.gpu_gate for this host: cuInit(0) tried as the service when
+    nvidia-smi lists a GPU."""
+    cuinit = None
+    if driver["gpus"] and applied.use_gpu:
+        rc, cuinit, res = service_env.python(CUINIT)
+        if rc != 0 or cuinit is None:
+            cuinit = f"the venv's Python fails: {res.stderr.strip()[-200:]}"
+    return checks.gpu_gate(driver["gpus"], driver["error"], cuinit, use_gpu=applied.use_gpu,
+                           allow_no_gpu=applied.allow_no_gpu, is_wsl=target["is_wsl"])
+
+
 @pytest.fixture(scope="module")
-def needs_gpu(driver, applied, service_env):
-    """Skip GPU-only checks, with the reason, where no GPU can be used: no nvidia-smi, or (only on a
-    host provisioned with allow_no_gpu=True) a CUDA driver that reports no device. On any other host
-    a failing driver fails the checks instead."""
-    if driver is None:
-        pytest.skip("no NVIDIA GPU on this host (nvidia-smi missing or lists no GPU)"
-                    + ("; provisioned with allow_no_gpu=True" if applied.allow_no_gpu else ""))
-    if not applied.use_gpu:
-        pytest.skip("use_gpu=False in the applied settings")
-    if applied.allow_no_gpu:
-        _, cuinit, _ = service_env.python(CUINIT)
-        if cuinit != 0:
-            pytest.skip(f"no usable NVIDIA GPU on this host: nvidia-smi lists {driver['gpus']} but cuInit(0) gives "
-                        f"{cuinit!r}; provisioned with allow_no_gpu=True")
+def needs_gpu(driver, applied, target, service_env):
+    """GPU-only checks are skipped, with the reason, only where the settings allow no GPU (use_gpu=False,
+    or a host provisioned with allow_no_gpu=True). On any other host a missing nvidia-smi, an empty GPU
+    list or a failing cuInit(0) fails them, naming the cause and the fix (checks.gpu_gate)."""
+    skip, problem = gpu_verdict(driver, applied, target, service_env)
+    if skip:
+        pytest.skip(skip)
+    report(problem)
     return driver
 
 
@@ -172,13 +194,13 @@ def server_log(host, target):
     return read
 
 
+#: The performance results measured by this run (test_performance.py appends; also JSON on the host).
+PERF_RESULTS: list[dict] = []
+
+
 def pytest_terminal_summary(terminalreporter):
-    """Show the performance results measured by this run (they are also JSON on the host)."""
-    try:
-        from test_performance import RESULTS
-    except ImportError:
-        return
-    for data in RESULTS:
+    """Show the performance results measured by this run."""
+    for data in PERF_RESULTS:
         terminalreporter.write_sep("-", f"performance: voice {data['voice']}, service on {data['service_provider']}")
         for size, r in data["sizes"].items():
             terminalreporter.write_line(

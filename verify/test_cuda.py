@@ -4,7 +4,8 @@ import re
 
 import pytest
 
-from conftest import expect
+import checks
+from conftest import expect, report
 from libs import ROLES, fix_for_missing, provider_libraries, reinstall_fix
 
 
@@ -44,27 +45,15 @@ def test_linker_config_lists_cuda(host, target):
            "re-run the deploy (installs the CUDA/cuDNN packages or wheels that own them)")
 
 
-def _linker_cache(host) -> dict[str, str]:
-    cache = {}
-    for line in host.run("ldconfig -p").stdout.splitlines():
-        m = re.match(r"\s+(\S+) \((?:[^)]*x86-64[^)]*|[^)]*aarch64[^)]*)\) => (\S+)", line)
-        if m:
-            cache.setdefault(m.group(1), m.group(2))
-    return cache
-
-
 @pytest.mark.parametrize("role", ROLES)
 def test_library_resolves_in_linker_cache(host, applied, target, role):
     lib, package = provider_libraries(applied)[role]
-    cache = _linker_cache(host)
-    if lib in cache:
-        return
-    places = " ".join(f"{d}/{lib}" for d in target["lib_dirs"])
-    on_disk = host.run(f"ls {places} /usr/lib/*-linux-gnu/{lib} 2>/dev/null").stdout.strip()
-    fix = ("the file exists but the linker does not search its directory: re-run the deploy (linker config + ldconfig)"
-           if on_disk else reinstall_fix(package))
-    expect(False, f"{lib}: cannot open shared object file (not in `ldconfig -p`)" + (f"; file at {on_disk}" if on_disk else ""),
-           f"{lib} resolvable by the dynamic linker", fix)
+    cache = checks.parse_ldconfig(host.run("ldconfig -p").stdout)
+    on_disk = ""
+    if lib not in cache:
+        places = " ".join(f"{d}/{lib}" for d in target["lib_dirs"])
+        on_disk = host.run(f"ls {places} /usr/lib/*-linux-gnu/{lib} 2>/dev/null").stdout.strip()
+    report(checks.linker_resolves_problem(lib, cache, on_disk, reinstall_fix(package)))
 
 
 def test_libraries_load_in_the_service_environment(service_env, applied):

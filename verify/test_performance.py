@@ -2,18 +2,16 @@
 
 import json
 
-from conftest import expect
+import checks
+from conftest import PERF_RESULTS, expect, health, report
 from perf_verdict import speedup_verdict
-
-RESULTS = []
-
 
 def run_perf(service_env, target, voice, runs, sizes):
     res = service_env.run(f"{target['perf']} --runs {runs} --voice {voice} --sizes {sizes}")
     expect(res.rc == 0, f"{target['perf']} failed: {(res.stderr or res.stdout).strip()[-400:]}",
            "a performance run", "start the service; re-run the deploy (installs the script)")
     data = json.loads(res.stdout.strip().splitlines()[-1])
-    RESULTS.append(data)
+    PERF_RESULTS.append(data)
     return data
 
 
@@ -27,5 +25,10 @@ def test_performance_script_runs_and_writes_json(host, service_env, target, appl
 
 
 def test_gpu_faster_than_cpu(needs_gpu, service_env, target, applied):
-    data = run_perf(service_env, target, applied.voices[0].name, applied.perf_runs, "short,medium,long")
+    """The service on CUDA (/health, before it is timed, and the provider the run itself saw), then at
+    least min_speedup times the CPU."""
+    voice = applied.voices[0].name
+    report(checks.health_cuda_problem(health(service_env, target["base_url"]), [voice]))
+    data = run_perf(service_env, target, voice, applied.perf_runs, "short,medium,long")
+    report(checks.perf_provider_problem(data.get("service_provider")))
     expect(*speedup_verdict(data, applied.min_speedup))

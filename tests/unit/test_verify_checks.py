@@ -1,0 +1,384 @@
+"""verify's GPU, driver, CUDA and cuDNN decisions (verify/checks.py), proven both ways on canned host
+outputs in the real tools' formats: each check passes on a healthy host's answer and fails on the fault
+it exists for, naming the cause and the fix. No GPU, no host."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("verify_checks", Path(__file__).parents[2] / "verify" / "checks.py")
+checks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(checks)
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+PARTS = ["", "_adv", "_cnn", "_engines_precompiled", "_engines_runtime_compiled", "_graph", "_heuristic", "_ops"]
+LIB = "/usr/lib/x86_64-linux-gnu"
+FIX = "sudo apt-get install --reinstall --allow-change-held-packages libcudnn9-cuda-12=9.1.1.17-1"
+
+
+def text(problem) -> str:
+    assert problem is not None, "the check passed on a fault"
+    return " | ".join(problem)
+
+
+# --- nvidia-smi ------------------------------------------------------------------------------------
+
+SMI_TABLE_LINUX = """\
+Thu Dec  3 11:40:02 2026
++-----------------------------------------------------------------------------------------+
+| NVIDIA-SMI 550.54.15              Driver Version: 550.54.15      CUDA Version: 12.4     |
+|-----------------------------------------+------------------------+----------------------+
+| GPU  Name                 Persistence-M | Bus-Id          Disp.A | Volatile Uncorr. ECC |
+| Fan  Temp   Perf          Pwr:Usage/Cap |           Memory-Usage | GPU-Util  Compute M. |
+|                                         |                        |               MIG M. |
+|=========================================+========================+======================|
+|   0  NVIDIA H200                    On  |   00000000:19:00.0 Off |                    0 |
+| N/A   31C    P0             76W /  700W |       4MiB / 143771MiB |      0%      Default |
+|                                         |                        |             Disabled |
++-----------------------------------------+------------------------+----------------------+
+"""
+SMI_TABLE_OLD_DRIVER = SMI_TABLE_LINUX.replace("550.54.15      CUDA Version: 12.4", "470.223.02     CUDA Version: 11.4")
+SMI_NO_DRIVER = ("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. Make sure that the "
+                 "latest NVIDIA driver is installed and running.")
+
+
+def test_gpu_query_and_cuda_version_are_read_from_nvidia_smi():
+    assert checks.parse_gpu_query("NVIDIA H200, 550.54.15\nNVIDIA GeForce RTX 4070, 560.94\n") == [
+        ("NVIDIA H200", "550.54.15"), ("NVIDIA GeForce RTX 4070", "560.94")]
+    assert checks.parse_gpu_query(SMI_NO_DRIVER) == []
+    assert checks.parse_cuda_version(SMI_TABLE_LINUX) == "12.4"
+    assert checks.parse_cuda_version(SMI_NO_DRIVER) is None
+
+
+H200 = [("NVIDIA H200", "550.54.15")]
+
+
+def gate(gpus, cuinit=0, error="", **kw):
+    settings = {"use_gpu": True, "allow_no_gpu": False, "is_wsl": False, **kw}
+    return checks.gpu_gate(gpus, error, cuinit, **settings)
+
+
+def test_gpu_gate_passes_with_a_gpu_that_initialises():
+    assert gate(H200, 0) == (None, None)
+
+
+def test_gpu_gate_fails_without_nvidia_smi_unless_no_gpu_is_allowed():
+    skip, problem = gate([], None, error="nvidia-smi: not found; /usr/lib/wsl/lib/nvidia-smi: not found")
+    assert skip is None
+    msg = text(problem)
+    assert "no NVIDIA GPU on this host" in msg and "nvidia-smi: not found" in msg
+    assert "install the NVIDIA driver" in msg and "allow_no_gpu=False" in msg
+
+
+def test_gpu_gate_names_the_windows_driver_on_wsl2_and_forbids_a_linux_one():
+    msg = text(gate([], None, error="nvidia-smi: not found", is_wsl=True)[1])
+    assert "NVIDIA driver on Windows" in msg and "never install a Linux NVIDIA driver inside WSL2" in msg
+
+
+def test_gpu_gate_fails_when_nvidia_smi_cannot_reach_the_driver():
+    msg = text(gate([], None, error=f"/usr/bin/nvidia-smi: rc 9: {SMI_NO_DRIVER}")[1])
+    assert "couldn't communicate with the NVIDIA driver" in msg and "install the NVIDIA driver" in msg
+
+
+def test_gpu_gate_fails_when_cuinit_fails_on_a_gpu_host():
+    msg = text(gate(H200, 100)[1])
+    assert "cuInit(0) gives 100" in msg and "CUDA_ERROR_NO_DEVICE" in msg and "NVIDIA driver" in msg
+    assert "libcuda.so.1 does not load" in text(gate(H200, "libcuda.so.1: cannot open shared object file")[1])
+
+
+def test_gpu_gate_skips_only_where_the_settings_allow_no_gpu():
+    skip, problem = gate([], None, error="nvidia-smi: not found", allow_no_gpu=True)
+    assert problem is None and "no NVIDIA GPU on this host" in skip and "allow_no_gpu=True" in skip
+    skip, problem = gate([("NVIDIA GeForce RTX 4070", "560.94")], 100, allow_no_gpu=True, is_wsl=True)
+    assert problem is None and "cuInit(0) gives 100" in skip
+    skip, problem = gate([], None, use_gpu=False)
+    assert problem is None and "use_gpu=False" in skip
+
+
+def test_driver_cuda_version_both_ways():
+    assert checks.driver_cuda_problem("550.54.15", checks.parse_cuda_version(SMI_TABLE_LINUX), "12.4", False) is None
+    msg = text(checks.driver_cuda_problem("470.223.02", checks.parse_cuda_version(SMI_TABLE_OLD_DRIVER), "12.4", False))
+    assert "supports CUDA 11.4" in msg and ">= 12.4" in msg and "update the driver" in msg
+    assert "Windows" in text(checks.driver_cuda_problem("560.94", None, "12.4", True))
+
+
+# --- ldconfig -p, ldd --------------------------------------------------------------------------------
+
+LDCONFIG = f"""\
+412 libs found in cache `/etc/ld.so.cache'
+\tlibcudnn_ops.so.9 (libc6,x86-64) => {LIB}/libcudnn_ops.so.9
+\tlibcudnn.so.9 (libc6,x86-64) => {LIB}/libcudnn.so.9
+\tlibcudnn.so.9 (libc6,x86-64) => /lib/x86_64-linux-gnu/libcudnn.so.9
+\tlibcublasLt.so.12 (libc6,x86-64) => /usr/local/cuda-12.4/targets/x86_64-linux/lib/libcublasLt.so.12
+\tlibcuda.so.1 (libc6,x86-64) => /usr/lib/wsl/lib/libcuda.so.1
+\tlibc.so.6 (libc6,x86-64, OS ABI: Linux 3.2.0) => {LIB}/libc.so.6
+\tlibc.so.6 (libc6) => /usr/lib/i386-linux-gnu/libc.so.6
+"""
+
+
+def test_ldconfig_cache_is_read_in_order_64_bit_only():
+    cache = checks.parse_ldconfig(LDCONFIG)
+    assert cache["libcudnn.so.9"] == [f"{LIB}/libcudnn.so.9", "/lib/x86_64-linux-gnu/libcudnn.so.9"]
+    assert cache["libc.so.6"] == [f"{LIB}/libc.so.6"]
+    assert "412" not in " ".join(cache)
+
+
+def test_linker_resolves_both_ways():
+    cache = checks.parse_ldconfig(LDCONFIG)
+    assert checks.linker_resolves_problem("libcublasLt.so.12", cache, "", "reinstall libcublas-12-4") is None
+    msg = text(checks.linker_resolves_problem("libcufft.so.11", cache, "", "sudo apt-get install --reinstall libcufft-12-4"))
+    assert "libcufft.so.11: cannot open shared object file" in msg and "--reinstall libcufft-12-4" in msg
+    msg = text(checks.linker_resolves_problem("libcufft.so.11", cache, "/usr/local/cuda-12.4/lib64/libcufft.so.11", "x"))
+    assert "file at /usr/local/cuda-12.4/lib64/libcufft.so.11" in msg and "linker config + ldconfig" in msg
+
+
+LDD_GOOD = f"""\
+\tlinux-vdso.so.1 (0x00007ffd7b5f2000)
+\tlibcublasLt.so.12 => /usr/local/cuda-12.4/targets/x86_64-linux/lib/libcublasLt.so.12 (0x00007f3c1c000000)
+\tlibcudnn.so.9 => {LIB}/libcudnn.so.9 (0x00007f3c1bc00000)
+\tlibc.so.6 => {LIB}/libc.so.6 (0x00007f3c1ba1f000)
+\t/lib64/ld-linux-x86-64.so.2 (0x00007f3c4a1e5000)
+"""
+LDD_BAD = LDD_GOOD.replace("libcublasLt.so.12 => /usr/local/cuda-12.4/targets/x86_64-linux/lib/libcublasLt.so.12 "
+                           "(0x00007f3c1c000000)", "libcublasLt.so.12 => not found")
+
+
+def test_provider_ldd_both_ways():
+    fix_for = lambda missing: f"reinstall the owners of {missing}"  # noqa: E731
+    assert checks.provider_ldd_problem(0, LDD_GOOD, "", fix_for) is None
+    msg = text(checks.provider_ldd_problem(0, LDD_BAD, "", fix_for))
+    assert "libcublasLt.so.12 not found" in msg and "reinstall the owners of ['libcublasLt.so.12']" in msg
+    assert "ldd fails" in text(checks.provider_ldd_problem(1, "", "ldd: ./x.so: No such file or directory", fix_for))
+
+
+# --- cuDNN -----------------------------------------------------------------------------------------
+
+def test_cudnn_version_and_cudart_both_ways():
+    assert checks.cudnn_version_problem(90101, "9.1.1", FIX) is None
+    msg = text(checks.cudnn_version_problem(90100, "9.1.1", FIX))
+    assert "cudnnGetVersion() = 90100 (cuDNN 9.1.0)" in msg and FIX in msg
+    assert checks.cudnn_cudart_problem(12040, "12.4", 9, FIX) is None
+    assert checks.cudnn_cudart_problem(12020, "12.4", 9, FIX) is None
+    msg = text(checks.cudnn_cudart_problem(11080, "12.4", 9, FIX))
+    assert "built for CUDA 11.8" in msg and FIX in msg
+    assert "built for CUDA 12.9" in text(checks.cudnn_cudart_problem(12090, "12.4", 9, FIX))
+
+
+SHOWHOLD = "cuda-keyring\nlibcudnn9-cuda-12\n"
+
+
+def test_cudnn_package_pinned_and_held_both_ways():
+    pkg, ver = "libcudnn9-cuda-12", "9.1.1.17-1"
+    # dpkg-query's ${db:Status-Abbrev} is three letters, padded: "hi " held+installed (apt-mark hold), "ii " installed
+    assert checks.cudnn_package_problem(pkg, ver, "hi |9.1.1.17-1\n", SHOWHOLD, FIX) is None
+    assert checks.cudnn_package_problem(pkg, ver, "ii |9.1.1.17-1\n", SHOWHOLD, FIX) is None
+    msg = text(checks.cudnn_package_problem(pkg, ver, "hi |9.1.0.70-1\n", SHOWHOLD, FIX))
+    assert "libcudnn9-cuda-12 9.1.0.70-1" in msg and "9.1.1.17-1 installed" in msg and FIX in msg
+    assert "not installed" in text(checks.cudnn_package_problem(pkg, ver, "", SHOWHOLD, FIX))
+    assert "dpkg status 'rc'" in text(checks.cudnn_package_problem(pkg, ver, "rc |9.1.1.17-1\n", SHOWHOLD, FIX))
+    assert "dpkg status 'hiR'" in text(checks.cudnn_package_problem(pkg, ver, "hiR|9.1.1.17-1\n", SHOWHOLD, FIX))
+    assert "dpkg status 'iF'" in text(checks.cudnn_package_problem(pkg, ver, "iF |9.1.1.17-1\n", SHOWHOLD, FIX))
+    msg = text(checks.cudnn_package_problem(pkg, ver, "ii |9.1.1.17-1\n", "cuda-keyring\n", FIX))
+    assert "not held" in msg and "sudo apt-mark hold libcudnn9-cuda-12" in msg
+
+
+DPKG_L = "/.\n/usr\n/usr/lib\n/usr/lib/x86_64-linux-gnu\n" + "".join(
+    f"{LIB}/libcudnn{p}.so.9.1.1\n" for p in PARTS) + "/usr/share/doc/libcudnn9-cuda-12/copyright\n" + "".join(
+    f"{LIB}/libcudnn{p}.so.9\n" for p in PARTS)
+
+
+def test_cudnn_package_files_both_ways():
+    pkg, cache = "libcudnn9-cuda-12", checks.parse_ldconfig(LDCONFIG)
+    real = {f"{LIB}/libcudnn.so.9": f"{LIB}/libcudnn.so.9.1.1"}
+    assert checks.cudnn_package_files_problem(pkg, DPKG_L, [], cache, 9, PARTS, FIX, real) is None
+    msg = text(checks.cudnn_package_files_problem(pkg, DPKG_L.replace("libcudnn_ops.so.9\n", "x\n"), [], cache, 9,
+                                                  PARTS, FIX, real))
+    assert "`dpkg -L libcudnn9-cuda-12` lists no libcudnn_ops.so.9" in msg and FIX in msg
+    msg = text(checks.cudnn_package_files_problem(pkg, DPKG_L, [f"{LIB}/libcudnn_cnn.so.9.1.1"], cache, 9, PARTS, FIX))
+    assert "files deleted" in msg and "libcudnn_cnn.so.9.1.1" in msg
+    other = checks.parse_ldconfig("\tlibcudnn.so.9 (libc6,x86-64) => /usr/local/lib/libcudnn.so.9\n")
+    msg = text(checks.cudnn_package_files_problem(pkg, DPKG_L, [], other, 9, PARTS, FIX))
+    assert "resolves libcudnn.so.9 to /usr/local/lib/libcudnn.so.9" in msg and "remove the other cuDNN" in msg
+    assert "nothing (not in `ldconfig -p`)" in text(checks.cudnn_package_files_problem(pkg, DPKG_L, [], {}, 9, PARTS, FIX))
+
+
+ARCHIVE_LIB = "/opt/cudnn-9.1.1.17-cuda12/lib"
+ARCHIVE_LISTING = [f"libcudnn{p}.so.9" for p in PARTS] + [f"libcudnn{p}.so.9.1.1" for p in PARTS] + ["libcudnn.so"]
+HEADER = """/* cudnn_version.h */
+#ifndef CUDNN_VERSION_H_
+#define CUDNN_VERSION_H_
+
+#define CUDNN_MAJOR 9
+#define CUDNN_MINOR 1
+#define CUDNN_PATCHLEVEL 1
+
+#define CUDNN_VERSION (CUDNN_MAJOR * 10000 + CUDNN_MINOR * 100 + CUDNN_PATCHLEVEL)
+#endif
+"""
+ARCHIVE_CACHE = checks.parse_ldconfig(f"\tlibcudnn.so.9 (libc6,x86-64) => {ARCHIVE_LIB}/libcudnn.so.9\n")
+
+
+def test_cudnn_archive_both_ways():
+    args = ("archive", ARCHIVE_LIB)
+    assert checks.cudnn_unpacked_problem(*args, ARCHIVE_LISTING, HEADER, ARCHIVE_CACHE, "9.1.1", 9, PARTS, FIX) is None
+    msg = text(checks.cudnn_unpacked_problem(*args, [], HEADER, ARCHIVE_CACHE, "9.1.1", 9, PARTS, FIX))
+    assert f"{ARCHIVE_LIB}: no libcudnn.so.9" in msg and "directory empty or missing" in msg and FIX in msg
+    msg = text(checks.cudnn_unpacked_problem(*args, ARCHIVE_LISTING, HEADER.replace("PATCHLEVEL 1", "PATCHLEVEL 0"),
+                                             ARCHIVE_CACHE, "9.1.1", 9, PARTS, FIX))
+    assert "/opt/cudnn-9.1.1.17-cuda12/include/cudnn_version.h: cuDNN 9.1.0" in msg
+    assert "no version found" in text(checks.cudnn_unpacked_problem(*args, ARCHIVE_LISTING, None, ARCHIVE_CACHE,
+                                                                    "9.1.1", 9, PARTS, FIX))
+    msg = text(checks.cudnn_unpacked_problem(*args, ARCHIVE_LISTING, HEADER, checks.parse_ldconfig(LDCONFIG), "9.1.1",
+                                             9, PARTS, FIX))
+    assert f"resolves libcudnn.so.9 to {LIB}/libcudnn.so.9" in msg and "piper-gpu-cuda.conf" in msg
+
+
+def test_cudnn_deb_unpacked_takes_the_release_from_the_file_names():
+    lib = "/opt/cudnn-9.1.1.17-cuda12/usr/lib/x86_64-linux-gnu"
+    cache = checks.parse_ldconfig(f"\tlibcudnn.so.9 (libc6,x86-64) => {lib}/libcudnn.so.9\n")
+    assert checks.cudnn_unpacked_problem("local-deb .deb unpacked", lib, ARCHIVE_LISTING, None, cache, "9.1.1", 9,
+                                         PARTS, FIX) is None
+    old = [n.replace("9.1.1", "9.1.0") for n in ARCHIVE_LISTING]
+    msg = text(checks.cudnn_unpacked_problem("local-deb .deb unpacked", lib, old, None, cache, "9.1.1", 9, PARTS, FIX))
+    assert f"the file names in {lib}: cuDNN 9.1.0" in msg and FIX in msg
+
+
+def test_cudnn_wheel_both_ways():
+    lib = "/home/piper/piper_env/.venv/lib/python3.11/site-packages/nvidia/cudnn/lib"
+    cache = checks.parse_ldconfig(f"\tlibcudnn.so.9 (libc6,x86-64) => {lib}/libcudnn.so.9\n")
+    listing = [f"libcudnn{p}.so.9" for p in PARTS] + ["__init__.py"]
+    wheel, fix = "nvidia-cudnn-cu12", "pip install --no-deps --force-reinstall nvidia-cudnn-cu12==9.1.1.17"
+    assert checks.cudnn_wheel_problem(wheel, "9.1.1.17", "9.1.1.17", lib, listing, cache, 9, PARTS, fix) is None
+    msg = text(checks.cudnn_wheel_problem(wheel, "9.1.1.17", "9.1.0.70", lib, listing, cache, 9, PARTS, fix))
+    assert "nvidia-cudnn-cu12 9.1.0.70 in the venv" in msg and fix in msg
+    assert "not installed" in text(checks.cudnn_wheel_problem(wheel, "9.1.1.17", None, lib, listing, cache, 9, PARTS, fix))
+    msg = text(checks.cudnn_wheel_problem(wheel, "9.1.1.17", "9.1.1.17", lib, listing[1:], cache, 9, PARTS, fix))
+    assert "no libcudnn.so.9" in msg
+    msg = text(checks.cudnn_wheel_problem(wheel, "9.1.1.17", "9.1.1.17", lib, listing, {}, 9, PARTS, fix))
+    assert "nothing (not in `ldconfig -p`)" in msg and "re-run the deploy" in msg
+
+
+def test_cudnn_sublibraries_both_ways():
+    ok = {"libcudnn_graph": 0, "libcudnn_ops": 0, "libcudnn_cnn": 0, "libcudnn_adv": 0}
+    assert checks.cudnn_sublibraries_problem(LIB, {}, ok, "9.1.1", 9, FIX) is None
+    msg = text(checks.cudnn_sublibraries_problem(LIB, {}, {**ok, "libcudnn_ops": 1002}, "9.1.1", 9, FIX))
+    assert "'libcudnn_ops': 1002" in msg and "mixed in" in msg and FIX in msg
+    msg = text(checks.cudnn_sublibraries_problem(LIB, {"libcudnn_ops.so.9": "/usr/local/lib/libcudnn_ops.so.9"}, ok,
+                                                 "9.1.1", 9, FIX))
+    assert f"sub-libraries outside {LIB}" in msg
+    assert "not in the linker cache" in text(checks.cudnn_sublibraries_problem(None, {}, ok, "9.1.1", 9, FIX))
+
+
+# --- ONNX Runtime ------------------------------------------------------------------------------------
+
+def test_available_providers_both_ways():
+    assert checks.available_providers_problem(["TensorrtExecutionProvider", CUDA, CPU], "") is None
+    msg = text(checks.available_providers_problem(["AzureExecutionProvider", CPU], ""))
+    assert "['AzureExecutionProvider', 'CPUExecutionProvider']" in msg and "CPU onnxruntime" in msg
+    assert "No module named 'onnxruntime'" in text(checks.available_providers_problem(
+        None, "ModuleNotFoundError: No module named 'onnxruntime'"))
+
+
+def test_session_runs_an_inference_on_cuda_both_ways():
+    voice = "en_US-joe-medium"
+    assert checks.session_problem(voice, {"providers": [CUDA, CPU], "samples": 30976}, "") is None
+    msg = text(checks.session_problem(voice, {"providers": [CPU], "samples": 30976}, ""))
+    assert "session providers ['CPUExecutionProvider']" in msg and "fell back to the CPU" in msg
+    lazy = ("onnxruntime.capi.onnxruntime_pybind11_state.Fail: [ONNXRuntimeError] : 1 : FAIL : "
+            "Could not load library libcudnn_engines_precompiled.so.9")
+    msg = text(checks.session_problem(voice, {"providers": [CUDA, CPU], "error": lazy}, ""))
+    assert "libcudnn_engines_precompiled.so.9" in msg and "inference on CUDAExecutionProvider fails" in msg
+    assert "gave no audio" in text(checks.session_problem(voice, {"providers": [CUDA, CPU], "samples": 0}, ""))
+    assert "Traceback" in text(checks.session_problem(voice, None, "Traceback (most recent call last): ..."))
+
+
+# --- the service ---------------------------------------------------------------------------------------
+
+def health(provider):
+    return {"status": "ok", "provider": provider,
+            "voices": {"en_US-joe-medium": {"provider": provider, "onnx_sha256": "5b3e..."}}}
+
+
+def test_health_reports_cuda_both_ways():
+    assert checks.health_cuda_problem(health(CUDA), ["en_US-joe-medium"]) is None
+    msg = text(checks.health_cuda_problem(health(CPU), ["en_US-joe-medium"]))
+    assert "voice en_US-joe-medium on CPUExecutionProvider" in msg and "WARN line" in msg
+    assert "voice zh_CN-huayan-medium on None" in text(checks.health_cuda_problem(health(CUDA), ["zh_CN-huayan-medium"]))
+    assert "does not answer" in text(checks.health_cuda_problem(None, ["en_US-joe-medium"]))
+
+
+def test_the_answer_itself_names_the_provider():
+    assert checks.response_provider_problem({"status": 200, "provider": CUDA}) is None
+    assert "X-Provider: CUDAExecutionProvider" in text(checks.response_provider_problem({"status": 200, "provider": CPU}))
+    assert "'status': 503" in text(checks.response_provider_problem({"status": 503, "body": "busy"}))
+    assert "None" in text(checks.response_provider_problem(None))
+
+
+PMON_HEADER = ("# gpu         pid   type     sm    mem    enc    dec    jpg    ofa     fb   ccpm    command \n"
+               "# Idx           #    C/G      %      %      %      %      %      %     MB     MB    name \n")
+PMON_BUSY = PMON_HEADER + "    0      41234     C     37      9      -      -      -      -    812      0    python \n"
+PMON_IDLE = PMON_HEADER + "    0      41234     C      -      -      -      -      -      -    812      0    python \n"
+PMON_NONE = PMON_HEADER + "    0          -     -      -      -      -      -      -      -      -      -    -      \n"
+PMON_OLD_LAYOUT = ("# gpu        pid  type    fb    sm   mem   enc   dec   command\n"
+                   "# Idx          #   C/G    MB     %     %     %     %   name\n"
+                   "    0      41234     C   812    52    14     -     -   python\n")
+
+
+def test_pmon_is_read_by_its_header():
+    assert checks.parse_pmon(PMON_BUSY) == {"41234": 37}
+    assert checks.parse_pmon(PMON_IDLE) == {"41234": 0}
+    assert checks.parse_pmon(PMON_NONE) == {}
+    assert checks.parse_pmon(PMON_OLD_LAYOUT) == {"41234": 52}
+    assert checks.parse_compute_apps("41234, 812\n") == {"41234": 812}
+    assert checks.parse_compute_apps("41234, 812 MiB\n") == {"41234": 812}
+    assert checks.parse_gpu_use("0, 4\n") == [(0, 4)]
+
+
+def sampled(pmon, apps="41234, 812\n", before_apps="41234, 812\n", answer=None, gpu="0, 820\n", before_gpu="0, 812\n"):
+    return {"before_apps": before_apps, "before_gpu": before_gpu,
+            "answers": [answer or {"status": 200, "provider": CUDA}],
+            "samples": [{"pmon": pmon, "apps": apps, "gpu": gpu}] * 3}
+
+
+def test_gpu_used_during_the_request_both_ways():
+    assert checks.gpu_use_problem("41234", sampled(PMON_BUSY), False) is None
+    assert checks.gpu_use_problem("41234", sampled(PMON_IDLE, apps="41234, 1460\n"), False) is None  # memory grew
+    msg = text(checks.gpu_use_problem("41234", sampled(PMON_IDLE), False))
+    assert "SM utilisation [0, 0, 0]" in msg and "holds a CUDA context but did the work elsewhere" in msg
+    msg = text(checks.gpu_use_problem("41234", sampled(PMON_NONE, apps="", before_apps=""), False))
+    assert "server pid 41234 not among the GPU's compute processes" in msg and "WARN line" in msg
+    msg = text(checks.gpu_use_problem("41234", sampled(PMON_BUSY, answer={"status": 200, "provider": CPU}), False))
+    assert "X-Provider: CUDAExecutionProvider" in msg
+    assert "no nvidia-smi sample" in text(checks.gpu_use_problem("41234", {**sampled(PMON_BUSY), "samples": []}, False))
+
+
+def test_gpu_used_during_the_request_on_wsl2_reads_the_whole_gpu():
+    assert checks.gpu_use_problem("41234", sampled(PMON_NONE, apps="", before_apps="", gpu="23, 1400\n"), True) is None
+    msg = text(checks.gpu_use_problem("41234", sampled(PMON_NONE, apps="", before_apps="", gpu="0, 812\n"), True))
+    assert "whole-GPU utilisation/memory" in msg and "WSL2 lists no processes" in msg
+
+
+def test_perf_requires_the_service_on_cuda():
+    assert checks.perf_provider_problem(CUDA) is None
+    msg = text(checks.perf_provider_problem(CPU))
+    assert "the service runs on CPUExecutionProvider" in msg and "WARN line" in msg
+
+
+# --- WSL2's libcuda ----------------------------------------------------------------------------------
+
+def test_wsl2_libcuda_both_ways():
+    wsl = ["/usr/lib/wsl/lib/libcuda.so.1"]
+    assert checks.wsl_libcuda_problem(wsl, ["/usr/lib/wsl/drivers/nvmdi.inf_amd64_0123/libcuda.so.1.1"], "", []) is None
+    linux = [f"{LIB}/libcuda.so.1", *wsl]
+    msg = text(checks.wsl_libcuda_problem(linux, [f"{LIB}/libcuda.so.550.127.05"], "", ["libnvidia-compute-550"]))
+    assert "from the package libnvidia-compute-550" in msg and "sudo apt-get purge libnvidia-compute-550" in msg
+    msg = text(checks.wsl_libcuda_problem(linux, None, "OSError: libcuda.so.1: cannot open shared object file", []))
+    assert f"remove {LIB}/libcuda.so.1" in msg and "ld.wsl.conf" in msg
+    assert "ld.wsl.conf" in text(checks.wsl_libcuda_problem([], None, "OSError", []))
+
+
+@pytest.mark.parametrize("name", [n for n in dir(checks) if (n.endswith("_problem") and not n.startswith("_")) or n == "gpu_gate"])
+def test_every_problem_check_has_a_unit_test_here(name):
+    """A check added to verify/checks.py without a test proving it fails is a defect."""
+    assert f"checks.{name}(" in Path(__file__).read_text(), name

@@ -1,0 +1,443 @@
+"""The decisions of verify's GPU, driver, CUDA and cuDNN checks, as pure functions: each takes what the
+host answered (nvidia-smi text, cuInit's answer, `ldconfig -p`, `ldd`, `dpkg-query`/`apt-mark`/`dpkg -L`
+output, /health JSON, a response's headers) and returns the problem (found, expected, fix: one line each,
+the cause and the fix named) or None. The testinfra checks call them on the host's real output;
+tests/unit/test_verify_checks.py proves each both ways on canned outputs. Nothing here imports verify's
+conftest or touches a host."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+CUDA = "CUDAExecutionProvider"
+
+
+class Problem(NamedTuple):
+    found: str
+    expected: str
+    fix: str
+
+
+# --- the driver (plan step 1) ----------------------------------------------------------------------
+
+def driver_fix(is_wsl: bool) -> str:
+    if is_wsl:
+        return ("install or update the NVIDIA driver on Windows (it provides /usr/lib/wsl/lib/nvidia-smi and "
+                "libcuda.so.1 inside WSL2), then run `wsl --shutdown`; never install a Linux NVIDIA driver inside WSL2")
+    return ("install the NVIDIA driver for this GPU (e.g. sudo apt-get install nvidia-driver on Debian, "
+            "sudo ubuntu-drivers install on Ubuntu) and reboot")
+
+
+def parse_gpu_query(text: str) -> list[tuple[str, str]]:
+    """`nvidia-smi --query-gpu=name,driver_version --format=csv,noheader` -> [(name, driver version)]."""
+    rows = []
+    for line in text.strip().splitlines():
+        name, sep, version = line.rpartition(",")
+        if sep and name.strip() and re.fullmatch(r"\d+(\.\d+)+", version.strip()):
+            rows.append((name.strip(), version.strip()))
+    return rows
+
+
+def parse_cuda_version(table: str) -> str | None:
+    """The "CUDA Version: 12.6" of nvidia-smi's table header (the newest CUDA the driver supports)."""
+    m = re.search(r"CUDA Version:\s*(\d+\.\d+)", table)
+    return m.group(1) if m else None
+
+
+def cuinit_fix(cuinit, is_wsl: bool) -> str:
+    """What cuInit(0)'s answer means: 100 no device, 999/804/803 a driver mismatch, a string: libcuda.so.1 does
+    not load."""
+    if isinstance(cuinit, str):
+        return f"libcuda.so.1 does not load ({cuinit}): " + driver_fix(is_wsl)
+    if cuinit == 100:
+        return "CUDA_ERROR_NO_DEVICE: the driver sees no GPU (passed through? visible?): " + driver_fix(is_wsl)
+    if cuinit in (803, 804):
+        return ("CUDA_ERROR_SYSTEM_DRIVER_MISMATCH / COMPAT_NOT_SUPPORTED: libcuda.so.1 and the kernel driver are of "
+                "different releases: " + driver_fix(is_wsl))
+    return f"CUDA error {cuinit}: " + driver_fix(is_wsl)
+
+
+def gpu_gate(gpus: list, smi_error: str, cuinit, *, use_gpu: bool, allow_no_gpu: bool,
+             is_wsl: bool) -> tuple[str | None, Problem | None]:
+    """(skip reason, problem) for the GPU-only checks. They are skipped only where no GPU is allowed:
+    use_gpu=False, or a host provisioned with allow_no_gpu=True; anywhere else a missing nvidia-smi, an
+    empty GPU list or a failing cuInit(0) (``cuinit`` None: not tried) is a failure naming the cause."""
+    if not use_gpu:
+        return "use_gpu=False in the applied settings", None
+    allowed = "; provisioned with allow_no_gpu=True"
+    if not gpus:
+        reason = f"nvidia-smi missing or lists no GPU: {smi_error}" if smi_error else "nvidia-smi missing or lists no GPU"
+        if allow_no_gpu:
+            return f"no NVIDIA GPU on this host ({reason}){allowed}", None
+        return None, Problem(f"no NVIDIA GPU on this host ({reason})",
+                             "nvidia-smi lists at least one GPU (allow_no_gpu=False: this host must have one)",
+                             driver_fix(is_wsl))
+    if cuinit not in (None, 0):
+        names = [g[0] if isinstance(g, (list, tuple)) else g for g in gpus]
+        if allow_no_gpu:
+            return (f"no usable NVIDIA GPU on this host: nvidia-smi lists {names} but cuInit(0) gives {cuinit!r}"
+                    f"{allowed}"), None
+        return None, Problem(f"nvidia-smi lists {names} but the CUDA driver fails: cuInit(0) gives {cuinit!r}",
+                             "cuInit(0) = 0 (CUDA_SUCCESS) for the service user", cuinit_fix(cuinit, is_wsl))
+    return None, None
+
+
+def driver_cuda_problem(driver_version: str, cuda_found: str | None, cuda_needed: str, is_wsl: bool) -> Problem | None:
+    if cuda_found and version_tuple(cuda_found) >= version_tuple(cuda_needed):
+        return None
+    return Problem(f"driver {driver_version} supports CUDA {cuda_found or 'unknown (no CUDA Version in nvidia-smi)'}",
+                   f"a driver supporting CUDA >= {cuda_needed}", "update the driver: " + driver_fix(is_wsl))
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", str(version))[:2])
+
+
+# --- the dynamic linker --------------------------------------------------------------------------
+
+_CACHE_LINE = re.compile(r"^\s+(\S+) \(([^)]*)\) => (\S+)\s*$")
+
+
+def parse_ldconfig(text: str) -> dict[str, list[str]]:
+    """`ldconfig -p` -> soname -> its paths in the cache's order (the first is what the linker loads);
+    64-bit x86/ARM entries only."""
+    cache: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        m = _CACHE_LINE.match(line)
+        if m and ("x86-64" in m.group(2) or "AArch64" in m.group(2) or "aarch64" in m.group(2)):
+            cache.setdefault(m.group(1), []).append(m.group(3))
+    return cache
+
+
+def ldd_missing(text: str) -> list[str]:
+    """`ldd FILE` -> the sonames it prints as "not found"."""
+    return sorted({line.split()[0] for line in text.splitlines() if "=> not found" in line or line.strip().endswith("not found")})
+
+
+def linker_resolves_problem(soname: str, cache: dict, on_disk: str, reinstall: str) -> Problem | None:
+    """``soname`` in `ldconfig -p`; if not, the fix depends on whether the file is on disk (``on_disk``: its
+    path, from `ls` of the recorded library directories) but outside the linker's search path."""
+    if cache.get(soname):
+        return None
+    fix = ("the file exists but the linker does not search its directory: re-run the deploy (linker config + ldconfig)"
+           if on_disk else reinstall)
+    return Problem(f"{soname}: cannot open shared object file (not in `ldconfig -p`)"
+                   + (f"; file at {on_disk}" if on_disk else ""), f"{soname} resolvable by the dynamic linker", fix)
+
+
+# --- cuDNN (plan step 4) ---------------------------------------------------------------------------
+
+def cudnn_number(version: str) -> int:
+    """9.1.1(.17) -> 90101, as cudnnGetVersion() answers."""
+    major, minor, patch = (int(x) for x in version.split(".")[:3])
+    return major * 10000 + minor * 100 + patch
+
+
+def cudnn_version_problem(found: int, release: str, fix: str) -> Problem | None:
+    if found == cudnn_number(release):
+        return None
+    have = f"{found // 10000}.{found % 10000 // 100}.{found % 100}"
+    return Problem(f"cudnnGetVersion() = {found} (cuDNN {have})", f"cuDNN {release} ({cudnn_number(release)})",
+                   "remove other cuDNN copies earlier in the linker path, then " + fix)
+
+
+def cudnn_cudart_problem(cudart: int, cuda_version: str, major: int, fix: str) -> Problem | None:
+    cuda_major, cuda_minor = (int(x) for x in cuda_version.split(".")[:2])
+    if cudart // 1000 == cuda_major and cudart % 1000 // 10 <= cuda_minor:
+        return None
+    return Problem(f"the loaded libcudnn.so.{major} is built for CUDA {cudart // 1000}.{cudart % 1000 // 10} "
+                   f"(cudnnGetCudartVersion() = {cudart})",
+                   f"cuDNN built for CUDA {cuda_major}.x, no newer than the {cuda_version} toolkit",
+                   "a cuDNN for another CUDA is in the linker path or over the pinned files: remove it, then " + fix)
+
+
+def parse_dpkg_query(text: str) -> tuple[str, str] | None:
+    """`dpkg-query -W -f='${db:Status-Abbrev}|${Version}\\n' PKG` -> (status, version); None when dpkg knows
+    no such package. The status is dpkg's three letters, the last (error flag) blank when all is well: wanted
+    state (i install, h hold, r remove...), package state (i installed; c config-files, U unpacked, F
+    half-configured...), error flag (R reinstall required)."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if "|" not in line:
+        return None
+    status, _, version = line.partition("|")
+    return status.strip(), version.strip()
+
+
+def cudnn_package_problem(package: str, version: str, dpkg_query: str, showhold: str, fix: str) -> Problem | None:
+    """The package installed at exactly the pinned version (dpkg-query) and held (apt-mark showhold)."""
+    state = parse_dpkg_query(dpkg_query)
+    if state is None or state[0][1:] != "i" or state[1] != version:
+        have = "not installed" if state is None else f"{state[1]} (dpkg status {state[0]!r})"
+        return Problem(f"{package} {have}", f"{package} {version} installed (dpkg status 'hi': held, installed)", fix)
+    if package not in showhold.split():
+        return Problem(f"{package} {version} installed but not held (not in `apt-mark showhold`)",
+                       f"{package} held at {version}, so an upgrade cannot move it",
+                       f"sudo apt-mark hold {package} (or re-run the deploy)")
+    return None
+
+
+def cudnn_sonames(major: int, parts) -> list[str]:
+    return [f"libcudnn{p}.so.{major}" for p in parts]
+
+
+def cudnn_package_files_problem(package: str, dpkg_files: str, missing_on_disk: list[str], cache: dict,
+                                major: int, parts, fix: str, realpath: dict | None = None) -> Problem | None:
+    """The package's file list (`dpkg -L`) holds every libcudnn*.so.N, each is on disk, and the linker's
+    libcudnn.so.N is the package's (compared through ``realpath``, path -> `realpath` on the host: with
+    merged /usr, `ldconfig -p` may name /lib/<multiarch>/... for dpkg's /usr/lib/<multiarch>/...)."""
+    real = realpath or {}
+    listed = {line.strip().rsplit("/", 1)[-1]: line.strip() for line in dpkg_files.splitlines() if "/" in line}
+    absent = [s for s in cudnn_sonames(major, parts) if s not in listed]
+    if absent:
+        return Problem(f"`dpkg -L {package}` lists no {', '.join(absent)}", f"every cuDNN library in {package}", fix)
+    if missing_on_disk:
+        return Problem(f"{package}'s files deleted: {', '.join(missing_on_disk)}", f"every file of {package} on disk", fix)
+    main = f"libcudnn.so.{major}"
+    resolved = (cache.get(main) or [None])[0]
+    if resolved is None or real.get(resolved, resolved) != real.get(listed[main], listed[main]):
+        return Problem(f"the linker resolves {main} to {resolved or 'nothing (not in `ldconfig -p`)'}",
+                       f"{listed[main]} (from {package})",
+                       "remove the other cuDNN copy earlier in the linker path, then sudo ldconfig; " + fix)
+    return None
+
+
+def _linker_problem(lib_dir: str, cache: dict, major: int, fix: str) -> Problem | None:
+    main = f"libcudnn.so.{major}"
+    resolved = (cache.get(main) or [None])[0]
+    if resolved and resolved.rsplit("/", 1)[0] == lib_dir.rstrip("/"):
+        return None
+    return Problem(f"the linker resolves {main} to {resolved or 'nothing (not in `ldconfig -p`)'}",
+                   f"{lib_dir}/{main} first in `ldconfig -p`",
+                   f"{lib_dir} must be in /etc/ld.so.conf.d/piper-gpu-cuda.conf and no other cuDNN before it: "
+                   "re-run the deploy (writes the linker config, runs ldconfig)")
+
+
+def _absent(listing: list[str], major: int, parts) -> list[str]:
+    return [s for s in cudnn_sonames(major, parts) if s not in listing]
+
+
+def header_version(header: str) -> str | None:
+    """cudnn_version.h's CUDNN_MAJOR / CUDNN_MINOR / CUDNN_PATCHLEVEL -> "9.1.1"."""
+    got = dict(re.findall(r"#define\s+CUDNN_(MAJOR|MINOR|PATCHLEVEL)\s+(\d+)", header))
+    if len(got) != 3:
+        return None
+    return f"{got['MAJOR']}.{got['MINOR']}.{got['PATCHLEVEL']}"
+
+
+def filename_version(listing: list[str], major: int) -> str | None:
+    """The release in the real file's name beside libcudnn.so.N: libcudnn.so.9.1.1 -> "9.1.1"."""
+    for name in listing:
+        m = re.fullmatch(rf"libcudnn\.so\.({major}\.\d+\.\d+)", name)
+        if m:
+            return m.group(1)
+    return None
+
+
+def cudnn_unpacked_problem(source: str, lib_dir: str, listing: list[str], header: str | None, cache: dict,
+                           release: str, major: int, parts, fix: str) -> Problem | None:
+    """cuDNN unpacked by the deploy (the archive's lib/ and include/, or a .deb's usr/lib/<multiarch>): every
+    library in ``lib_dir``, its release from cudnn_version.h (archive) or the file names (.deb), found first
+    by the linker."""
+    absent = _absent(listing, major, parts)
+    if absent:
+        return Problem(f"{lib_dir}: no {', '.join(absent)}" + ("" if listing else " (directory empty or missing)"),
+                       f"cuDNN {release} unpacked there ({source})", fix)
+    if source == "archive":
+        have, where = (header_version(header) if header else None), f"{lib_dir.rsplit('/', 1)[0]}/include/cudnn_version.h"
+    else:
+        have, where = filename_version(listing, major), f"the file names in {lib_dir}"
+    if have != release:
+        return Problem(f"{where}: cuDNN {have or 'unknown (no version found)'}", f"cuDNN {release}", fix)
+    return _linker_problem(lib_dir, cache, major, fix)
+
+
+def cudnn_wheel_problem(wheel: str, pinned: str, installed: str | None, lib_dir: str, listing: list[str],
+                        cache: dict, major: int, parts, fix: str) -> Problem | None:
+    """cuDNN from NVIDIA's wheel in the venv: the wheel at the pin (its metadata's Version), every library in
+    its nvidia/cudnn/lib, found first by the linker."""
+    if installed != pinned:
+        return Problem(f"{wheel} {installed or 'not installed'} in the venv (importlib.metadata)",
+                       f"{wheel}=={pinned}", fix)
+    absent = _absent(listing, major, parts)
+    if absent:
+        return Problem(f"{lib_dir}: no {', '.join(absent)}", f"every cuDNN library of {wheel}=={pinned}", fix)
+    return _linker_problem(lib_dir, cache, major, fix)
+
+
+def cudnn_sublibraries_problem(home: str | None, elsewhere: dict, version_checks: dict, release: str, major: int,
+                               fix: str) -> Problem | None:
+    """Every libcudnn*.so.N the linker resolves lies in libcudnn.so.N's directory, and cuDNN's own
+    cudnn<Sub>VersionCheck() answers 0 for each (1002: CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH)."""
+    if home is None:
+        return Problem(f"libcudnn.so.{major} not in the linker cache", f"cuDNN {release}", fix)
+    mismatched = {lib: r for lib, r in version_checks.items() if r != 0}
+    if not elsewhere and not mismatched:
+        return None
+    return Problem((f"sub-libraries outside {home}: {elsewhere}; " if elsewhere else "")
+                   + (f"version checks: {mismatched}" if mismatched else ""),
+                   f"every libcudnn*.so.{major} from one cuDNN {release} in {home}, its version checks 0",
+                   "another cuDNN's sub-libraries are mixed in: remove them, then " + fix)
+
+
+# --- ONNX Runtime in the venv (plan step 5) --------------------------------------------------------
+
+def available_providers_problem(providers: list | None, error: str) -> Problem | None:
+    if providers and CUDA in providers:
+        return None
+    return Problem(f"onnxruntime.get_available_providers() = {providers if providers else error}",
+                   f"{CUDA} available",
+                   "the CPU onnxruntime is installed instead of (or over) onnxruntime-gpu: re-run the deploy")
+
+
+def provider_ldd_problem(ldd_rc: int, ldd_out: str, ldd_err: str, fix_for) -> Problem | None:
+    """``fix_for(missing sonames) -> fix``."""
+    missing = ldd_missing(ldd_out)
+    if ldd_rc == 0 and not missing:
+        return None
+    return Problem(f"ldd: {', '.join(missing)} not found" if missing else f"ldd fails: {ldd_err.strip()[-200:]}",
+                   "every dependency of libonnxruntime_providers_cuda.so resolves", fix_for(missing))
+
+
+def session_problem(voice: str, answer: dict | None, error: str) -> Problem | None:
+    """A CUDA session of the voice that ran an inference: CUDA first in get_providers(), audio out. The run
+    is what loads cuDNN's sub-libraries (they are loaded lazily, on the first convolution)."""
+    fix = ("see the onnxruntime error: a CUDA/cuDNN library failed to load or a kernel failed "
+           "(run `python -m piper_gpu diagnose`)")
+    if not answer:
+        return Problem(f"voice {voice}: the CUDA session fails: {error.strip()[-300:]}",
+                       f"an inference on {CUDA}", fix)
+    providers = answer.get("providers") or []
+    if not providers or providers[0] != CUDA:
+        said = error.strip().splitlines()[-2:] if error.strip() else []
+        return Problem(f"voice {voice}: session providers {providers}" + (f"; onnxruntime: {' '.join(said)[-300:]}" if said else ""),
+                       f"{CUDA} first in get_providers()",
+                       "onnxruntime fell back to the CPU: read the warning it printed (a CUDA/cuDNN library failed to "
+                       "load); run `python -m piper_gpu diagnose`")
+    if answer.get("error"):
+        return Problem(f"voice {voice}: the inference on {CUDA} fails: {answer['error'][-300:]}",
+                       f"an inference on {CUDA}", fix)
+    if not answer.get("samples"):
+        return Problem(f"voice {voice}: the inference on {CUDA} gave no audio ({answer})", "audio samples", fix)
+    return None
+
+
+# --- the service (plan step 8) ---------------------------------------------------------------------
+
+def health_cuda_problem(health: dict | None, voices: list[str]) -> Problem | None:
+    if not health:
+        return Problem("GET /health does not answer", "the service answering", "start the service; see its log")
+    wrong = {v: (health.get("voices") or {}).get(v, {}).get("provider") for v in voices}
+    wrong = {v: p for v, p in wrong.items() if p != CUDA}
+    if not wrong:
+        return None
+    return Problem(f"/health: {', '.join(f'voice {v} on {p}' for v, p in wrong.items())}", f"every voice on {CUDA}",
+                   "read the WARN line in the server log for the cause; run `python -m piper_gpu diagnose`")
+
+
+def response_provider_problem(answer: dict | None) -> Problem | None:
+    """The request's own answer: 200 and X-Provider: CUDAExecutionProvider."""
+    if answer and answer.get("status") == 200 and answer.get("provider") == CUDA:
+        return None
+    return Problem(f"POST /tts answered {answer}", f"200 with the header X-Provider: {CUDA}",
+                   "the server synthesised on the CPU: read its WARN line; run `python -m piper_gpu diagnose`")
+
+
+def parse_compute_apps(text: str) -> dict[str, int]:
+    """`nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader[,nounits]` -> pid -> MiB."""
+    apps = {}
+    for line in text.strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 2 and parts[0].isdigit():
+            m = re.match(r"\d+", parts[1])
+            apps[parts[0]] = int(m.group(0)) if m else 0
+    return apps
+
+
+def parse_pmon(text: str) -> dict[str, int]:
+    """`nvidia-smi pmon -c 1 -s um` -> pid -> SM utilisation % ("-" counts as 0). The columns are read from
+    its header ("# gpu pid type sm mem enc dec ... command"; their set and order vary by driver)."""
+    columns = ["gpu", "pid", "type", "sm"]
+    use = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if line.lstrip().startswith("#"):
+            names = line.lstrip("# ").split()
+            if "pid" in names and "sm" in names:
+                columns = names
+            continue
+        pid, sm = columns.index("pid"), columns.index("sm")
+        if len(fields) > max(pid, sm) and fields[pid].isdigit():
+            use[fields[pid]] = int(fields[sm]) if fields[sm].isdigit() else 0
+    return use
+
+
+def parse_gpu_use(text: str) -> list[tuple[int, int]]:
+    """`nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader,nounits` -> [(util %, MiB)]."""
+    rows = []
+    for line in text.strip().splitlines():
+        parts = [re.match(r"\s*(\d+)", p) for p in line.split(",")]
+        if len(parts) == 2 and all(parts):
+            rows.append((int(parts[0].group(1)), int(parts[1].group(1))))
+    return rows
+
+
+def gpu_use_problem(pid: str, sampled: dict, is_wsl: bool) -> Problem | None:
+    """The server's process did GPU work while it answered requests: its SM utilisation in `nvidia-smi pmon`
+    above 0, or its memory grown, in a sample taken during the requests. WSL2's driver lists no processes:
+    there the whole GPU's utilisation or memory must rise. ``sampled``: before_apps, before_gpu, samples
+    [{pmon, apps, gpu}], answers [...] as the sampler on the host wrote them."""
+    fix = "the server runs on the CPU: read its WARN line; run `python -m piper_gpu diagnose`"
+    problem = response_provider_problem((sampled.get("answers") or [None])[0])
+    if problem:
+        return problem
+    samples = sampled.get("samples") or []
+    if not samples:
+        return Problem("no nvidia-smi sample taken while the requests ran", "a sample during a request",
+                       "nvidia-smi must answer for the service user (is it on the service's PATH?)")
+    before = parse_compute_apps(sampled.get("before_apps", "")).get(pid, 0)
+    sm = [parse_pmon(s.get("pmon", "")).get(pid) for s in samples]
+    mem = [parse_compute_apps(s.get("apps", "")).get(pid) for s in samples]
+    if any(u for u in sm if u) or any(m is not None and m > before for m in mem):
+        return None
+    listed = any(u is not None for u in sm + mem) or pid in parse_compute_apps(sampled.get("before_apps", ""))
+    if is_wsl and not listed:
+        idle = parse_gpu_use(sampled.get("before_gpu", ""))
+        during = [row for s in samples for row in parse_gpu_use(s.get("gpu", ""))]
+        if any(u > 0 for u, _ in during) or (idle and any(m > idle[0][1] for _, m in during)):
+            return None
+        return Problem(f"whole-GPU utilisation/memory during the requests {during}, before {idle}",
+                       "the GPU busier during the requests (WSL2 lists no processes)", fix)
+    if not listed:
+        return Problem(f"server pid {pid} not among the GPU's compute processes while it answered", "the server on the GPU", fix)
+    return Problem(f"server pid {pid}: SM utilisation {sm} and memory {mem} MiB (before {before} MiB) while it answered",
+                   "SM utilisation above 0 or more memory during a request",
+                   "the server holds a CUDA context but did the work elsewhere: read its log; run `python -m piper_gpu diagnose`")
+
+
+def perf_provider_problem(service_provider: str | None) -> Problem | None:
+    """A speed figure counts only for the service on CUDA."""
+    if service_provider == CUDA:
+        return None
+    return Problem(f"the service runs on {service_provider}", f"the service on {CUDA} before it is timed",
+                   "read the server's WARN line for the cause; run `python -m piper_gpu diagnose`")
+
+
+# --- WSL2's libcuda --------------------------------------------------------------------------------
+
+def wsl_libcuda_problem(cached: list[str], loaded: list[str] | None, load_error: str, owners: list[str]) -> Problem | None:
+    """On WSL2 every libcuda.so.1 the linker knows or the service loads is the Windows driver's, under
+    /usr/lib/wsl/: a Linux driver package's libcuda.so.1 shadows it and CUDA fails with error 100.
+    ``loaded``: the real paths the service's process mapped, None when loading failed (``load_error``)."""
+    wrong = sorted({p for p in cached + (loaded or []) if not p.startswith("/usr/lib/wsl/")})
+    if cached and loaded is not None and not wrong:
+        return None
+    found = (f"libcuda.so.1 in the linker cache: {cached}; the service loads {loaded or load_error[-200:]}"
+             + (f" (from the package {', '.join(sorted(owners))})" if owners else ""))
+    if owners:
+        fix = (f"sudo apt-get purge {' '.join(sorted(owners))} && sudo ldconfig: a Linux NVIDIA driver package must "
+               "not be installed inside WSL2")
+    else:
+        fix = (f"remove {', '.join(wrong) or 'the other libcuda.so.1'} and run sudo ldconfig; "
+               "/etc/ld.so.conf.d/ld.wsl.conf must list /usr/lib/wsl/lib")
+    return Problem(found, "libcuda.so.1 from /usr/lib/wsl/lib (the Windows driver's)", fix)
