@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from functools import cmp_to_key
 from pathlib import Path
 
-from piper_gpu import openpgp
+from piper_gpu import openpgp, sources
 from piper_gpu import locks, platforms, server_wheel
 from piper_gpu.naming import BUNDLE_CUDA_REPOS, BUNDLE_WHEELS, bundle_cudnn_file, bundle_voice_dir
 from piper_gpu.settings import Settings, SettingsError, cli_data, data_key, settings_from
@@ -270,9 +270,8 @@ def collect_cudnn_file(s: Settings, out: Path) -> str | None:
         return None
     url, digest = {"local-deb": (s.cudnn_deb_url, s.cudnn_deb_sha256),
                    "local-repo": (s.cudnn_local_repo_url, s.cudnn_local_repo_sha256)}.get(s.cudnn_source, s.cudnn_archive)
-    if url.startswith("/"):
-        url = f"file://{url}"
-    download(url, out / bundle_cudnn_file(url), digest)
+    path = sources.local_path(url)  # a local file (a Windows path too) is copied as a file
+    download(url if path is None else path, out / bundle_cudnn_file(url), digest)
     return bundle_cudnn_file(url)
 
 

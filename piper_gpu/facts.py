@@ -214,3 +214,19 @@ class FilesDiffer(FactBase):
         if "found=yes" not in [line.strip() for line in output]:
             return None
         return [line.strip()[len("differs="):] for line in output if line.strip().startswith("differs=")]
+
+
+class PathKinds(FactBase):
+    """For each path, in order: "file" or "dir" (readable), "unreadable" or "missing", as the
+    connecting user finds it (the deploy reads local sources as root)."""
+
+    default = list
+
+    def command(self, paths: tuple[str, ...]) -> str:
+        tests = [f"p={shlex.quote(p)}; if [ -d \"$p\" ] && [ -r \"$p\" ] && [ -x \"$p\" ]; then echo dir; "
+                 f"elif [ -f \"$p\" ] && [ -r \"$p\" ]; then echo file; elif [ -e \"$p\" ]; then echo unreadable; "
+                 f"else echo missing; fi" for p in paths]
+        return "; ".join(tests) or "true"
+
+    def process(self, output):
+        return [line.strip() for line in output]

@@ -90,5 +90,14 @@ def bundle_voice_dir(name: str) -> str:
     return f"voices/{name}"
 
 
+def file_name(source: str) -> str:
+    """The file name a source (URL, file:// URL, path, Windows path) ends in, percent-decoded for URLs."""
+    from urllib.parse import unquote, urlsplit
+
+    if re.match(r"^[a-z][a-z0-9+.-]*://", source, re.I):
+        source = unquote(urlsplit(source).path)
+    return re.split(r"[\\/]", source.rstrip("/\\"))[-1]
+
+
 def bundle_cudnn_file(url: str) -> str:
-    return f"cudnn/{url.rstrip('/').rsplit('/', 1)[-1]}"
+    return f"cudnn/{file_name(url)}"

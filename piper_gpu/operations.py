@@ -16,12 +16,14 @@ from pyinfra.facts.files import File, FileContents, Sha256File
 
 from piper_gpu.facts import AptOffers, FilesDiffer, HeldPackages, VenvState
 from piper_gpu.matrix import ONNXRUNTIME_DISTRIBUTIONS
+from piper_gpu.sources import local_path
 
 
 @operation()
 def fetch(src: str, dest: str, sha256: str | None, user: str | None = None, group: str | None = None,
           mode: str | None = None):
-    """``dest`` holds the file at ``src`` (http(s):// or file://), checked against ``sha256``.
+    """``dest`` holds the file at ``src`` (http(s)://, file:// or a path on the host), checked against
+    ``sha256``. A local file (a path, or a file:// URL, percent-decoded) is copied as a file.
 
     Downloaded only when missing or not matching. curl retries transient failures (timeouts,
     408/429/5xx) with exponential backoff; a failure names the URL and curl's reason, a checksum
@@ -31,11 +33,16 @@ def fetch(src: str, dest: str, sha256: str | None, user: str | None = None, grou
         host.noop(f"{dest} present" + (" and verified" if sha256 else ""))
         return
     q_src, q_dest, q_part = shlex.quote(src), shlex.quote(dest), shlex.quote(dest + ".part")
-    yield (f"curl -sSLf --retry 6 --connect-timeout 20 -o {q_part} {q_src} || "
-           f"{{ rc=$?; rm -f {q_part}; echo \"download failed (curl exit $rc): {src}\" >&2; exit $rc; }}")
+    path = local_path(src)
+    if path is not None:
+        shown = shlex.quote(f"cannot read {path}" + ("" if path == src else f" ({src})"))
+        yield f"cp -- {shlex.quote(path)} {q_part} || {{ rc=$?; rm -f {q_part}; echo {shown} >&2; exit $rc; }}"
+    else:
+        yield (f"curl -sSLf --retry 6 --connect-timeout 20 -o {q_part} {q_src} || "
+               f"{{ rc=$?; rm -f {q_part}; echo \"download failed (curl exit $rc): \"{q_src} >&2; exit $rc; }}")
     if sha256:
         yield (f"got=$(sha256sum {q_part} | cut -d' ' -f1); if [ \"$got\" != {shlex.quote(sha256)} ]; then "
-               f"rm -f {q_part}; echo \"sha256 mismatch for {src}: expected {sha256}, got $got\" >&2; exit 1; fi")
+               f"rm -f {q_part}; echo {shlex.quote(f'sha256 mismatch for {src}: expected {sha256}, got')} \"$got\" >&2; exit 1; fi")
     if user or group:
         owner = f"{user or ''}:{group or ''}"
         yield f"chown {shlex.quote(owner)} {q_part}"

@@ -15,9 +15,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
+from urllib.parse import quote
 
 
-from piper_gpu import locks, matrix, naming, platforms
+from piper_gpu import locks, matrix, naming, platforms, sources
 from piper_gpu.errors import SettingsError  # noqa: F401 - imported from here by the CLI and the tests
 from piper_gpu.matrix import CUDA_WHEELS_12_4, CUDNN_ARCHIVE_SHA256, DEFAULT_ORT_GPU, ONNXRUNTIME_DISTRIBUTIONS
 
@@ -300,14 +301,38 @@ class Settings:
         base = locks.load(self.python_version) if self.python_version in locks.available() else {}
         return {**base, **self.python_lock}
 
-    def for_host(self, platform: "platforms.Platform", python: str) -> "Settings":
-        """These settings on a host: "auto" sources from the platform table, the lock for its Python."""
+    def for_host(self, platform: "platforms.Platform", python: str,
+                 automount_root: str = sources.DEFAULT_AUTOMOUNT_ROOT) -> "Settings":
+        """These settings on a host: "auto" sources from the platform table, the lock for its Python,
+        local files and directories as the host's paths (Windows paths under its automount root)."""
         cuda_source = platform.cuda_source if self.cuda_source == "auto" else self.cuda_source
         cudnn_source = self.cudnn_source
         if cudnn_source == "auto":
             cudnn_source = "wheel" if cuda_source == "pip" else platform.cudnn_source
-        resolved = dataclasses.replace(self, cuda_source=cuda_source, cudnn_source=cudnn_source, python_version=python)
+        paths = {name: sources.on_host(getattr(self, name), kind, automount_root)
+                 for name, kind in sources.SOURCE_SETTINGS.items() if getattr(self, name)}
+        voices = tuple(dataclasses.replace(v, url=sources.on_host(v.url, "dir", automount_root)) if v.url else v
+                       for v in self.voices)
+        resolved = dataclasses.replace(self, cuda_source=cuda_source, cudnn_source=cudnn_source, python_version=python,
+                                       voices=voices, **paths)
         return dataclasses.replace(resolved, python_lock=resolved.lock())
+
+    def local_sources(self) -> dict[str, tuple[str, str]]:
+        """The sources this deploy reads that are files or directories on the host: setting -> (path,
+        "file" | "dir") (after ``for_host``, which turned Windows paths into the host's); the cuDNN
+        files of the sources not chosen are left out."""
+        out = {}
+        unused = {"local-repo": {"cudnn_deb_url", "cudnn_archive_url"}, "local-deb": {"cudnn_local_repo_url", "cudnn_archive_url"},
+                  "archive": {"cudnn_local_repo_url", "cudnn_deb_url"}}.get(
+            self.cudnn_source, {"cudnn_local_repo_url", "cudnn_deb_url", "cudnn_archive_url"})
+        named = [(name, getattr(self, name), kind) for name, kind in sources.SOURCE_SETTINGS.items()
+                 if kind != "url" and name not in unused]
+        named += [(f"voices[{v.name}].url", v.url, "dir") for v in self.voices]
+        for name, value, kind in named:
+            path = sources.local_path(value) if value and not sources.problem(name, value, kind) else None
+            if path is not None:
+                out[name] = (path, kind)
+        return out
 
     def python_requirements(self) -> dict[str, str]:
         """Every distribution the venv must hold, pinned (name -> version)."""
@@ -398,6 +423,13 @@ class Settings:
               "api_key must be at least 16 characters, without leading or trailing whitespace (an empty key file "
               "would stop the server; e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
         check(self.min_speedup > 0, "min_speedup must be positive")
+        for name, kind in sources.SOURCE_SETTINGS.items():
+            if getattr(self, name) is not None:
+                problems.append(sources.problem(name, getattr(self, name), kind) or "")
+        for v in self.voices:
+            if v.url is not None:
+                problems.append(sources.problem(f"voice {v.name}: url", v.url, "dir") or "")
+        problems[:] = [p for p in problems if p]
         if self.cudnn_source == "local-deb":
             check(bool(self.cudnn_deb_url and self.cudnn_deb_sha256),
                   "cudnn_source='local-deb' needs cudnn_deb_url and cudnn_deb_sha256")
@@ -485,6 +517,8 @@ def from_fields(values: Mapping[str, Any], validate: bool = True) -> Settings:
         overrides[f.name] = value
     settings = dataclasses.replace(defaults, **overrides)
     if settings.bundle_url:
+        if not sources.problem("bundle_url", settings.bundle_url, "dir"):  # a path: the URL its sources extend
+            settings = dataclasses.replace(settings, bundle_url=sources.as_url(settings.bundle_url))
         settings = dataclasses.replace(settings, **bundle_sources(settings))
     return settings.validate() if validate else settings
 
@@ -557,10 +591,11 @@ def bundle_sources(s: Settings) -> dict[str, Any]:
         "pip_no_index": True,
         "pip_find_links": f"{b}/{naming.BUNDLE_WHEELS}/",
         "voices": tuple(dataclasses.replace(v, url=f"{b}/{naming.bundle_voice_dir(v.name)}") for v in s.voices),
-        "cudnn_deb_url": f"{b}/{naming.bundle_cudnn_file(s.cudnn_deb_url)}" if s.cudnn_deb_url else None,
-        "cudnn_local_repo_url": (f"{b}/{naming.bundle_cudnn_file(s.cudnn_local_repo_url)}"
+        # the file names as the bundle holds them, percent-encoded in its URL (bundle_url is one)
+        "cudnn_deb_url": f"{b}/{quote(naming.bundle_cudnn_file(s.cudnn_deb_url))}" if s.cudnn_deb_url else None,
+        "cudnn_local_repo_url": (f"{b}/{quote(naming.bundle_cudnn_file(s.cudnn_local_repo_url))}"
                                  if s.cudnn_local_repo_url else None),
-        "cudnn_archive_url": f"{b}/{naming.bundle_cudnn_file(s.cudnn_archive[0])}",
+        "cudnn_archive_url": f"{b}/{quote(naming.bundle_cudnn_file(s.cudnn_archive[0]))}",
     }
 
 

@@ -13,6 +13,7 @@ from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
 from pyinfra.operations import apt, server
 
+from piper_gpu import naming
 from piper_gpu.operations import deb_file_installed, fetch, held, keyrings_installed
 from piper_gpu.target import CACHE, Target
 
@@ -41,13 +42,8 @@ def library_dirs(target: Target) -> list[str]:
 def local_repo(target: Target) -> tuple[str, str]:
     """(package name, directory under /var) of the operator's local-repo installer, from NVIDIA's
     file name: cudnn-local-repo-ubuntu2204-9.1.1_1.0-1_amd64.deb -> cudnn-local-repo-ubuntu2204-9.1.1."""
-    name = target.settings.cudnn_local_repo_url.rstrip("/").rsplit("/", 1)[-1].split("_", 1)[0]
+    name = naming.file_name(target.settings.cudnn_local_repo_url).split("_", 1)[0]
     return name, f"/var/{name}"
-
-
-def _url(path_or_url: str) -> str:
-    """A host path (e.g. /mnt/c/Users/you/Downloads/x.deb on WSL2) as a file:// URL for curl."""
-    return f"file://{path_or_url}" if path_or_url.startswith("/") else path_or_url
 
 
 @deploy("cuDNN sources (local-repo installer and its keyring)")
@@ -61,9 +57,10 @@ def cudnn_sources(target: Target) -> list:
         return []
     name, repo_dir = local_repo(target)
     deb = f"{CACHE}/{name}.deb"
-    fetch(name=f"Fetch the cuDNN local-repo installer {name}", src=_url(s.cudnn_local_repo_url), dest=deb,
+    fetch(name=f"Fetch the cuDNN local-repo installer {name}", src=s.cudnn_local_repo_url, dest=deb,
           sha256=s.cudnn_local_repo_sha256)
-    version = s.cudnn_local_repo_url.rsplit("/", 1)[-1].split("_")[1] if "_" in s.cudnn_local_repo_url else None
+    file = naming.file_name(s.cudnn_local_repo_url)
+    version = file.split("_")[1] if "_" in file else None
     installer = deb_file_installed(name=f"Install {name} (a file:// apt repository in {repo_dir})", package=name,
                                    version=version, deb_path=deb, use_dpkg=True)
     keyring = keyrings_installed(name=f"Keyring of {name} into /usr/share/keyrings",
@@ -92,7 +89,7 @@ def cudnn(target: Target):
         return _extract_deb(target, f"{repo_dir}/{pkg}_{ver}_amd64.deb", s.cudnn_local_repo_sha256, label)
     if s.cudnn_source == "local-deb":
         deb = f"{CACHE}/{pkg}_{ver}.deb"
-        fetch(name=f"Fetch {label} .deb", src=_url(s.cudnn_deb_url), dest=deb, sha256=s.cudnn_deb_sha256)
+        fetch(name=f"Fetch {label} .deb", src=s.cudnn_deb_url, dest=deb, sha256=s.cudnn_deb_sha256)
         if not s.cudnn_deb_extract:
             op = deb_file_installed(name=f"Install {label} from {deb}", package=pkg, version=ver, deb_path=deb)
             held(name=f"Hold {pkg} at {ver}", packages=[pkg])
@@ -100,7 +97,7 @@ def cudnn(target: Target):
         return _extract_deb(target, deb, s.cudnn_deb_sha256, label)
     url, digest = s.cudnn_archive
     archive = f"{CACHE}/{s.cudnn_archive_name}"
-    fetch(name=f"Fetch {label}: {s.cudnn_archive_name} (sha256 {digest[:12]}...)", src=_url(url), dest=archive,
+    fetch(name=f"Fetch {label}: {s.cudnn_archive_name} (sha256 {digest[:12]}...)", src=url, dest=archive,
           sha256=digest)
     return _unpacked(target, f"tar -xJf {archive} -C {{tmp}} --strip-components=1", digest,
                      f"Unpack {label} archive into {target.cudnn_extract_dir}")

@@ -7,6 +7,7 @@ Linux NVIDIA driver from ever being installed there.
 from __future__ import annotations
 
 import re
+import shlex
 
 from pyinfra import host, logger
 from pyinfra.api import deploy
@@ -15,8 +16,10 @@ from pyinfra.facts.deb import DebArch, DebPackages
 from pyinfra.facts.server import OsRelease
 from pyinfra.operations import files
 
-from piper_gpu import locks, platforms
-from piper_gpu.facts import NvidiaDriver, PythonVersion, SystemdRunning, WslInfo
+from pyinfra.facts.files import FileContents
+
+from piper_gpu import locks, platforms, sources
+from piper_gpu.facts import NvidiaDriver, PathKinds, PythonVersion, SystemdRunning, WslInfo
 from piper_gpu.naming import major_minor as _major_minor
 from piper_gpu.settings import WSL_FORBIDDEN_PACKAGE_PATTERNS, Settings, SettingsError
 from piper_gpu.steps.base import user_home
@@ -58,12 +61,37 @@ def check_python(python_version: str | None, settings: Settings) -> None:
             f"with: python -m piper_gpu lock --python {python_version} --resolve")
 
 
-def resolve_settings(settings: Settings, platform: platforms.Platform, python_version: str) -> Settings:
-    """The settings for this host (platform defaults, the lock for its Python), checked again."""
+def resolve_settings(settings: Settings, platform: platforms.Platform, python_version: str,
+                     automount_root: str = sources.DEFAULT_AUTOMOUNT_ROOT) -> Settings:
+    """The settings for this host (platform defaults, the lock for its Python, its paths), checked again."""
     try:
-        return settings.for_host(platform, python_version).validate()
+        return settings.for_host(platform, python_version, automount_root).validate()
     except SettingsError as exc:
         raise PreflightError(f"on this {platform.title} host with Python {python_version}: {exc}") from None
+
+
+def check_local_sources(found: list[str], wanted: dict[str, tuple[str, str]], given: Settings) -> None:
+    """Every local file or directory a setting names is there and readable, before anything changes.
+    ``found``: PathKinds of the paths in ``wanted`` (setting -> (path, "file" | "dir")); ``given``: the
+    settings as the operator wrote them (a Windows path is named as written and as converted)."""
+    problems = []
+    for (name, (path, kind)), what in zip(wanted.items(), found):
+        if what == kind:
+            continue
+        need = "file" if kind == "file" else "directory"
+        written = getattr(given, name, path) if hasattr(given, name) else path
+        shown = repr(path) if written == path else f"{written!r} (on this host {path})"
+        if what == "missing":
+            cause, fix = f"no such {need}", "check the name and the folder it is in"
+            if written != path:
+                fix += " (Explorer's \"Copy as path\" gives the exact Windows path; leave out its quotes)"
+        elif what == "unreadable":
+            cause, fix = "not readable", f"make it readable (chmod a+r {shlex.quote(path)})"
+        else:
+            cause, fix = f"a {what}, not a {need}", f"give the {need} itself"
+        problems.append(f"{name}={shown}: {cause}; {fix}")
+    if problems:
+        raise PreflightError("local sources not usable (nothing was changed):\n  - " + "\n  - ".join(problems))
 
 
 def check_driver(driver: dict | None, settings: Settings, is_wsl: bool) -> None:
@@ -134,7 +162,12 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
     if checks:
         check_python(python_version, settings)
     if python_version in locks.available():
-        settings = resolve_settings(settings, platform, python_version)
+        root = sources.automount_root("\n".join(host.get_fact(FileContents, path="/etc/wsl.conf") or [])) \
+            if is_wsl else sources.DEFAULT_AUTOMOUNT_ROOT
+        given, settings = settings, resolve_settings(settings, platform, python_version, root)
+        local = settings.local_sources()
+        if checks and local:
+            check_local_sources(host.get_fact(PathKinds, paths=tuple(p for p, _ in local.values())), local, given)
     driver = host.get_fact(NvidiaDriver)
     if checks:
         check_driver(driver, settings, is_wsl)

@@ -7,6 +7,7 @@ sub-libraries fail verify."""
 import glob
 import json
 import re
+import shlex
 import zipfile
 
 import pytest
@@ -49,7 +50,43 @@ def test_cudnn_from_the_wsl_repository_stops_before_any_cuda_package(wsl):
     assert "cuda-toolkit-12-4" in wsl.sh("apt-cache madison cuda-toolkit-12-4").stdout  # wsl-ubuntu has CUDA
 
 
+def as_windows(path: str) -> str:
+    """/mnt/c/Users/... as Explorer's "Copy as path" writes it: C:\\Users\\..."""
+    assert path.startswith("/mnt/c/"), path
+    return "C:\\" + path[len("/mnt/c/"):].replace("/", "\\")
+
+
+def host_state(wsl) -> str:
+    """What a deploy would change first: packages, apt's sources and pins, the deploy's own files."""
+    return wsl.sh("dpkg-query -W -f='${Package} ${Version} ${Status}\\n'; ls -la --time-style=+%s /etc/apt/sources.list.d "
+                  "/etc/apt/preferences.d /etc/apt/keyrings 2>&1; ls -la /etc/piper-gpu /var/cache/piper-gpu 2>&1",
+                  check=False).stdout
+
+
+def test_a_windows_path_to_a_missing_installer_stops_before_anything_changes(wsl):
+    """The issue's case: a path typed the Windows way, here to a file that is not there. Preflight names
+    the setting, the value as written and as this host sees it, and the fix; nothing changes."""
+    real = json.loads(wsl.box.data_file.read_text())["cudnn_local_repo_url"]
+    missing = as_windows(real.replace(".deb", "-typo.deb"))
+    before = host_state(wsl)
+    wsl.set_data(cudnn_local_repo_url=missing)
+    try:
+        run = wsl.deploy(check=False)
+    finally:
+        wsl.set_data(cudnn_local_repo_url=real)
+    assert run.returncode != 0
+    assert (f"cudnn_local_repo_url={missing!r} (on this host {real.replace('.deb', '-typo.deb')}): no such file"
+            in run.output), run.output[-3000:]
+    assert "nothing was changed" in run.output and "Copy as path" in run.output
+    assert host_state(wsl) == before
+
+
 def test_converge_from_the_users_installer(wsl):
+    """From the installer in a Windows folder named as Windows users name them, given as a Windows path."""
+    real = json.loads(wsl.box.data_file.read_text())["cudnn_local_repo_url"]
+    folder = real.rsplit("/", 1)[0] + "/Téléchargements #1 (100%) & 下载 [cuDNN]"
+    wsl.sh(f"mkdir -p {shlex.quote(folder)} && cp {shlex.quote(real)} {shlex.quote(folder)}/")
+    wsl.set_data(cudnn_local_repo_url=as_windows(folder + "/" + real.rsplit("/", 1)[1]))
     first = wsl.deploy()
     assert first.changes and first.changes > 20, first.output[-3000:]
 
