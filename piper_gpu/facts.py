@@ -201,6 +201,37 @@ class AptOffers(FactBase):
         return offers
 
 
+class AptSimulation(FactBase):
+    """(exit code, apt's lines) of ``apt-get install --simulate`` of the pinned packages: apt's own
+    answer (dependencies included) before anything is installed."""
+
+    def command(self, packages: dict[str, str | None]) -> str:
+        args = " ".join(shlex.quote(f"{p}={v}" if v else p) for p, v in sorted(packages.items()))
+        return ("LC_ALL=C DEBIAN_FRONTEND=noninteractive apt-get install --simulate --no-install-recommends "
+                f"--allow-downgrades --allow-change-held-packages -q {args} 2>&1; echo \"apt-rc=$?\"")
+
+    def process(self, output):
+        lines = [line.rstrip() for line in output]
+        rc = next((int(line.split("=", 1)[1]) for line in reversed(lines) if line.startswith("apt-rc=")), 1)
+        return rc, [line for line in lines if not line.startswith("apt-rc=")]
+
+
+def apt_reasons(lines: list[str]) -> list[str]:
+    """apt's reasons from a failed simulation: its "Depends: ... but ..." lines (with the package they
+    belong to) and its E: lines."""
+    out, package = [], ""
+    for line in lines:
+        m = re.match(r"^\s*(\S+) : (Depends|PreDepends|Conflicts|Breaks): (.*)$", line)
+        if m:
+            package = m.group(1)
+            out.append(f"{package} {m.group(2)}: {m.group(3).strip()}")
+        elif re.match(r"^\s+(Depends|PreDepends|Conflicts|Breaks): ", line) and package:
+            out.append(f"{package} {line.strip()}")
+        elif line.startswith("E: "):
+            out.append(line)
+    return out or lines[-5:]
+
+
 class FilesDiffer(FactBase):
     """Files matching ``pattern`` that have no identical copy in ``dest_dir`` ([] when all do);
     None when nothing matches."""

@@ -14,7 +14,7 @@ from pyinfra.api.command import FileUploadCommand, QuoteString, StringCommand
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import File, FileContents, Sha256File
 
-from piper_gpu.facts import AptOffers, FilesDiffer, HeldPackages, VenvState
+from piper_gpu.facts import AptOffers, AptSimulation, FilesDiffer, HeldPackages, VenvState, apt_reasons
 from piper_gpu.matrix import ONNXRUNTIME_DISTRIBUTIONS
 from piper_gpu.sources import local_path
 
@@ -205,8 +205,21 @@ def apt_sources_offer(packages: dict[str, str | None], fixes: dict[str, str]):
         problems.append(f"{name}{'=' + version if version else ''} is not offered ({found}). "
                         f"Fix: {fixes.get(name, 'point the apt source at a repository that has it')}")
     if not problems:
-        host.noop("every pinned package is offered: " + ", ".join(
-            f"{n} from {offers[n][0][1]}" for n in packages if offers.get(n)))
+        rc, lines = host.get_fact(AptSimulation, packages=packages)
+        if rc == 0:
+            host.noop("every pinned package is offered, and apt-get install --simulate of all of them succeeds: "
+                      + ", ".join(f"{n} from {offers[n][0][1]}" for n in packages if offers.get(n)))
+            return
+        reasons = apt_reasons(lines)
+        # the pinned packages apt names, else those of the same family as a dependency it names
+        # (cuda-nsight-systems-12-4 -> the CUDA packages, libcudnn9-... -> cuDNN)
+        named = [n for n in packages if any(r.startswith(f"{n} ") for r in reasons)] or [
+            n for n in packages if any(r.split("-", 1)[0] == n.split("-", 1)[0] for r in reasons)] or list(packages)
+        message = ("apt-get install --simulate of what this deploy pins fails (apt's own dependency check); "
+                   "nothing was installed.\n  - " + "\n  - ".join(reasons)
+                   + "\n  Fix: " + "; or ".join(dict.fromkeys(fixes.get(n, "point the apt source at a repository "
+                                                                       "that has it") for n in named)))
+        yield f"echo {shlex.quote(message)} >&2; exit 1"
         return
     message = ("The configured apt sources do not offer what this deploy pins; nothing was installed from them.\n  - "
                + "\n  - ".join(problems))

@@ -75,7 +75,9 @@ def apt_sources_checked(target: Target, source_ops: list):
     }
     for p in s.cuda_packages:
         alternatives[p] = ("cuda_source='pip' (NVIDIA's CUDA wheels in the venv), or cuda_repo_url/cuda_repo_path "
-                           f"for a repository that has {p}")
+                           f"for a repository that has {p}"
+                           + (", or cuda_install='runtime' (the CUDA libraries without the toolkit's tools and "
+                              "their dependencies)" if s.cuda_install == "toolkit" else ""))
     apt_sources_offer(
         name="Apt sources offer " + ", ".join(f"{p}={v}" if v else p for p, v in pins.items()),
         packages=pins,

@@ -43,3 +43,44 @@ def test_python_version_from_python3_or_apts_candidate():
         ["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True, text=True).stdout.strip()
     assert PythonVersion().process(["3.12"]) == "3.12"
     assert PythonVersion().process([]) is None
+
+
+def test_apts_own_simulation_names_the_dependency_that_cannot_be_installed(tmp_path):
+    """AptSimulation's command, run by the real apt of this machine against a repository whose toolkit
+    needs a package no source has (as CUDA 12.4's profilers need libtinfo5, which Ubuntu 24.04 dropped),
+    and parsed: apt's exit code and its reason, with the package it belongs to."""
+    import shutil
+
+    import pytest
+
+    from piper_gpu.facts import AptSimulation, apt_reasons
+
+    if not shutil.which("apt-get"):
+        pytest.skip("no apt-get on this machine")
+    repo, state, cache = tmp_path / "repo", tmp_path / "state", tmp_path / "cache"
+    for d in (repo, state / "lists" / "partial", cache / "archives" / "partial"):
+        d.mkdir(parents=True)
+    (repo / "Packages").write_text(
+        "Package: cuda-toolkit-12-4\nVersion: 12.4.1-1\nArchitecture: all\nDepends: cuda-nsight-systems-12-4\n"
+        "Filename: ./t.deb\nSize: 1\nDescription: toolkit\n\n"
+        "Package: cuda-nsight-systems-12-4\nVersion: 12.4.1-1\nArchitecture: all\nDepends: libtinfo5\n"
+        "Filename: ./n.deb\nSize: 1\nDescription: profiler\n\n"
+        "Package: cuda-cudart-12-4\nVersion: 12.4.127-1\nArchitecture: all\nFilename: ./c.deb\nSize: 1\n"
+        "Description: runtime\n")
+    (tmp_path / "sources.list").write_text(f"deb [trusted=yes] file:{repo} ./\n")
+    conf = tmp_path / "apt.conf"
+    conf.write_text(f'Dir::State "{state}"; Dir::State::status "/dev/null"; Dir::Cache "{cache}"; '
+                    f'Dir::Etc::sourcelist "{tmp_path / "sources.list"}"; Dir::Etc::sourceparts "-"; '
+                    'Debug::NoLocking "1";\n')
+    env = {"APT_CONFIG": str(conf), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+    subprocess.run(["apt-get", "update", "-q"], env=env, check=True, capture_output=True)
+
+    def simulate(packages):
+        out = subprocess.run(["sh", "-c", AptSimulation().command(packages)], env=env, capture_output=True, text=True)
+        return AptSimulation().process(out.stdout.splitlines())
+
+    rc, lines = simulate({"cuda-toolkit-12-4": None})
+    assert rc == 100, lines
+    assert apt_reasons(lines) == ["cuda-nsight-systems-12-4 Depends: libtinfo5 but it is not installable",
+                                  "E: Unable to correct problems, you have held broken packages."]
+    assert simulate({"cuda-cudart-12-4": "12.4.127-1"})[0] == 0  # the runtime alone installs
