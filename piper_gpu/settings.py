@@ -167,7 +167,7 @@ class Settings:
     api_key: str | None = None
     #: Requests synthesising or waiting at once; beyond it POST /tts answers 503 with Retry-After.
     max_pending: int = 8
-    #: Syntheses one voice runs at once on its ONNX session; 0: 8 on CUDA, 4 on the CPU (README: "On a GPU").
+    #: Syntheses one voice runs at once on its ONNX session; 0: 8 on CUDA, 4 on the CPU (docs/results.md: "On a GPU").
     syntheses_per_voice: int = 0
     #: Longest piece of a text synthesised in one go (longer sentences are cut at a clause break or space).
     sentence_max_chars: int = 200
@@ -195,10 +195,10 @@ class Settings:
     #: Its intra-op threads; 0: the server's CPUs divided by syntheses_per_voice (at least 1).
     concurrent_intra_op_threads: int = 0
     #: The CUDA provider's options over the server's (cudnn_conv_algo_search=HEURISTIC), as
-    #: "key=value,key=value" in ONNX Runtime's names (README: "On a GPU" has the measurements).
+    #: "key=value,key=value" in ONNX Runtime's names (docs/results.md: "On a GPU" has the measurements).
     cuda_options: str = ""
     #: Shape-stable synthesis: "auto" (on for a voice whose session runs on CUDA), "on" or "off" (the
-    #: whole model, as Piper runs it). README "On a GPU": why onnxruntime >= 1.20 needs it.
+    #: whole model, as Piper runs it). docs/results.md "On a GPU": why onnxruntime >= 1.20 needs it.
     shape_stable: str = "auto"
     #: Its buckets, comma-separated: phoneme ids and frames per piece; "": the server's defaults.
     phoneme_buckets: str = ""

@@ -201,7 +201,7 @@ HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome":
              "PrivateDevices": "no", "DevicePolicy": "closed", "RestrictSUIDSGID": "yes", "CapabilityBoundingSet": ""}
 #: Device access CUDA needs (NVIDIA's character devices by their /proc/devices names; WSL2's /dev/dxg).
 GPU_DEVICES = {"char-nvidiactl rw", "char-nvidia-frontend rw", "char-nvidia-uvm rw", "/dev/dxg rw"}
-#: The ceiling for `systemd-analyze security`'s overall exposure (README, "Hardening": 1.6 measured).
+#: The ceiling for `systemd-analyze security`'s overall exposure (docs/operating.md, "Hardening": 1.6 measured).
 MAX_EXPOSURE = 2.0
 
 
@@ -262,4 +262,4 @@ def test_unit_exposure_is_low(host, unit):
     res = host.run(f"systemd-analyze security {unit} --no-pager")
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", res.stdout)
     expect(bool(m) and float(m.group(1)) <= MAX_EXPOSURE, (res.stdout.strip().splitlines() or [res.stderr.strip()])[-1],
-           f"an exposure of at most {MAX_EXPOSURE}", f"re-run the deploy; compare `systemctl cat {unit}` with the README's table")
+           f"an exposure of at most {MAX_EXPOSURE}", f"re-run the deploy; compare `systemctl cat {unit}` with the table in docs/operating.md")

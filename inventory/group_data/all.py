@@ -1,5 +1,5 @@
 """Settings for every host: pyinfra data keys piper_gpu_* (every setting, its default and what it
-does: piper_gpu/settings.py and the README's settings table).
+does: piper_gpu/settings.py and docs/settings.md).
 
 Every voice is downloaded and checked against its sha256. Pin the digests of the voice files you
 trust, or the deploy stops before changing anything: on a machine that reaches the voices' source,

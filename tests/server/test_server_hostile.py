@@ -457,7 +457,7 @@ def test_a_client_reading_at_the_pace_of_the_audio_gets_all_of_it(tight):
 
 
 # --- memory bounded by audio (issue 19, point 2) ---------------------------------------------------
-#: the bound the README states for the defaults on the CPU (measured: 1.93 GiB; before pieces were
+#: the bound docs/server.md states for the defaults on the CPU (measured: 1.93 GiB; before pieces were
 #: bounded by their audio, the same requests reached 4.6 GiB)
 PEAK_RSS_BOUND_MIB = 2560
 
@@ -471,7 +471,7 @@ def test_slow_speech_keeps_memory_bounded_by_audio(tmp_path):
     """max_pending (8, the default) requests at once, each 100 characters without a break at the
     slowest length_scale (10): the pieces are cut so that none holds more audio than
     sentence_max_chars characters at the normal pace, and the server's peak RSS stays within the
-    README's bound, with every request answered in full."""
+    bound in docs/server.md, with every request answered in full."""
     proc, url, _ = start_server(tmp_path)
     text = UNPUNCTUATED[:100]
     answers = []

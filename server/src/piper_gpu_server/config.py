@@ -53,13 +53,13 @@ class ServerConfig:
     #: POST /tts requests synthesising or waiting at once; more get 503 + Retry-After
     max_pending: int = 8
     #: pieces one voice synthesises at once (ONNX Runtime's Run is thread-safe); 0: chosen by where the
-    #: voice runs, 8 on CUDA and 4 on the CPU (voices.SYNTHESES, from the README's measurements)
+    #: voice runs, 8 on CUDA and 4 on the CPU (voices.SYNTHESES, from docs/results.md's measurements)
     syntheses_per_voice: int = 0
     #: ONNX Runtime intra-op threads of a voice's main session; 0: ONNX Runtime's default (one per
     #: physical core)
     intra_op_threads: int = 0
     #: on the CPU, a second session per voice for pieces that start while others run, with fewer
-    #: threads, so that concurrent pieces share the cores (README: "Long texts and concurrency")
+    #: threads, so that concurrent pieces share the cores (docs/server.md: "Long texts and concurrency")
     concurrent_session: bool = True
     #: its intra-op threads; 0: the usable CPUs divided by syntheses_per_voice, at least 1
     concurrent_intra_op_threads: int = 0

@@ -4,7 +4,7 @@ ONNX Runtime session ever sees a second input shape.
 Why: since onnxruntime 1.20 (microsoft/onnxruntime PR 19470) the CUDA ``Conv``/``ConvTranspose``
 kernels build a cuDNN plan for the input shape and keep only the last one
 (``onnxruntime/core/providers/cuda/nn/conv.cc``); a Piper piece has its own phoneme count and, through
-the durations' noise, its own frame count, so every run rebuilds every plan (README "On a GPU").
+the durations' noise, its own frame count, so every run rebuilds every plan (docs/results.md "On a GPU").
 
 How, at load, in memory (the ``.onnx`` on disk stays as Piper ships it):
 

@@ -9,7 +9,7 @@ On the CPU a voice may have two sessions of the same model: a piece that starts 
 piece of the voice is running gets the one with all the intra-op threads (lowest latency alone);
 a piece that starts while others run gets the one with few threads, so that concurrent pieces
 share the cores instead of spinning against each other (more pieces per second under load).
-``python -m piper_gpu_server.bench`` measures both; README "Long texts and concurrency"."""
+``python -m piper_gpu_server.bench`` measures both; docs/server.md "Long texts and concurrency"."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ from piper_gpu_server import stable
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
 #: the CUDA provider's options unless the config's cuda_options says otherwise: cuDNN picks each
-#: convolution's algorithm by heuristics, as Piper itself asks (README "On a GPU" measures the others)
+#: convolution's algorithm by heuristics, as Piper itself asks (docs/results.md "On a GPU" measures the others)
 CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "device_id": "0"}
 #: pieces a voice synthesises at once where the config says 0, by where its session runs. On the CPU, 4
 #: with a second session passed Piper's own server under load on 2 cores; on CUDA (an H200), 8 gave 9.5
-#: requests/s at concurrency 8 against 6.7 with 4, and alike at concurrency 1 and 4 (README "On a GPU")
+#: requests/s at concurrency 8 against 6.7 with 4, and alike at concurrency 1 and 4 (docs/results.md "On a GPU")
 SYNTHESES = {CPU_PROVIDER: 4, CUDA_PROVIDER: 8}
 SAMPLE_WIDTH = 2  # Piper's audio: 16-bit mono
 CHANNELS = 1
