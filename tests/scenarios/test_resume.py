@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -56,12 +57,15 @@ def test_a_failing_step_names_url_and_reason_then_the_next_run_converges(box):
     assert box.deploy().changes == 0
 
 
-def dpkg_running(root) -> bool:
-    """A dpkg process whose root is the sandbox's."""
+def apt_runs_dpkg(root) -> bool:
+    """A dpkg process that apt started (``--status-fd``: unpacking or configuring packages, not a
+    query such as ``dpkg --audit``) whose root is the sandbox's."""
     target = str(root.resolve())
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.readlink(f"/proc/{pid}/root") == target and open(f"/proc/{pid}/comm").read().strip() == "dpkg":
+            if os.readlink(f"/proc/{pid}/root") != target or open(f"/proc/{pid}/comm").read().strip() != "dpkg":
+                continue
+            if b"--status-fd" in open(f"/proc/{pid}/cmdline", "rb").read():
                 return True
         except OSError:
             continue
@@ -69,23 +73,23 @@ def dpkg_running(root) -> bool:
 
 
 def test_a_killed_run_converges_on_the_next(box):
-    """The run is killed while dpkg installs the toolkit (seen in the process table, not guessed from
-    a delay), and dpkg's own audit confirms it was interrupted; the next run converges."""
+    """The run is killed while apt's dpkg installs the toolkit (seen in the process table, not guessed
+    from a delay), and dpkg's own audit confirms it was interrupted; the next run converges."""
     box.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q cuda-toolkit-12-4 cuda-nvcc-12-4 >/dev/null")
     proc = start_provision(box.box, box.mirror_url)
-    killed_in_dpkg = False
-    for line in proc.stdout:
-        if "Install CUDA 12.4 toolkit" in line:
-            deadline = time.monotonic() + 300
-            while not dpkg_running(box.root) and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.005)
-            killed_in_dpkg = dpkg_running(box.root)
-            os.killpg(proc.pid, signal.SIGKILL)
-            box.box.stop_processes()  # like a crash: apt, dpkg and the service die with it
-            break
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(proc.stdout), daemon=True)  # never let its pipe fill
+    reader.start()
+    deadline = time.monotonic() + 600
+    while not apt_runs_dpkg(box.root) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    killed_in_dpkg = apt_runs_dpkg(box.root)
+    os.killpg(proc.pid, signal.SIGKILL)
+    box.box.stop_processes()  # like a crash: apt, dpkg and the service die with it
     proc.wait(30)
+    reader.join(30)
     assert proc.returncode == -signal.SIGKILL
-    assert killed_in_dpkg, "dpkg never ran for the toolkit step, so nothing was interrupted"
+    assert killed_in_dpkg, "apt never ran dpkg, so nothing was interrupted:\n" + "".join(output[-40:])
     audit = box.sh("dpkg --audit", check=False).stdout
     status = box.sh("dpkg-query -W -f='${db:Status-Abbrev}' cuda-toolkit-12-4", check=False).stdout.strip()
     assert audit.strip() or status != "ii", f"dpkg was not left interrupted (audit empty, cuda-toolkit-12-4 {status!r})"
