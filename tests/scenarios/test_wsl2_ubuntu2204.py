@@ -50,36 +50,6 @@ def test_cudnn_from_the_wsl_repository_stops_before_any_cuda_package(wsl):
     assert "cuda-toolkit-12-4" in wsl.sh("apt-cache madison cuda-toolkit-12-4").stdout  # wsl-ubuntu has CUDA
 
 
-#: an apt source with a toolkit whose dependency no source has: the kind of gap CUDA 12.4's packages
-#: meet on a newer distro (issue 21 names libtinfo5, which Ubuntu 24.04 no longer ships); which real
-#: package needs what is not modelled here, only apt's answer to such a tree
-BROKEN_SOURCE = "/opt/broken-cuda"
-BROKEN_PACKAGES = ("Package: cuda-toolkit-12-4", "Version: 12.4.1-99", "Architecture: all",
-                   "Depends: cuda-nsight-systems-12-4", "Filename: ./t.deb", "Size: 1", "Description: toolkit", "",
-                   "Package: cuda-nsight-systems-12-4", "Version: 12.4.1-99", "Architecture: all",
-                   "Depends: libtinfo5", "Filename: ./n.deb", "Size: 1", "Description: profiler")
-
-
-def test_a_dependency_apt_cannot_install_stops_before_any_cuda_package(wsl):
-    """apt's own dependency check (apt-get install --simulate of everything pinned) after apt-get update
-    and before the first CUDA or cuDNN package: the run stops with apt's reason and the setting that
-    fixes it."""
-    lines = " ".join(shlex.quote(line) for line in BROKEN_PACKAGES)
-    wsl.sh(f"mkdir -p {BROKEN_SOURCE} && printf '%s\\n' {lines} > {BROKEN_SOURCE}/Packages && "
-           f"echo 'deb [trusted=yes] file:{BROKEN_SOURCE} ./' > /etc/apt/sources.list.d/broken-cuda.list")
-    try:
-        run = wsl.deploy(check=False)
-    finally:
-        wsl.sh(f"rm -rf {BROKEN_SOURCE} /etc/apt/sources.list.d/broken-cuda.list && apt-get update -q >/dev/null")
-    assert run.returncode != 0
-    out = run.output
-    assert "apt-get install --simulate of what this deploy pins fails" in out, out[-4000:]
-    assert "cuda-nsight-systems-12-4 Depends: libtinfo5 but it is not installable" in out, out[-4000:]
-    assert "cuda_install='runtime'" in out and "cuda_source='pip'" in out
-    installed = wsl.sh("dpkg-query -W -f='${Package}\\n'").stdout.split()
-    assert not [p for p in installed if p.startswith(("cuda-", "libcudnn", "libcublas")) and p != "cuda-keyring"], installed
-
-
 def as_windows(path: str) -> str:
     """/mnt/c/Users/... as Explorer's "Copy as path" writes it: C:\\Users\\..."""
     assert path.startswith("/mnt/c/"), path
