@@ -21,7 +21,6 @@ import re
 from pathlib import PurePosixPath
 from urllib.parse import unquote, urlsplit
 
-from piper_gpu.errors import SettingsError
 
 #: setting -> what it names: "file" (one file, fetched), "dir" (a directory of files: a bundle, pip's
 #: --find-links), "url" (a server: apt repository, index, base URL; file:// allowed for mirrors)
@@ -120,12 +119,6 @@ def problem(setting: str, value: str, kind: str) -> str | None:
         return (f"{setting}={value!r} is a relative path, which means nothing on the host: give the absolute path "
                 "(/home/you/x.deb, or on WSL2 C:\\Users\\you\\Downloads\\x.deb)")
     return None
-
-
-def check(setting: str, value: str, kind: str) -> None:
-    message = problem(setting, value, kind)
-    if message:
-        raise SettingsError(message)
 
 
 def local_path(value: str, root: str = DEFAULT_AUTOMOUNT_ROOT) -> str | None:

@@ -79,7 +79,7 @@ def check_local_sources(found: list[str], wanted: dict[str, tuple[str, str]], gi
         if what == kind:
             continue
         need = "file" if kind == "file" else "directory"
-        written = getattr(given, name, path) if hasattr(given, name) else path
+        written = getattr(given, name, path)  # a voice's url: its path
         shown = repr(path) if written == path else f"{written!r} (on this host {path})"
         if what == "missing":
             cause, fix = f"no such {need}", "check the name and the folder it is in"

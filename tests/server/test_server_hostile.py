@@ -16,7 +16,7 @@ import wave
 import pytest
 import requests
 
-from tests.server.test_server_http import TEXTS, VOICE, post, start_server
+from tests.server.test_server_http import TEXTS, VOICE, pending, post, start_server, until
 
 READ_TIMEOUT = 2.0
 #: Hypercorn's idle timer: it also ends a connection whose request headers stop coming
@@ -36,20 +36,6 @@ def hostile(tmp_path_factory):
     yield proc, url, log
     proc.terminate()
     proc.wait(30)
-
-
-def until(condition, limit: float, what: str, every: float = 0.02):
-    """Waits for ``condition()`` to be true (polled), failing with ``what`` after ``limit`` seconds: the
-    tests synchronise on what the server shows, never on a guess of how long something takes."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {limit:.0f} s")
-        time.sleep(every)
-
-
-def pending(url) -> int:
-    return requests.get(url + "/health", timeout=10).json()["pending"]
 
 
 def connect(url) -> socket.socket:

@@ -101,6 +101,20 @@ def guarded(tmp_path_factory):
     proc.wait(10)
 
 
+def until(condition, limit: float, what: str, every: float = 0.02):
+    """Waits for ``condition()`` to be true (polled), failing with ``what`` after ``limit`` seconds: the
+    tests synchronise on what the server shows, never on a guess of how long something takes."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {limit:.0f} s")
+        time.sleep(every)
+
+
+def pending(url) -> int:
+    return requests.get(url + "/health", timeout=10).json()["pending"]
+
+
 def post(url, payload=None, data=None, **kw):
     return requests.post(url + "/tts", json=payload, data=data, timeout=120, **kw)
 
@@ -272,10 +286,7 @@ def test_overload_answers_503_with_retry_after(guarded):
     answers = []
     slow = threading.Thread(target=lambda: answers.append(post(url, {"text": TEXTS["en_long"]}, headers=auth)))
     slow.start()
-    deadline = time.monotonic() + 30
-    while requests.get(url + "/health", timeout=10).json()["pending"] != 1:  # the slow one holds the slot
-        assert time.monotonic() < deadline, "the slow request never took the slot"
-        time.sleep(0.02)
+    until(lambda: pending(url) == 1, 30, "the slow request taking the slot")
     busy = post(url, {"text": "hello"}, headers=auth)
     slow.join()
     assert answers[0].status_code == 200
