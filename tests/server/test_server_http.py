@@ -115,6 +115,12 @@ def pending(url) -> int:
     return requests.get(url + "/health", timeout=10).json()["pending"]
 
 
+def settled(url) -> None:
+    """Waits until no request is in progress: a request is counted and logged once its last byte is
+    taken, which may come just after the client has read the whole answer."""
+    until(lambda: pending(url) == 0, 30, "the server's requests to finish")
+
+
 def post(url, payload=None, data=None, **kw):
     return requests.post(url + "/tts", json=payload, data=data, timeout=120, **kw)
 
@@ -183,6 +189,7 @@ def test_one_performance_line_per_request_without_the_text(server):
     url, log = server
     before = log.read_text().count(" tts voice=")
     post(url, {"text": TEXTS["en_short"], "voice": VOICE})
+    settled(url)
     lines = [l for l in log.read_text().splitlines() if " tts voice=" in l]
     assert len(lines) == before + 1
     last = lines[-1]
@@ -203,6 +210,7 @@ def test_no_request_text_reaches_the_log(server, text, secrets):
     before = len(log.read_text())
     r = post(url, {"text": text})
     assert r.status_code in (200, 422), (r.status_code, r.text[:200])
+    settled(url)
     written = log.read_text()[before:]
     assert " tts voice=" in written or r.status_code == 422, written
     leaked = [s for s in secrets if s in written]
@@ -328,6 +336,7 @@ def test_metrics_count_requests_and_name_the_provider(server):
     url, _ = server
     post(url, {"text": TEXTS["en_short"], "voice": VOICE})
     post(url, {"text": "hi", "voice": "nope"})
+    settled(url)
     m = scrape(url)
     assert m[("piper_tts_voice_provider", frozenset({"voice": VOICE, "provider": "CPUExecutionProvider"}.items()))] == 1
     ok = m[("piper_tts_requests_total", frozenset({"voice": VOICE, "status": "200"}.items()))]
