@@ -38,8 +38,9 @@ SOURCE_SETTINGS = {
 DEFAULT_AUTOMOUNT_ROOT = "/mnt/"
 
 _DRIVE = re.compile(r"^([A-Za-z]):(?:[\\/]|$)")
-_WSL_UNC = re.compile(r"^[\\/]{2}(?:wsl\$|wsl\.localhost)[\\/][^\\/]+(?P<rest>(?:[\\/].*)?)$", re.I)
-_UNC = re.compile(r"^[\\/]{2}[^\\/]")
+#: a share is \\server\... or //server/...; "/\x" is a POSIX path whose first name starts with a backslash
+_WSL_UNC = re.compile(r"^(?:\\\\|//)(?:wsl\$|wsl\.localhost)[\\/][^\\/]+(?P<rest>(?:[\\/].*)?)$", re.I)
+_UNC = re.compile(r"^(?:\\\\|//)[^\\/]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: what the host must have there, per kind (test -f / test -d)
 LOCAL_KINDS = {"file": "f", "dir": "d"}

@@ -2,7 +2,11 @@
 
   debian12          Debian 12 (bookworm), Python 3.11
   wsl2-ubuntu2204   the users' host: a real Ubuntu 22.04 (jammy) userland with Python 3.10 from Ubuntu's
-                    archive, presented as WSL2: the WSL2 kernel string in /proc/sys/kernel/osrelease and
+                    archive, presented as WSL2 (below)
+  wsl2-ubuntu2404   a new WSL2 machine: a real Ubuntu 24.04 (noble) userland with Python 3.12, presented
+                    as WSL2 the same way, its apt sources in deb822 form as Ubuntu 24.04 writes them
+
+Presented as WSL2: the WSL2 kernel string in /proc/sys/kernel/osrelease and
                     /proc/version (bind mounts inside the sandbox's own proc mount, never the machine's),
                     /usr/lib/wsl/lib with an nvidia-smi stand-in printing the real output format and a stub
                     libcuda.so.1 (cuInit: CUDA error 100, no device: there is no GPU here), listed by
@@ -27,7 +31,8 @@ UBUNTU_MIRROR = os.environ.get("PIPER_LAB_UBUNTU_MIRROR", "http://archive.ubuntu
 UBUNTU_ARCHIVE_KEY = "F6ECB3762474EDA9D21B7022871920D1991BC93C"
 UBUNTU_KEYRING_DEB = "pool/main/u/ubuntu-keyring/ubuntu-keyring_2021.03.26_all.deb"
 #: persona -> debootstrap suite
-PERSONAS = {"debian12": "bookworm", "wsl2-ubuntu2204": "jammy"}
+PERSONAS = {"debian12": "bookworm", "wsl2-ubuntu2204": "jammy", "wsl2-ubuntu2404": "noble"}
+UBUNTU_SUITES = ("jammy", "noble")
 WSL_KERNEL = "5.15.153.1-microsoft-standard-WSL2"
 WSL_PROC_VERSION = (f"Linux version {WSL_KERNEL} (root@941d701f84f1) (gcc (GCC) 11.2.0, GNU ld (GNU Binutils) 2.37) "
                     "#1 SMP Fri Mar 29 23:14:13 UTC 2024\n")
@@ -52,15 +57,18 @@ def _ubuntu_keyring() -> Path:
 
 
 def base_tarball(suite: str = "bookworm") -> Path:
-    """A debootstrap'ed minbase root (Debian 12 or Ubuntu 22.04), cached as a tarball (once)."""
+    """A debootstrap'ed minbase root (Debian 12, Ubuntu 22.04 or 24.04), cached as a tarball (once)."""
     tarball = CACHE / "sandbox" / f"{suite}-minbase.tar"
     if tarball.exists():
         return tarball
     tarball.parent.mkdir(parents=True, exist_ok=True)
     tmp = tarball.parent / f"debootstrap-{suite}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    if suite == "jammy":
+    if suite in UBUNTU_SUITES:
         args = ["--keyring", str(_ubuntu_keyring()), suite, str(tmp), UBUNTU_MIRROR]
+        if not Path(f"/usr/share/debootstrap/scripts/{suite}").exists():
+            # Debian 12's debootstrap predates noble; its script is gutsy's, as for every Ubuntu since 7.10
+            args.append("/usr/share/debootstrap/scripts/gutsy")
     else:
         args = [suite, str(tmp), DEBIAN_MIRROR]
     log(f"debootstrap --variant=minbase {suite}, once")

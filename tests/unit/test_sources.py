@@ -6,7 +6,7 @@ import string
 from pathlib import PurePosixPath
 
 import pytest
-from hypothesis import given, settings as hsettings, strategies as st
+from hypothesis import example, given, settings as hsettings, strategies as st
 
 from piper_gpu import naming, platforms, sources
 from piper_gpu.settings import SettingsError, from_fields
@@ -126,6 +126,7 @@ posix_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_char
 
 @hsettings(max_examples=300, deadline=None)
 @given(folders=st.lists(posix_names, max_size=4), name=posix_names)
+@example(folders=[], name="\\0")  # "/\\0" is a POSIX path, not a share (found by this test)
 def test_a_path_is_accepted_exactly_when_it_is_usable_and_its_file_url_names_the_same_file(folders, name):
     path = "/" + "/".join([*folders, name])
     problem = sources.problem("cudnn_deb_url", path, "file")
