@@ -112,7 +112,7 @@ def lock(args) -> int:
         if args.resolve:
             from piper_gpu import server_wheel
 
-            top = {"piper-tts": s.piper_tts_version, "onnxruntime-gpu": s.onnxruntime_gpu_version}
+            top = {"piper-tts": s.venv.piper_tts_version, "onnxruntime-gpu": s.venv.onnxruntime_gpu_version}
             requires = tuple(r for r in server_wheel.build().requires if not r.startswith("piper-tts"))
             current = locks.parse(locks.path(args.python).read_text()) if args.python in locks.available() else {}
             pins = locks.resolve(args.python, top, s.pip_source_args(), requires, current)
@@ -122,7 +122,7 @@ def lock(args) -> int:
         fits = [pl for pl in platforms.PLATFORMS if pl.python == args.python]
         platform = platforms.by_key(args.platform) if args.platform else (fits or [platforms.PLATFORMS[0]])[0]
         resolved = s.for_host(platform, args.python)
-        resolved._check_matrix()
+        resolved.check_matrix()
         pins = resolved.python_requirements()
     except (locks.LockError, SettingsError, platforms.UnsupportedPlatform) as exc:
         print(f"lock: {exc}", file=sys.stderr)

@@ -197,19 +197,20 @@ def _inrelease_sha256(inrelease: str, name: str) -> str | None:
 
 
 def collect_cuda_repo(s: Settings, repo_path: str, arch: str, out: Path) -> dict:
-    base = f"{s.cuda_repo_url.rstrip('/')}/{repo_path}/{arch}"
+    src = s.sources
+    base = f"{src.cuda_repo_url.rstrip('/')}/{repo_path}/{arch}"
     dest = out / BUNDLE_CUDA_REPOS / repo_path / arch
-    keyring_deb = download(f"{base}/cuda-keyring_{s.cuda_keyring_version}_all.deb",
-                           dest / f"cuda-keyring_{s.cuda_keyring_version}_all.deb", s.cuda_keyring_sha256)
+    keyring_deb = download(f"{base}/cuda-keyring_{src.cuda_keyring_version}_all.deb",
+                           dest / f"cuda-keyring_{src.cuda_keyring_version}_all.deb", src.cuda_keyring_sha256)
     with tempfile.TemporaryDirectory() as tmp:
         subprocess.run(["dpkg-deb", "-x", str(keyring_deb), tmp], check=True, capture_output=True)
         keyring = Path(tmp) / KEYRING_MEMBER
         if not keyring.exists():
             raise BundleError(f"{keyring_deb.name} holds no {KEYRING_MEMBER[1:]}")
         found = openpgp.fingerprints(keyring.read_bytes())
-        if s.cuda_repo_key_fingerprint.upper() not in found:
+        if s.sources.cuda_repo_key_fingerprint.upper() not in found:
             raise BundleError(f"{keyring_deb.name}: key {found} is not the pinned cuda_repo_key_fingerprint "
-                              f"{s.cuda_repo_key_fingerprint}")
+                              f"{s.sources.cuda_repo_key_fingerprint}")
         for name in ("InRelease", "Release", "Release.gpg"):
             try:
                 download(f"{base}/{name}", dest / name)
@@ -230,7 +231,7 @@ def collect_cuda_repo(s: Settings, repo_path: str, arch: str, out: Path) -> dict
     if gz_sha:
         download(f"{base}/Packages.gz", dest / "Packages.gz", gz_sha)
     wanted: dict[str, str | None] = {p: None for p in s.cuda_packages}
-    if s.cudnn_source == "repo":
+    if s.cuda.cudnn_source == "repo":
         wanted[s.cudnn_package] = s.cudnn_apt_version
     debs, distro = closure(parse_packages(packages.read_text()), wanted)
     for st in debs:
@@ -259,17 +260,19 @@ def collect_wheels(s: Settings, python: str, out: Path) -> list[str]:
 
 
 def collect_voices(s: Settings, out: Path) -> list[str]:
-    for v in s.voices:
+    for v in s.models.voices:
         for suffix, digest in ((".onnx", v.onnx_sha256), (".onnx.json", v.json_sha256)):
             download(s.voice_url(v, suffix), out / bundle_voice_dir(v.name) / f"{v.name}{suffix}", digest)
-    return [v.name for v in s.voices]
+    return [v.name for v in s.models.voices]
 
 
 def collect_cudnn_file(s: Settings, out: Path) -> str | None:
-    if s.cuda_source != "apt" or s.cudnn_source in ("repo", "wheel"):
+    if s.cuda.cuda_source != "apt" or s.cuda.cudnn_source in ("repo", "wheel"):
         return None
-    url, digest = {"local-deb": (s.cudnn_deb_url, s.cudnn_deb_sha256),
-                   "local-repo": (s.cudnn_local_repo_url, s.cudnn_local_repo_sha256)}.get(s.cudnn_source, s.cudnn_archive)
+    src = s.sources
+    url, digest = {"local-deb": (src.cudnn_deb_url, src.cudnn_deb_sha256),
+                   "local-repo": (src.cudnn_local_repo_url, src.cudnn_local_repo_sha256)}.get(s.cuda.cudnn_source,
+                                                                                              s.cudnn_archive)
     path = sources.local_path(url)  # a local file (a Windows path too) is copied as a file
     download(url if path is None else path, out / bundle_cudnn_file(url), digest)
     return bundle_cudnn_file(url)
@@ -286,7 +289,7 @@ def make_bundle(s: Settings, out: Path, repo_path: str, arch: str = "x86_64", py
         "arch": arch,
         "python": python,
         "settings": json.loads(s.to_json()),
-        "cuda_repository": collect_cuda_repo(s, repo_path, arch, out) if s.cuda_source == "apt" else None,
+        "cuda_repository": collect_cuda_repo(s, repo_path, arch, out) if s.cuda.cuda_source == "apt" else None,
         "cudnn_file": collect_cudnn_file(s, out),
         "wheels": collect_wheels(s, python, out),
         "voices": collect_voices(s, out),

@@ -42,7 +42,7 @@ def deploy_piper_gpu():
     settings = target.settings  # the sources and lock for this platform and its Python (platforms.py)
     base_system(target)  # curl, python3-venv, the service user
     cuda_ops = []
-    if settings.cuda_source == "apt":  # (cuda_source="pip": NVIDIA's wheels go into the venv, step 5)
+    if settings.cuda.cuda_source == "apt":  # (cuda_source="pip": NVIDIA's wheels go into the venv, step 5)
         sources = cuda_repository(target)  # 2. cuda-keyring (key fingerprint checked) + apt source at the mirror
         sources += cudnn_sources(target)  # 4. the users' cuDNN local-repo installer + its keyring
         apt_sources_checked(target, sources)  # 2-4. apt-get update; stop unless every pinned package is offered
@@ -64,5 +64,5 @@ def undeploy_piper_gpu():
     remove_service(target)  # 8. stop it; unit or control script and autostart gone
     remove_files(target)  # 5-7. venv, server, logs, /etc/piper-gpu, tools (voices with piper_gpu_undeploy_voices)
     remove_environment(target)  # 2-3. linker config + ldconfig, profile, ~/.bashrc block, apt source, keyring
-    if settings.undeploy_system:
+    if settings.undeploy.undeploy_system:
         remove_system(target)  # 3-4. CUDA/cuDNN packages, base packages and the user the deploy added

@@ -1,5 +1,6 @@
-"""NVIDIA's naming rules, as functions of the pinned versions, and the layout of this project's
-offline bundle. No settings, no host: the same versions always give the same names.
+"""NVIDIA's naming rules, as functions of the pinned versions, a voice's URL in Hugging Face's layout,
+and the layout of this project's offline bundle. No settings, no host: the same versions always give
+the same names.
 
 NVIDIA's names, with where they come from:
 - apt meta packages ``cuda-toolkit-X-Y`` / ``cuda-libraries-X-Y`` (NVIDIA's cuda-meta-X-Y source package; e.g.
@@ -74,6 +75,13 @@ def cudnn_archive_name(cudnn_version: str, cuda_version: str, arch: str = "x86_6
 
 def cudnn_archive_url(redist_url: str, cudnn_version: str, cuda_version: str, arch: str = "x86_64") -> str:
     return f"{redist_url.rstrip('/')}/cudnn/linux-{arch}/{cudnn_archive_name(cudnn_version, cuda_version, arch)}"
+
+
+def voice_url(base_url: str, voice, suffix: str) -> str:
+    """A voice's file: under its own ``url``, else under ``base_url`` in Hugging Face's layout of
+    rhasspy/piper-voices (``voice.hf_path()``: zh/zh_CN/huayan/medium)."""
+    base = voice.url or f"{base_url.rstrip('/')}/{voice.hf_path()}"
+    return f"{base.rstrip('/')}/{voice.name}{suffix}"
 
 
 def wheel_lib_dir(wheel: str) -> str:

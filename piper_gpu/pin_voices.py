@@ -53,7 +53,7 @@ def sha256_of(url: str) -> str:
 def pin(settings: Settings) -> list[Voice]:
     """Each voice with the sha256 of its two files as its source serves them."""
     pinned = []
-    for voice in settings.voices:
+    for voice in settings.models.voices:
         digests = {}
         for field, suffix in (("onnx_sha256", ".onnx"), ("json_sha256", ".onnx.json")):
             url = settings.voice_url(voice, suffix)

@@ -64,15 +64,15 @@ class Target:
 
     @property
     def piper_dir(self) -> str:
-        return self.path(self.settings.piper_dir)
+        return self.path(self.settings.venv.piper_dir)
 
     @property
     def venv_dir(self) -> str:
-        return self.path(self.settings.venv_dir)
+        return self.path(self.settings.venv.venv_dir)
 
     @property
     def models_dir(self) -> str:
-        return self.path(self.settings.models_dir)
+        return self.path(self.settings.models.models_dir)
 
     @property
     def venv_python(self) -> str:
@@ -117,7 +117,7 @@ class Target:
     @property
     def voice_models(self) -> dict[str, str]:
         """Voice name -> its .onnx on the host (the .onnx.json lies beside it)."""
-        return {v.name: f"{self.voice_dir(v)}/{v.name}.onnx" for v in self.settings.voices}
+        return {v.name: f"{self.voice_dir(v)}/{v.name}.onnx" for v in self.settings.models.voices}
 
     @property
     def cuda_source_list(self) -> str:
@@ -131,7 +131,7 @@ class Target:
     def cudnn_extract_dir(self) -> str:
         """Where an unpacked cuDNN (archive, or a .deb with cudnn_deb_extract) lives."""
         s = self.settings
-        return f"/opt/cudnn-{s.cudnn_version}-cuda{s.cuda_major}"
+        return f"/opt/cudnn-{s.cuda.cudnn_version}-cuda{s.cuda_major}"
 
     @property
     def multiarch(self) -> str:

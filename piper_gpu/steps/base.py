@@ -72,19 +72,19 @@ def base_system(target: Target):
     for package in missing:
         files.line(name=f"Record that this deploy added {package} ({ADDED_PACKAGES})", path=ADDED_PACKAGES,
                    line=package)
-    if s.create_service_user:
-        user_missing = user_home(s.service_user) is None
+    if s.service.create_service_user:
+        user_missing = user_home(s.service.service_user) is None
         server.user(
-            name=f"Service user {s.service_user}",
-            user=s.service_user,
+            name=f"Service user {s.service.service_user}",
+            user=s.service.service_user,
             home=target.home,
             shell="/bin/bash",
             create_home=True,
             system=True,
         )
         if user_missing:
-            files.put(name=f"Record that this deploy created the user {s.service_user} ({ADDED_USER})",
-                      src=StringIO(s.service_user + "\n"), dest=ADDED_USER, mode="644")
+            files.put(name=f"Record that this deploy created the user {s.service.service_user} ({ADDED_USER})",
+                      src=StringIO(s.service.service_user + "\n"), dest=ADDED_USER, mode="644")
     files.directory(name=f"Create {CACHE}", path=CACHE, mode="755")
     files.directory(name=f"Create {TOOLS}", path=TOOLS, mode="755")
     files.put(

@@ -15,34 +15,34 @@ from piper_gpu.target import CACHE, KEYRING, LINKER_CONF, PROFILE_SNIPPET, TOOLS
 
 def repo_base(target: Target) -> str:
     s = target.settings
-    return f"{s.cuda_repo_url.rstrip('/')}/{target.repo_path}/{target.arch}"
+    return f"{s.sources.cuda_repo_url.rstrip('/')}/{target.repo_path}/{target.arch}"
 
 
 @deploy("NVIDIA CUDA apt repository (cuda-keyring, mirror URL)")
 def cuda_repository(target: Target):
-    s = target.settings
-    deb = f"{CACHE}/cuda-keyring_{s.cuda_keyring_version}_all.deb"
+    src = target.settings.sources
+    deb = f"{CACHE}/cuda-keyring_{src.cuda_keyring_version}_all.deb"
     fetch(
-        name=f"Download cuda-keyring {s.cuda_keyring_version}",
-        src=f"{repo_base(target)}/cuda-keyring_{s.cuda_keyring_version}_all.deb",
+        name=f"Download cuda-keyring {src.cuda_keyring_version}",
+        src=f"{repo_base(target)}/cuda-keyring_{src.cuda_keyring_version}_all.deb",
         dest=deb,
-        sha256=s.cuda_keyring_sha256,
+        sha256=src.cuda_keyring_sha256,
     )
     check = (
         f"dpkg-deb --fsys-tarfile {deb} | tar -xO .{KEYRING} > {CACHE}/cuda-keyring.check.gpg && "
-        f"python3 {TOOLS}/openpgp.py {CACHE}/cuda-keyring.check.gpg --expect {shlex.quote(s.cuda_repo_key_fingerprint)}"
+        f"python3 {TOOLS}/openpgp.py {CACHE}/cuda-keyring.check.gpg --expect {shlex.quote(src.cuda_repo_key_fingerprint)}"
     )
     keyring = deb_file_installed(
-        name=f"Install cuda-keyring {s.cuda_keyring_version} (key {s.cuda_repo_key_fingerprint[-8:]} checked)",
+        name=f"Install cuda-keyring {src.cuda_keyring_version} (key {src.cuda_repo_key_fingerprint[-8:]} checked)",
         package="cuda-keyring",
-        version=s.cuda_keyring_version,
+        version=src.cuda_keyring_version,
         deb_path=deb,
         keyring_check=check,
     )
     # The keyring ships this same file pointing at NVIDIA's server; we own its content so the
     # host has exactly one CUDA source: the configured URL or mirror.
     source = files.put(
-        name=f"Point the CUDA apt source at {s.cuda_repo_url}",
+        name=f"Point the CUDA apt source at {src.cuda_repo_url}",
         src=StringIO(f"deb [signed-by={KEYRING}] {repo_base(target)}/ /\n"),
         dest=target.cuda_source_list,
         mode="644",
@@ -54,7 +54,7 @@ def apt_pins(target: Target) -> dict[str, str | None]:
     """What the deploy installs from apt sources: package -> exact version (None: any)."""
     s = target.settings
     pins: dict[str, str | None] = {p: None for p in s.cuda_packages}
-    if s.cudnn_source in ("repo", "local-repo") and not (s.cudnn_source == "local-repo" and s.cudnn_deb_extract):
+    if s.cudnn_apt_installed:
         pins[s.cudnn_package] = s.cudnn_apt_version
     return pins
 
@@ -77,7 +77,7 @@ def apt_sources_checked(target: Target, source_ops: list):
         alternatives[p] = ("cuda_source='pip' (NVIDIA's CUDA wheels in the venv), or cuda_repo_url/cuda_repo_path "
                            f"for a repository that has {p}"
                            + (", or cuda_install='runtime' (the CUDA libraries without the toolkit's tools and "
-                              "their dependencies)" if s.cuda_install == "toolkit" else ""))
+                              "their dependencies)" if s.cuda.cuda_install == "toolkit" else ""))
     apt_sources_offer(
         name="Apt sources offer " + ", ".join(f"{p}={v}" if v else p for p, v in pins.items()),
         packages=pins,
@@ -88,9 +88,9 @@ def apt_sources_checked(target: Target, source_ops: list):
 @deploy("CUDA toolkit")
 def cuda_toolkit(target: Target):
     s = target.settings
-    what = "toolkit (nvcc included)" if s.cuda_install == "toolkit" else "runtime libraries only"
+    what = "toolkit (nvcc included)" if s.cuda.cuda_install == "toolkit" else "runtime libraries only"
     return apt.packages(
-        name=f"Install CUDA {s.cuda_version} {what}: {', '.join(s.cuda_packages)}",
+        name=f"Install CUDA {s.cuda.cuda_version} {what}: {', '.join(s.cuda_packages)}",
         packages=s.cuda_packages,
         no_recommends=True,
     )
@@ -116,11 +116,11 @@ def cuda_environment(target: Target, lib_dirs: list[str], library_ops: list):
         template="cuda-profile.sh.j2",
         dest=PROFILE_SNIPPET,
         mode="644",
-        cuda_home=s.cuda_home if s.cuda_source == "apt" else None,  # wheels bring no toolkit
+        cuda_home=s.cuda_home if s.cuda.cuda_source == "apt" else None,  # wheels bring no toolkit
         lib_dirs=lib_dirs,
     )
     files.block(
-        name=f"~{s.service_user}/.bashrc sources the CUDA profile (one marked block)",
+        name=f"~{s.service.service_user}/.bashrc sources the CUDA profile (one marked block)",
         path=f"{target.home}/.bashrc",
         content=f"[ -r {PROFILE_SNIPPET} ] && . {PROFILE_SNIPPET}",
         marker="# {mark} piper-gpu-deploy CUDA environment",

@@ -22,11 +22,11 @@ def cudnn_lib_dirs(target: Target) -> list[str]:
     """Library directories the linker must search for this cuDNN source (none for packages)."""
     s = target.settings
     base = target.cudnn_extract_dir
-    if s.cudnn_source == "archive":
+    if s.cuda.cudnn_source == "archive":
         return [f"{base}/lib"]
-    if s.cudnn_source in ("local-deb", "local-repo") and s.cudnn_deb_extract:
+    if s.cuda.cudnn_source in ("local-deb", "local-repo") and s.cuda.cudnn_deb_extract:
         return [f"{base}/usr/lib/{target.multiarch}"]
-    if s.cudnn_source == "wheel" and s.cuda_source == "apt":
+    if s.cuda.cudnn_source == "wheel" and s.cuda.cuda_source == "apt":
         return [f"{target.site_packages}/nvidia/cudnn/lib"]
     return []
 
@@ -34,7 +34,7 @@ def cudnn_lib_dirs(target: Target) -> list[str]:
 def library_dirs(target: Target) -> list[str]:
     """Every directory the dynamic linker must search for CUDA and cuDNN: the toolkit's (and an
     unpacked or wheel cuDNN's) with cuda_source="apt", the NVIDIA wheels' in the venv with "pip"."""
-    if target.settings.cuda_source == "pip":
+    if target.settings.cuda.cuda_source == "pip":
         return target.wheel_lib_dirs
     return [target.cuda_lib_dir, *cudnn_lib_dirs(target)]
 
@@ -42,7 +42,7 @@ def library_dirs(target: Target) -> list[str]:
 def local_repo(target: Target) -> tuple[str, str]:
     """(package name, directory under /var) of the operator's local-repo installer, from NVIDIA's
     file name: cudnn-local-repo-ubuntu2204-9.1.1_1.0-1_amd64.deb -> cudnn-local-repo-ubuntu2204-9.1.1."""
-    name = naming.file_name(target.settings.cudnn_local_repo_url).split("_", 1)[0]
+    name = naming.file_name(target.settings.sources.cudnn_local_repo_url).split("_", 1)[0]
     return name, f"/var/{name}"
 
 
@@ -53,13 +53,13 @@ def cudnn_sources(target: Target) -> list:
     source expects it (NVIDIA's instructions: cp /var/cudnn-local-repo-*/cudnn-*-keyring.gpg
     /usr/share/keyrings/). Returns the operations whose change needs an apt update."""
     s = target.settings
-    if s.cudnn_source != "local-repo":
+    if s.cuda.cudnn_source != "local-repo":
         return []
     name, repo_dir = local_repo(target)
     deb = f"{CACHE}/{name}.deb"
-    fetch(name=f"Fetch the cuDNN local-repo installer {name}", src=s.cudnn_local_repo_url, dest=deb,
-          sha256=s.cudnn_local_repo_sha256)
-    file = naming.file_name(s.cudnn_local_repo_url)
+    fetch(name=f"Fetch the cuDNN local-repo installer {name}", src=s.sources.cudnn_local_repo_url, dest=deb,
+          sha256=s.sources.cudnn_local_repo_sha256)
+    file = naming.file_name(s.sources.cudnn_local_repo_url)
     version = file.split("_")[1] if "_" in file else None
     installer = deb_file_installed(name=f"Install {name} (a file:// apt repository in {repo_dir})", package=name,
                                    version=version, deb_path=deb, use_dpkg=True)
@@ -72,10 +72,10 @@ def cudnn_sources(target: Target) -> list:
 def cudnn(target: Target):
     s = target.settings
     pkg, ver = s.cudnn_package, s.cudnn_apt_version
-    label = f"cuDNN {s.cudnn_version} for CUDA {s.cudnn_built_for}"
-    if s.cudnn_source == "wheel":
+    label = f"cuDNN {s.cuda.cudnn_version} for CUDA {s.cudnn_built_for}"
+    if s.cuda.cudnn_source == "wheel":
         return None  # nvidia-cudnn-cu12 is in the venv lock (step 5)
-    if s.cudnn_source in ("repo", "local-repo") and not (s.cudnn_source == "local-repo" and s.cudnn_deb_extract):
+    if s.cudnn_apt_installed:
         op = apt.packages(
             name=f"Install {label} ({pkg}={ver})",
             packages=[f"{pkg}={ver}"],
@@ -84,17 +84,17 @@ def cudnn(target: Target):
         )
         held(name=f"Hold {pkg} at {ver}", packages=[pkg])
         return op
-    if s.cudnn_source == "local-repo":  # extract the library .deb nested in the installer's repository
+    if s.cuda.cudnn_source == "local-repo":  # extract the library .deb nested in the installer's repository
         _, repo_dir = local_repo(target)
-        return _extract_deb(target, f"{repo_dir}/{pkg}_{ver}_amd64.deb", s.cudnn_local_repo_sha256, label)
-    if s.cudnn_source == "local-deb":
+        return _extract_deb(target, f"{repo_dir}/{pkg}_{ver}_amd64.deb", s.sources.cudnn_local_repo_sha256, label)
+    if s.cuda.cudnn_source == "local-deb":
         deb = f"{CACHE}/{pkg}_{ver}.deb"
-        fetch(name=f"Fetch {label} .deb", src=s.cudnn_deb_url, dest=deb, sha256=s.cudnn_deb_sha256)
-        if not s.cudnn_deb_extract:
+        fetch(name=f"Fetch {label} .deb", src=s.sources.cudnn_deb_url, dest=deb, sha256=s.sources.cudnn_deb_sha256)
+        if not s.cuda.cudnn_deb_extract:
             op = deb_file_installed(name=f"Install {label} from {deb}", package=pkg, version=ver, deb_path=deb)
             held(name=f"Hold {pkg} at {ver}", packages=[pkg])
             return op
-        return _extract_deb(target, deb, s.cudnn_deb_sha256, label)
+        return _extract_deb(target, deb, s.sources.cudnn_deb_sha256, label)
     url, digest = s.cudnn_archive
     archive = f"{CACHE}/{s.cudnn_archive_name}"
     fetch(name=f"Fetch {label}: {s.cudnn_archive_name} (sha256 {digest[:12]}...)", src=url, dest=archive,

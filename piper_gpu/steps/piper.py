@@ -31,7 +31,7 @@ def server_package() -> server_wheel.ServerWheel:
 @deploy("Piper venv: piper-tts + onnxruntime-gpu (CPU onnxruntime removed) + the server package")
 def piper_venv(target: Target):
     s = target.settings
-    user = s.service_user
+    user = s.service.service_user
     for path in (target.piper_dir, target.run_dir, target.log_dir, target.models_dir):
         files.directory(name=f"Directory {path}", path=path, user=user, group=user, mode="750")
     pip.venv(name=f"Create venv {target.venv_dir}", path=target.venv_dir, python="python3", **as_user(user))
@@ -61,7 +61,7 @@ def piper_venv(target: Target):
     )
     changes = venv_changes(state, wanted)
     return venv_locked(
-        name=f"Venv holds piper-tts {s.piper_tts_version}, only onnxruntime-gpu {s.onnxruntime_gpu_version}"
+        name=f"Venv holds piper-tts {s.venv.piper_tts_version}, only onnxruntime-gpu {s.venv.onnxruntime_gpu_version}"
              f" and {server_wheel.DIST} {wheel.version}"
              + (f": {changes.describe()}" if changes else ""),
         venv_dir=target.venv_dir,
@@ -76,9 +76,10 @@ def piper_venv(target: Target):
 def voices(target: Target):
     s = target.settings
     changed = []
-    for voice in s.voices:
+    for voice in s.models.voices:
         vdir = target.voice_dir(voice)
-        files.directory(name=f"Directory {vdir}", path=vdir, user=s.service_user, group=s.service_user, mode="750")
+        user = s.service.service_user
+        files.directory(name=f"Directory {vdir}", path=vdir, user=user, group=user, mode="750")
         for suffix, digest in ((".onnx", voice.onnx_sha256), (".onnx.json", voice.json_sha256)):
             changed.append(
                 fetch(
@@ -86,8 +87,8 @@ def voices(target: Target):
                     src=s.voice_url(voice, suffix),
                     dest=f"{vdir}/{voice.name}{suffix}",
                     sha256=digest,
-                    user=s.service_user,
-                    group=s.service_user,
+                    user=s.service.service_user,
+                    group=s.service.service_user,
                     mode="640",
                 )
             )

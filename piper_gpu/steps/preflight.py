@@ -40,14 +40,15 @@ def find_platform(os_release: dict, settings: Settings, is_wsl: bool) -> platfor
     try:
         return platforms.find(distro, version, is_wsl)
     except platforms.UnsupportedPlatform as exc:
-        explicit = settings.cuda_source == "pip" or (
-            settings.cuda_repo_path and settings.cuda_source == "apt" and settings.cudnn_source != "auto")
+        cuda, repo_path = settings.cuda, settings.sources.cuda_repo_path
+        explicit = cuda.cuda_source == "pip" or (
+            repo_path and cuda.cuda_source == "apt" and cuda.cudnn_source != "auto")
         if not explicit:
             raise PreflightError(f"{exc} (cuda_source, cuda_repo_path and cudnn_source)") from None
         return platforms.Platform(
             key=f"{distro}{version}", title=f"{distro} {version}", distro=distro, version=version, wsl=is_wsl,
-            repo_path=settings.cuda_repo_path, python="", repo_has_cuda_12_4=None, repo_has_cudnn_9_1=None,
-            cuda_source=settings.cuda_source, cudnn_source=settings.cudnn_source, evidence="set by the operator")
+            repo_path=repo_path, python="", repo_has_cuda_12_4=None, repo_has_cudnn_9_1=None,
+            cuda_source=cuda.cuda_source, cudnn_source=cuda.cudnn_source, evidence="set by the operator")
 
 
 def check_python(python_version: str | None, settings: Settings) -> None:
@@ -79,7 +80,7 @@ def check_local_sources(found: list[str], wanted: dict[str, tuple[str, str]], gi
         if what == kind:
             continue
         need = "file" if kind == "file" else "directory"
-        written = getattr(given, name, path)  # a voice's url: its path
+        written = given.values().get(name, path)  # a voice's url: its path
         shown = repr(path) if written == path else f"{written!r} (on this host {path})"
         if what == "missing":
             cause, fix = f"no such {need}", "check the name and the folder it is in"
@@ -103,7 +104,7 @@ def check_driver(driver: dict | None, settings: Settings, is_wsl: bool) -> None:
     )
     if driver is None or not driver.get("gpus"):
         found = "nvidia-smi not found" if driver is None else f"{driver['path']} lists no GPU"
-        if settings.allow_no_gpu:
+        if settings.checks.allow_no_gpu:
             logger.warning(
                 "\n" + "!" * 78 + f"\n!! NO NVIDIA GPU: {found}. allow_no_gpu=True, so this host is "
                 "provisioned anyway;\n!! the service will run on the CPU and log a WARN at start.\n"
@@ -112,10 +113,10 @@ def check_driver(driver: dict | None, settings: Settings, is_wsl: bool) -> None:
             return
         raise PreflightError(f"{found}: {where}. (Set allow_no_gpu=True only for hosts without a GPU.)")
     have = driver.get("cuda_version")
-    if have and _major_minor(have, "driver CUDA") < _major_minor(settings.cuda_version, "cuda_version"):
+    if have and _major_minor(have, "driver CUDA") < _major_minor(settings.cuda.cuda_version, "cuda_version"):
         raise PreflightError(
             f"the NVIDIA driver {driver.get('driver_version')} supports CUDA {have}, older than "
-            f"cuda_version {settings.cuda_version}: {where.replace('install or update', 'update')}"
+            f"cuda_version {settings.cuda.cuda_version}: {where.replace('install or update', 'update')}"
         )
 
 
@@ -132,14 +133,14 @@ def check_no_linux_driver(installed: dict, is_wsl: bool) -> None:
 
 
 def choose_service_mode(settings: Settings, systemd_running: bool, is_wsl: bool) -> str:
-    if settings.service_mode == "auto":
+    if settings.service.service_mode == "auto":
         return "systemd" if systemd_running else "profile"
-    if settings.service_mode == "systemd" and not systemd_running and not is_wsl:
+    if settings.service.service_mode == "systemd" and not systemd_running and not is_wsl:
         raise PreflightError(
             "service_mode='systemd' but systemd is not running on this host (no /run/systemd/system); "
             "use service_mode='profile' or 'auto'"
         )
-    return settings.service_mode
+    return settings.service.service_mode
 
 
 def inspect_host(settings: Settings, checks: bool) -> Target:
@@ -172,17 +173,18 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
     if checks:
         check_driver(driver, settings, is_wsl)
     systemd_running = host.get_fact(SystemdRunning)
-    home = user_home(settings.service_user) or (
-        "/root" if settings.service_user == "root" else f"/home/{settings.service_user}"
-    )
-    repo_path = settings.cuda_repo_path or (platform.repo_path if settings.cuda_source == "apt" else "") or ""
+    user = settings.service.service_user
+    home = user_home(user) or ("/root" if user == "root" else f"/home/{user}")
+    apt_repo_path = platform.repo_path if settings.cuda.cuda_source == "apt" else ""
+    repo_path = settings.sources.cuda_repo_path or apt_repo_path or ""
     return Target(
         settings=settings,
         is_wsl=is_wsl,
         arch=arch,
         repo_path=repo_path,
         home=home,
-        service_mode=choose_service_mode(settings, systemd_running, is_wsl) if checks else settings.service_mode,
+        service_mode=(choose_service_mode(settings, systemd_running, is_wsl) if checks
+                      else settings.service.service_mode),
         systemd_running=systemd_running,
         gpu=driver,
         python_version=python_version,

@@ -23,13 +23,13 @@ from piper_gpu.target import (API_KEY_FILE, AUTOSTART, CTL, ENV_FILE, ETC, PERF,
 
 def api_key_path(settings) -> str | None:
     """Where the server reads its API key, or None when POST /tts is open."""
-    return API_KEY_FILE if settings.api_key else None
+    return API_KEY_FILE if settings.service.api_key else None
 
 
 def server_config(target: Target) -> dict:
     """The server's settings, as its config file holds them (keys of piper_gpu_server.config.ServerConfig).
     The API key itself is never written there: the server reads ``api_key_file``."""
-    s = target.settings
+    s = target.settings.service  # the service and server group: server.toml is made of it
     return {
         "host": s.bind_address,
         "port": s.port,
@@ -37,7 +37,7 @@ def server_config(target: Target) -> dict:
         "use_gpu": s.use_gpu,
         "warmup": s.warmup,
         "log_file": target.log_path,
-        "api_key_file": api_key_path(s),
+        "api_key_file": api_key_path(target.settings),
         "max_text_chars": s.max_text_chars,
         "max_pending": s.max_pending,
         "syntheses_per_voice": s.syntheses_per_voice,
@@ -91,7 +91,7 @@ def target_record(target: Target) -> dict:
         "perf": PERF,
         "perf_out": target.perf_out,
         "unit": UNIT,
-        "base_url": f"http://{client_host(target.settings.bind_address)}:{target.settings.port}",
+        "base_url": f"http://{client_host(target.settings.service.bind_address)}:{target.settings.service.port}",
         "texts_file": TEXTS_FILE,
         "installed_files": dict(sorted(target.installed.items())),
     }
@@ -109,24 +109,25 @@ def piper_server(target: Target):
         mode="644",
         cuda_home=s.cuda_home,
     )
-    if s.api_key:
+    if s.service.api_key:
         key = files.put(
-            name=f"API key for POST /tts ({API_KEY_FILE}, root:{s.service_user} 0640)",
-            src=StringIO(s.api_key + "\n"),
+            name=f"API key for POST /tts ({API_KEY_FILE}, root:{s.service.service_user} 0640)",
+            src=StringIO(s.service.api_key + "\n"),
             dest=API_KEY_FILE,
             user="root",
-            group=s.service_user,
+            group=s.service.service_user,
             mode="640",
         )
     else:
         key = files.file(name=f"No API key file ({API_KEY_FILE})", path=API_KEY_FILE, present=False)
     config = template_file(
         target,
-        name=f"Server settings {SERVER_CONFIG} ({'CUDA' if s.use_gpu else 'CPU'} provider, port {s.port})",
+        name=f"Server settings {SERVER_CONFIG} ({'CUDA' if s.service.use_gpu else 'CPU'} provider, "
+             f"port {s.service.port})",
         template="piper-tts-server.toml.j2",
         dest=SERVER_CONFIG,
         user="root",
-        group=s.service_user,
+        group=s.service.service_user,
         mode="640",
         path=SERVER_CONFIG,
         **server_config(target),
@@ -149,11 +150,11 @@ def piper_server(target: Target):
         dest=PERF,
         mode="755",
         python=target.venv_python,
-        base_url=f"http://{client_host(s.bind_address)}:{s.port}",
+        base_url=f"http://{client_host(s.service.bind_address)}:{s.service.port}",
         voices=target.voice_models,
         texts_file=TEXTS_FILE,
         out=target.perf_out,
-        runs=s.perf_runs,
+        runs=s.checks.perf_runs,
         api_key_file=api_key_path(s),
     )
     return [env, key, config]
@@ -181,12 +182,12 @@ def _systemd_service(target: Target, inputs_change: bool):
         template="piper-tts.service.j2",
         dest=UNIT_FILE,
         mode="644",
-        service_user=s.service_user,
+        service_user=s.service.service_user,
         piper_dir=target.piper_dir,
         command=server_command(target),
         env_file=ENV_FILE,
         log_dir=target.log_dir,
-        graceful_timeout=s.graceful_timeout,
+        graceful_timeout=s.service.graceful_timeout,
     )
     systemd.service(
         name=f"{UNIT} enabled and running (restarted when its files changed)",
@@ -226,14 +227,14 @@ def _profile_service(target: Target, inputs_change: bool):
         template="piper-tts-ctl.sh.j2",
         dest=CTL,
         mode="755",
-        service_user=s.service_user,
+        service_user=s.service.service_user,
         pid_file=pid_file,
         log_path=target.log_path,
         command=server_command(target),
         piper_dir=target.piper_dir,
         env_file=ENV_FILE,
-        graceful_timeout=s.graceful_timeout,
-        health_url=f"http://{client_host(s.bind_address)}:{s.port}/health",
+        graceful_timeout=s.service.graceful_timeout,
+        health_url=f"http://{client_host(s.service.bind_address)}:{s.service.port}/health",
     )
     template_file(
         target,
@@ -241,7 +242,7 @@ def _profile_service(target: Target, inputs_change: bool):
         template="piper-tts-autostart.sh.j2",
         dest=AUTOSTART,
         mode="644",
-        service_user=s.service_user,
+        service_user=s.service.service_user,
         ctl=CTL,
     )
     running = host.get_fact(PidAlive, pidfile=pid_file)

@@ -45,7 +45,7 @@ def remove_files(target: Target):
     for path in (ETC, TOOLS, CACHE):
         files.directory(name=f"Remove {path}", path=path, present=False)
     files.file(name=f"Remove {PERF}", path=PERF, present=False)
-    if target.settings.undeploy_voices:
+    if target.settings.undeploy.undeploy_voices:
         files.directory(name=f"Remove the voices ({target.models_dir})", path=target.models_dir, present=False)
 
 
@@ -57,7 +57,7 @@ def remove_environment(target: Target):
     files.file(name=f"Remove {PROFILE_SNIPPET}", path=PROFILE_SNIPPET, present=False)
     if host.get_fact(File, path=f"{target.home}/.bashrc"):
         files.block(
-            name=f"~{target.settings.service_user}/.bashrc: remove the CUDA block",
+            name=f"~{target.settings.service.service_user}/.bashrc: remove the CUDA block",
             path=f"{target.home}/.bashrc",
             marker="# {mark} piper-gpu-deploy CUDA environment",
             present=False,
@@ -68,7 +68,7 @@ def remove_environment(target: Target):
         server.shell(name=f"Purge cuda-keyring ({KEYRING})", commands=["dpkg --purge cuda-keyring"])
     for path in (APT_CONF_FILE, WSL_DRIVER_PIN_FILE):
         files.file(name=f"Remove {path}", path=path, present=False)
-    if target.settings.cudnn_source == "local-repo":
+    if target.settings.cuda.cudnn_source == "local-repo":
         name, repo_dir = local_repo(target)
         if name in host.get_fact(DebPackages):
             server.shell(name=f"Purge the cuDNN local-repo installer {name} and its keyring",
@@ -94,7 +94,7 @@ def remove_system(target: Target):
                       "DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y"],
         )
     users = _recorded(ADDED_USER)
-    remove_home = " -r" if s.undeploy_voices else ""
+    remove_home = " -r" if s.undeploy.undeploy_voices else ""
     for user in users:
         server.shell(name=f"Remove the user {user} this deploy created" + (" and its home" if remove_home else ""),
                      commands=[StringCommand(f"userdel{remove_home}", QuoteString(user))])

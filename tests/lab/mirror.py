@@ -57,7 +57,7 @@ LOCAL_REPO_DEB = f"{LOCAL_REPO}_1.0-1_amd64.deb"
 ARCHIVE = "cudnn-linux-x86_64-9.1.1.17_cuda12-archive"
 
 #: The NVIDIA wheels a cuda_source="pip" deploy pins by default (CUDA 12.4 libraries, cuDNN 9.1.1).
-PIP_CUDA_WHEELS = Settings(cuda_source="pip").cuda_wheel_requirements()
+PIP_CUDA_WHEELS = Settings().replace(cuda_source="pip").cuda_wheel_requirements()
 NVIDIA_WHEELS = {**PIP_CUDA_WHEELS, "nvidia-cuda-nvcc-cu12": "12.4.131"}
 #: The "previous release" the upgrade/rollback test moves from and back to: real earlier builds
 #: (cuDNN 9.1.0 for CUDA 12.x, tuned for 12.4 per NVIDIA's support matrix; piper-tts 1.3.0).

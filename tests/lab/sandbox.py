@@ -240,7 +240,8 @@ def count_changes(output: str) -> int | None:
 
 def build_mirror() -> mirror_mod.Mirror:
     """The lab's mirror, with the venv's wheels for each Python the lab's hosts have."""
-    return mirror_mod.build({py: Settings(python_version=py).python_requirements() for py in mirror_mod.LAB_PYTHONS})
+    return mirror_mod.build({py: Settings().replace(python_version=py).python_requirements()
+                             for py in mirror_mod.LAB_PYTHONS})
 
 
 #: Where the users keep the cuDNN installer they downloaded in Windows, as WSL2 sees it.

@@ -13,18 +13,18 @@ VOICES = [{"name": "zh_CN-huayan-medium", "onnx_sha256": "a" * 64, "json_sha256"
 @pytest.mark.parametrize("platform", platforms.PLATFORMS, ids=lambda p: p.key)
 def test_defaults_on_each_platform_give_the_pinned_cuda_and_cudnn(platform):
     s = from_fields({"voices": VOICES}).for_host(platform, platform.python).validate()
-    assert (s.cuda_version, s.cudnn_version, s.cudnn_built_for) == ("12.4", "9.1.1.17", "12.4")
-    assert s.python_version == platform.python and s.python_lock == locks.load(platform.python)
-    if s.cuda_source == "apt":  # the toolkit from a repository not known to lack it
+    assert (s.cuda.cuda_version, s.cuda.cudnn_version, s.cudnn_built_for) == ("12.4", "9.1.1.17", "12.4")
+    assert s.venv.python_version == platform.python and s.venv.python_lock == locks.load(platform.python)
+    if s.cuda.cuda_source == "apt":  # the toolkit from a repository not known to lack it
         assert platform.repo_path and platform.repo_has_cuda_12_4 is not False
     else:
         assert s.python_requirements()["nvidia-cuda-runtime-cu12"].startswith("12.4.")
-    if s.cudnn_source == "repo":  # cuDNN from the repository only where it is not known to be missing
+    if s.cuda.cudnn_source == "repo":  # cuDNN from the repository only where it is not known to be missing
         assert platform.repo_has_cudnn_9_1 is not False
-    elif s.cudnn_source == "wheel":
+    elif s.cuda.cudnn_source == "wheel":
         assert s.python_requirements()["nvidia-cudnn-cu12"] == "9.1.1.17"
     else:
-        assert s.cudnn_source == "archive" and s.cudnn_archive[1]  # NVIDIA's manifest digest
+        assert s.cuda.cudnn_source == "archive" and s.cudnn_archive[1]  # NVIDIA's manifest digest
 
 
 def test_the_users_host_takes_cudnn_from_outside_the_wsl_repository():
@@ -37,7 +37,7 @@ def test_the_users_host_takes_cudnn_from_outside_the_wsl_repository():
 def test_ubuntu_2404_without_wsl_uses_wheels_not_a_repository_without_12_4():
     p = platforms.find("ubuntu", "24.04", wsl=False)
     s = from_fields({"voices": VOICES}).for_host(p, "3.12")
-    assert (s.cuda_source, s.cudnn_source) == ("pip", "wheel")
+    assert (s.cuda.cuda_source, s.cuda.cudnn_source) == ("pip", "wheel")
 
 
 def test_unknown_distro_names_the_table():

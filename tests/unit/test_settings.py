@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from piper_gpu.settings import (DATA_DEFAULTS, Settings, SettingsError, Voice, from_fields, settings_from,
+from piper_gpu import derived
+from piper_gpu.inputs import GROUPS, Checks, Cuda, Service, Sources, Venv, Voices
+from piper_gpu.settings import (DATA_DEFAULTS, FIELD_GROUPS, Settings, SettingsError, Voice, from_fields, settings_from,
                                 settings_from_json, unprefixed_keys)
 
 SHA = "a" * 64
@@ -18,11 +20,12 @@ def make(**overrides):
 
 def test_defaults_are_the_users_plan():
     s = make()
-    assert (s.cuda_version, s.cudnn_version, s.cudnn_built_for) == ("12.4", "9.1.1.17", "12.4")
+    assert (s.cuda.cuda_version, s.cuda.cudnn_version, s.cudnn_built_for) == ("12.4", "9.1.1.17", "12.4")
     assert s.cuda_packages == ["cuda-toolkit-12-4"]
     assert s.cudnn_package == "libcudnn9-cuda-12" and s.cudnn_apt_version == "9.1.1.17-1"
-    assert s.onnxruntime_gpu_version == "1.20.2"
-    assert (s.venv_dir, s.models_dir, s.port, s.bind_address) == ("~/piper_env/.venv", "~/piper_models", 5005, "127.0.0.1")
+    assert s.venv.onnxruntime_gpu_version == "1.20.2"
+    assert (s.venv.venv_dir, s.models.models_dir, s.service.port, s.service.bind_address) == (
+        "~/piper_env/.venv", "~/piper_models", 5005, "127.0.0.1")
     assert s.cuda_lib_dir() == "/usr/local/cuda-12.4/targets/x86_64-linux/lib"
 
 
@@ -84,7 +87,7 @@ def test_bad_values_are_all_reported_at_once():
 
 def test_data_strings_from_the_cli_are_coerced():
     s = make(port="6006", allow_no_gpu="true", min_speedup="3")
-    assert (s.port, s.allow_no_gpu, s.min_speedup) == (6006, True, 3.0)
+    assert (s.service.port, s.checks.allow_no_gpu, s.checks.min_speedup) == (6006, True, 3.0)
     with pytest.raises(SettingsError, match="not a boolean"):
         make(use_gpu="maybe")
 
@@ -102,7 +105,7 @@ def test_local_sources_need_their_checksums():
 
 def test_voice_urls_follow_hugging_face_layout_or_explicit_url():
     s = make()
-    v = s.voices[0]
+    v = s.models.voices[0]
     assert s.voice_url(v, ".onnx.json").endswith("/zh/zh_CN/huayan/medium/zh_CN-huayan-medium.onnx.json")
     assert v.language_dir == "zh"
     local = Voice(name="zh_CN-huayan-medium", url="file:///srv/voices")
@@ -137,14 +140,14 @@ def test_every_default_has_its_annotated_type():
     """The defaults are what an inventory that sets nothing gets: each must be of its field's type
     (an int default for a bool field, or a string for a number, would pass every check of the
     value and then be written into server.toml as the wrong TOML type)."""
-    wrong = [(f.name, f.type, getattr(Settings(), f.name)) for f in dataclasses.fields(Settings)
-             if not isinstance(getattr(Settings(), f.name), ANNOTATED[f.type])
-             or (f.type in ("int", "float") and isinstance(getattr(Settings(), f.name), bool))]
+    fields = [(f, getattr(cls(), f.name)) for _, cls in GROUPS for f in dataclasses.fields(cls)]
+    wrong = [(f.name, f.type, value) for f, value in fields
+             if not isinstance(value, ANNOTATED[f.type]) or (f.type in ("int", "float") and isinstance(value, bool))]
     assert not wrong, wrong
 
 
 def test_cuda_options_must_be_key_value_pairs():
-    assert make(cuda_options="cudnn_conv_algo_search=DEFAULT").cuda_options == "cudnn_conv_algo_search=DEFAULT"
+    assert make(cuda_options="cudnn_conv_algo_search=DEFAULT").service.cuda_options == "cudnn_conv_algo_search=DEFAULT"
     with pytest.raises(SettingsError, match="cuda_options='DEFAULT' must be \"key=value,key=value\""):
         make(cuda_options="DEFAULT")
 
@@ -153,7 +156,7 @@ def test_api_key_is_validated_and_never_recorded():
     with pytest.raises(SettingsError, match="api_key must be at least 16 characters"):
         make(api_key="short")
     s = make(api_key="x" * 24, max_pending="3")
-    assert s.max_pending == 3
+    assert s.service.max_pending == 3
     assert json.loads(s.to_json())["api_key"] is None  # /etc/piper-gpu/settings.json holds no secret
 
 
@@ -183,11 +186,12 @@ def test_bundle_url_replaces_every_source():
                        "pip_index_url": "https://example/simple", "cudnn_source": "local-deb",
                        "cudnn_deb_url": "https://example/x/libcudnn9-cuda-12_9.1.1.17-1_amd64.deb",
                        "cudnn_deb_sha256": "1" * 64})
-    assert s.cuda_repo_url == "file:///srv/piper-bundle/cuda/repos"
+    assert s.sources.cuda_repo_url == "file:///srv/piper-bundle/cuda/repos"
     assert s.pip_source_args() == ["--no-index", "--find-links", "file:///srv/piper-bundle/pypi/"]
-    assert s.voice_url(s.voices[0], ".onnx") == "file:///srv/piper-bundle/voices/zh_CN-huayan-medium/zh_CN-huayan-medium.onnx"
-    assert s.cudnn_deb_url == "file:///srv/piper-bundle/cudnn/libcudnn9-cuda-12_9.1.1.17-1_amd64.deb"
-    assert s.cudnn_deb_sha256 == "1" * 64  # checksums stay the operator's pins
+    assert s.voice_url(s.models.voices[0], ".onnx") == (
+        "file:///srv/piper-bundle/voices/zh_CN-huayan-medium/zh_CN-huayan-medium.onnx")
+    assert s.sources.cudnn_deb_url == "file:///srv/piper-bundle/cudnn/libcudnn9-cuda-12_9.1.1.17-1_amd64.deb"
+    assert s.sources.cudnn_deb_sha256 == "1" * 64  # checksums stay the operator's pins
 
 
 def test_cudnn_9_1_0_is_in_the_matrix_for_12_4():
@@ -196,7 +200,7 @@ def test_cudnn_9_1_0_is_in_the_matrix_for_12_4():
 
 def test_data_keys_are_prefixed_and_old_names_are_refused_naming_the_new_ones():
     data = {"piper_gpu_voices": VOICES, "piper_gpu_port": 6006}
-    assert settings_from(data).port == 6006
+    assert settings_from(data).service.port == 6006
     with pytest.raises(SettingsError, match="cuda_version -> piper_gpu_cuda_version.*voices_base_url -> "
                                             "piper_gpu_voices_base_url"):
         settings_from({**data, "cuda_version": "12.4", "voices_base_url": "http://mirror"})
@@ -204,7 +208,7 @@ def test_data_keys_are_prefixed_and_old_names_are_refused_naming_the_new_ones():
 
 def test_generic_unprefixed_names_belong_to_other_deploys_and_are_left_alone():
     s = settings_from({"piper_gpu_voices": VOICES, "port": 8080, "api_key": "another deploy's secret"})
-    assert (s.port, s.api_key) == (5005, None)
+    assert (s.service.port, s.service.api_key) == (5005, None)
     assert unprefixed_keys({"port": 8080, "onnxruntime_gpu_version": "1.20.1"}) == (["onnxruntime_gpu_version"], ["port"])
 
 
@@ -214,15 +218,16 @@ def test_data_defaults_hold_every_setting_under_its_key():
     assert DATA_DEFAULTS["piper_gpu_cuda_version"] == "12.4"
     assert DATA_DEFAULTS["piper_gpu_onnxruntime_gpu_version"] == "1.20.2"
     # python_version is the target's, found by preflight: no data key sets it
-    assert set(DATA_DEFAULTS) == {"piper_gpu_" + f.name for f in dataclasses.fields(Settings)} - {"piper_gpu_python_version"}
+    assert set(DATA_DEFAULTS) == {"piper_gpu_" + name for name in Settings().values()} - {"piper_gpu_python_version"}
     assert settings_from(DATA_DEFAULTS, validate=False) == Settings()
-    assert settings_from({**DATA_DEFAULTS, "piper_gpu_port": 6007}, validate=False).port == 6007
+    assert settings_from({**DATA_DEFAULTS, "piper_gpu_port": 6007}, validate=False).service.port == 6007
 
 
 def test_shape_stable_and_its_buckets_are_validated():
     s = make(shape_stable="on", phoneme_buckets="64, 128", frame_buckets="256,512")
-    assert (s.shape_stable, s.phoneme_buckets, s.frame_buckets) == ("on", "64, 128", "256,512")
-    assert make().shape_stable == "auto" and make().phoneme_buckets == ""
+    service = s.service
+    assert (service.shape_stable, service.phoneme_buckets, service.frame_buckets) == ("on", "64, 128", "256,512")
+    assert make().service.shape_stable == "auto" and make().service.phoneme_buckets == ""
     with pytest.raises(SettingsError, match="shape_stable='yes': use 'auto'"):
         make(shape_stable="yes")
     for bad in ("64,,128", "0", "-64", "64;128", "big"):
@@ -237,3 +242,71 @@ def test_the_deploy_refuses_an_empty_or_blank_api_key(key):
     """Never an empty key file: the server would refuse to start (it fails closed), so the deploy stops first."""
     with pytest.raises(SettingsError, match="api_key must be at least 16 characters, without leading or trailing"):
         make(api_key=key)
+
+
+def test_each_group_validates_on_its_own():
+    """Each group of inputs checks its own values, without the others (and its defaults pass)."""
+    for _, cls in GROUPS:
+        if cls is not Voices:  # the default voice is not pinned: below
+            assert cls().validate() == cls()
+    with pytest.raises(SettingsError, match="cuda_install='everything': use 'toolkit' or 'runtime'"):
+        Cuda(cuda_install="everything").validate()
+    assert any("cuda_source='pip'" in p for p in Cuda(cuda_source="pip", cudnn_source="repo").problems())
+    with pytest.raises(SettingsError, match="port=70000 is not a TCP port"):
+        Service(port=70000).validate()
+    with pytest.raises(SettingsError, match="cuda_repo_url='ftp://mirror' is not a URL|use https://"):
+        Sources(cuda_repo_url="ftp://mirror").validate()
+    with pytest.raises(SettingsError, match="zh_CN-huayan-medium: onnx_sha256 is not pinned"):
+        Voices().validate()
+    assert Voices(voices=(Voice(**VOICES[0]),)).validate().voices[0].onnx_sha256 == SHA
+    with pytest.raises(SettingsError, match="voices: duplicate names"):
+        Voices(voices=(Voice(**VOICES[0]), Voice(**VOICES[0]))).validate()
+    with pytest.raises(SettingsError, match="min_speedup must be positive"):
+        Checks(min_speedup=0).validate()
+
+
+def test_checks_between_groups_are_the_settings_own():
+    """A cuDNN source needs its files (CUDA and sources), onnxruntime must fit CUDA (venv and CUDA):
+    each group alone is fine, the composition is not."""
+    cuda = Cuda(cudnn_source="local-deb")
+    assert cuda.problems() == [] and Sources().problems() == []
+    with pytest.raises(SettingsError, match="cudnn_deb_url and cudnn_deb_sha256"):
+        Settings(cuda=cuda, models=Voices(voices=(Voice(**VOICES[0]),))).validate()
+    assert Venv(onnxruntime_gpu_version="1.31.1").problems() == []
+    with pytest.raises(SettingsError, match="onnxruntime-gpu 1.31.1 is built for CUDA 13"):
+        make(onnxruntime_gpu_version="1.31.1")
+
+
+def test_derived_values_come_from_the_groups():
+    cuda = Cuda(cuda_version="13.0", cudnn_version="9.12.0.46", cuda_install="runtime")
+    assert derived.cuda_packages(cuda) == ["cuda-libraries-13-0"]
+    assert (derived.cudnn_package(cuda), derived.cudnn_wheel(cuda), derived.cuda_major(cuda)) == (
+        "libcudnn9-cuda-13", "nvidia-cudnn-cu13", 13)
+    assert derived.cuda_wheel_requirements(Cuda()) == {}
+    assert derived.cuda_wheel_requirements(Cuda(cudnn_source="wheel")) == {"nvidia-cudnn-cu12": "9.1.1.17"}
+    assert derived.pip_source_args(Sources(pip_no_index=True, pip_find_links="/srv/w")) == [
+        "--no-index", "--find-links", "/srv/w"]
+    url, digest = derived.cudnn_archive(Cuda(), Sources(cudnn_redist_url="https://mirror/redist/"))
+    assert url == "https://mirror/redist/cudnn/linux-x86_64/cudnn-linux-x86_64-9.1.1.17_cuda12-archive.tar.xz"
+    assert digest == "992b4be26899cc4c618bb1f6989261df7d0a9f9032b2217bf1fce9dd3228c904"
+    reqs = derived.python_requirements(Venv(piper_tts_version="1.3.0"), Cuda(cuda_source="pip"))
+    assert reqs["piper-tts"] == "1.3.0" and reqs["nvidia-cudnn-cu12"] == "9.1.1.17"
+    # the composed settings give the same
+    s = Settings(cuda=cuda)
+    assert (s.cuda_packages, s.cudnn_package) == (derived.cuda_packages(cuda), derived.cudnn_package(cuda))
+
+
+def test_every_setting_is_in_one_group_and_replace_finds_it():
+    assert len(FIELD_GROUPS) == sum(len(dataclasses.fields(cls)) for _, cls in GROUPS)
+    s = Settings().replace(port=6006, cudnn_source="wheel", voices_base_url="https://mirror/voices")
+    assert (s.service.port, s.cuda.cudnn_source, s.models.voices_base_url) == (6006, "wheel", "https://mirror/voices")
+    assert s.venv == Venv() and Settings().service.port == 5005  # the rest unchanged, the original too
+    with pytest.raises(TypeError, match="no setting 'prot'"):
+        Settings().replace(prot=6006)
+
+
+def test_the_recorded_json_is_one_flat_object_of_every_setting():
+    """/etc/piper-gpu/settings.json keeps its shape: each setting under its own name (verify reads them so)."""
+    data = json.loads(make().to_json())
+    assert set(data) == set(FIELD_GROUPS) | {"derived"}
+    assert data["cudnn_source"] == "auto" and data["port"] == 5005 and data["cuda_wheels"]["nvidia-cublas-cu12"]

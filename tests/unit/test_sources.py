@@ -40,7 +40,7 @@ def local_repo(url: str, **more):
 def test_every_form_an_operator_writes_reaches_the_host_as_its_path(written, on_host):
     s = local_repo(written)  # accepted when the settings are read
     resolved = s.for_host(WSL2, "3.10")
-    assert resolved.cudnn_local_repo_url == on_host
+    assert resolved.sources.cudnn_local_repo_url == on_host
     assert naming.file_name(written) == INSTALLER
     local = resolved.local_sources()
     assert local.get("cudnn_local_repo_url") == (None if on_host.startswith("https:") else (on_host, "file"))
@@ -52,7 +52,7 @@ def test_the_automount_root_of_wsl_conf_is_honoured():
     assert sources.automount_root('[automount]\nroot = "/drives/"\n') == "/drives/"
     assert sources.automount_root("[interop]\nroot=/x\n") == sources.DEFAULT_AUTOMOUNT_ROOT
     resolved = local_repo(rf"C:\Users\dev\{INSTALLER}").for_host(WSL2, "3.10", sources.automount_root(conf))
-    assert resolved.cudnn_local_repo_url == f"/win/c/Users/dev/{INSTALLER}"
+    assert resolved.sources.cudnn_local_repo_url == f"/win/c/Users/dev/{INSTALLER}"
 
 
 @pytest.mark.parametrize("setting,value,message", [
@@ -86,7 +86,7 @@ def test_a_missing_or_unreadable_local_source_stops_preflight_naming_both_forms(
         check_local_sources(["missing", "unreadable"], wanted, given)
     text = str(err.value)
     assert "nothing was changed" in text
-    assert (f"cudnn_local_repo_url={given.cudnn_local_repo_url!r} (on this host /mnt/c/Users/dev/Downloads/"
+    assert (f"cudnn_local_repo_url={given.sources.cudnn_local_repo_url!r} (on this host /mnt/c/Users/dev/Downloads/"
             f"{INSTALLER}): no such file") in text and "Copy as path" in text
     assert "pip_find_links='/srv/wheels': not readable; make it readable (chmod a+r /srv/wheels)" in text
     with pytest.raises(PreflightError, match="a dir, not a file; give the file itself"):
@@ -96,9 +96,9 @@ def test_a_missing_or_unreadable_local_source_stops_preflight_naming_both_forms(
 def test_a_bundle_at_a_path_with_spaces_gives_percent_encoded_urls():
     s = from_fields({"voices": VOICES, "bundle_url": "/srv/piper bundle #2/", "cudnn_source": "local-repo",
                      "cudnn_local_repo_url": f"/home/dev/My Files/{INSTALLER}", "cudnn_local_repo_sha256": DIGEST})
-    assert s.bundle_url == "file:///srv/piper%20bundle%20%232/"
-    assert s.cudnn_local_repo_url == f"file:///srv/piper%20bundle%20%232/cudnn/{INSTALLER}"
-    assert sources.local_path(s.cudnn_local_repo_url) == f"/srv/piper bundle #2/cudnn/{INSTALLER}"
+    assert s.sources.bundle_url == "file:///srv/piper%20bundle%20%232/"
+    assert s.sources.cudnn_local_repo_url == f"file:///srv/piper%20bundle%20%232/cudnn/{INSTALLER}"
+    assert sources.local_path(s.sources.cudnn_local_repo_url) == f"/srv/piper bundle #2/cudnn/{INSTALLER}"
 
 
 # --- properties --------------------------------------------------------------------------
@@ -114,7 +114,7 @@ windows_names = st.text(WINDOWS_NAME_CHARS, min_size=1, max_size=40).filter(
 def test_any_windows_path_is_accepted_and_converted_like_wslpath(drive, folders, name, slashes):
     written = f"{drive}:" + "".join(slashes + f for f in folders) + slashes + name
     s = local_repo(written)
-    on_host = s.for_host(WSL2, "3.10").cudnn_local_repo_url
+    on_host = s.for_host(WSL2, "3.10").sources.cudnn_local_repo_url
     assert on_host == "/mnt/" + drive.lower() + "".join("/" + f for f in folders) + "/" + name
     assert naming.file_name(written) == name == PurePosixPath(on_host).name
 

@@ -117,7 +117,7 @@ def test_server_config_carries_shape_stable_and_buckets(target, tmp_path):
     path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **server_config(target)))
     config = ServerConfig(**load_file(str(path))).validate(str(path))
     assert config.shape_stable == "auto" and config.buckets == ServerConfig(voices={"v": "/v.onnx"}).buckets
-    s = dataclasses.replace(target.settings, shape_stable="on", phoneme_buckets="256,64", frame_buckets="1024")
+    s = target.settings.replace(shape_stable="on", phoneme_buckets="256,64", frame_buckets="1024")
     values = server_config(dataclasses.replace(target, settings=s))
     path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **values))
     config = ServerConfig(**load_file(str(path))).validate(str(path))

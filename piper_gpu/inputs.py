@@ -1,0 +1,408 @@
+"""The operator's inputs, by concern: one small frozen dataclass per group of settings (CUDA and cuDNN,
+sources and mirrors, the venv, voices, the service and server, undeploy.py, checks), each with its
+defaults and its own validation. What follows from them (NVIDIA's names, the lock, the install plan,
+pip's arguments) is computed in derived.py; checks that span groups, the pyinfra data keys and the
+recorded JSON are settings.py's, which composes these groups into ``Settings``.
+
+A field ``x`` of any group is the pyinfra data key ``piper_gpu_x``: the names are unique across the
+groups. Each field's ``#:`` comment is its meaning in docs/settings.md (scripts/make_docs.py), each
+class's ``# --- name ---`` line its heading there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from piper_gpu import naming, sources
+from piper_gpu.errors import SettingsError
+from piper_gpu.matrix import CUDA_WHEELS_12_4, DEFAULT_ORT_GPU
+
+#: The prefix of every data key: it keeps the deploy's keys apart from other deploys' in a shared inventory.
+DATA_PREFIX = "piper_gpu_"
+
+#: Packages that must never be installed inside WSL2: the Linux driver comes from Windows, and any
+#: package shipping a Linux libcuda.so.1 (the driver's user-space part) shadows WSL's
+#: /usr/lib/wsl/lib/libcuda.so.1: CUDA then fails with error 100 (no device). Names from Ubuntu's and
+#: NVIDIA's driver packaging (nvidia-driver-*, libnvidia-compute-*, nvidia-utils-*) and Debian's
+#: (libcuda1); NVIDIA's CUDA on WSL guide: "do not install any Linux display driver in WSL".
+WSL_FORBIDDEN_PACKAGE_PATTERNS = (
+    r"^cuda$",
+    r"^cuda-drivers(-.*)?$",
+    r"^nvidia-driver(-.*)?$",
+    r"^nvidia-kernel-.*$",
+    r"^nvidia-dkms-.*$",
+    r"^cuda-runtime-\d+-\d+$",  # depends on cuda-drivers
+    r"^libnvidia-compute-\d+(-server)?$",  # Ubuntu: ships libcuda.so.1
+    r"^nvidia-utils-\d+(-server)?$",  # Ubuntu: a Linux nvidia-smi
+    r"^libcuda1(:.*)?$",  # Debian: libcuda.so.1
+    r"^nvidia-compute-utils-\d+(-server)?$",
+)
+
+CUDA_INSTALLS = ("toolkit", "runtime")
+CUDA_SOURCES = ("auto", "apt", "pip")
+CUDNN_SOURCES = ("auto", "repo", "local-repo", "archive", "wheel", "local-deb")
+
+
+def data_key(field_name: str) -> str:
+    """The pyinfra data key of a setting: cuda_version -> piper_gpu_cuda_version."""
+    return DATA_PREFIX + field_name
+
+
+def raise_problems(problems: list[str]) -> None:
+    """One SettingsError listing every problem (nothing when there are none)."""
+    if problems:
+        raise SettingsError("invalid piper-gpu settings:\n  - " + "\n  - ".join(problems))
+
+
+def _source_problems(group: Any) -> list[str]:
+    """The form of the group's settings that name a file, a directory or a URL (sources.py)."""
+    names = {f.name for f in dataclasses.fields(group)}
+    found = (sources.problem(name, getattr(group, name), kind) for name, kind in sources.SOURCE_SETTINGS.items()
+             if name in names and getattr(group, name) is not None)
+    return [p for p in found if p]
+
+
+class _Group:
+    """What every group does: list its problems, or raise them as one SettingsError."""
+
+    def problems(self) -> list[str]:
+        raise NotImplementedError
+
+    def validate(self):
+        """Reject this group's invalid values. Returns self."""
+        raise_problems(self.problems())
+        return self
+
+
+@dataclass(frozen=True)
+class Voice:
+    """A Piper voice: ``<name>.onnx`` + ``<name>.onnx.json`` with pinned sha256 checksums."""
+
+    name: str
+    onnx_sha256: str | None = None
+    json_sha256: str | None = None
+    #: Directory under ``models_dir`` (the users' layout: ``zh/zh_CN-huayan-medium/``).
+    lang: str | None = None
+    #: Base URL holding both files. Default: ``voices_base_url`` + Hugging Face's path layout.
+    url: str | None = None
+
+    @property
+    def language_dir(self) -> str:
+        return self.lang or self.name.split("_", 1)[0]
+
+    def hf_path(self) -> str:
+        """Path of the voice in rhasspy/piper-voices: zh/zh_CN/huayan/medium."""
+        m = re.match(r"^(([a-z]{2,3})_[A-Za-z]{2,3})-(.+)-([a-z_]+)$", self.name)
+        if not m:
+            raise SettingsError(
+                f"voice {self.name!r}: name is not <lang>_<REGION>-<speaker>-<quality>; "
+                "set its 'url' explicitly"
+            )
+        locale, family, speaker, quality = m.group(1), m.group(2), m.group(3), m.group(4)
+        return f"{family}/{locale}/{speaker}/{quality}"
+
+    @staticmethod
+    def parse(value: Any) -> "Voice":
+        if isinstance(value, Voice):
+            return value
+        if isinstance(value, str):
+            return Voice(name=value)
+        if isinstance(value, Mapping):
+            unknown = set(value) - {f.name for f in dataclasses.fields(Voice)}
+            if unknown:
+                raise SettingsError(f"voice {value.get('name')!r}: unknown keys {sorted(unknown)}")
+            return Voice(**value)
+        raise SettingsError(f"voice entry {value!r} is neither a name nor a mapping")
+
+
+@dataclass(frozen=True)
+class Cuda(_Group):
+    """CUDA and cuDNN: which releases, installed how, from which kind of source."""
+
+    # --- CUDA and cuDNN (mutually compatible defaults) -------------------------------------
+    cuda_version: str = "12.4"
+    #: "toolkit" = cuda-toolkit-X-Y (nvcc included); "runtime" = cuda-libraries-X-Y only.
+    cuda_install: str = "toolkit"
+    #: "apt": NVIDIA's CUDA apt repository (toolkit or runtime packages);
+    #: "pip": NVIDIA's nvidia-*-cu12 wheels installed into the Piper venv, the service's linker
+    #: pointed at them; no apt repository, no nvcc. "auto": the platform table's default.
+    cuda_source: str = "auto"
+    #: With cuda_source="pip": the CUDA library wheels (name -> version) for ``cuda_version``.
+    cuda_wheels: dict[str, str] = field(default_factory=lambda: dict(CUDA_WHEELS_12_4))
+    cudnn_version: str = "9.1.1.17"
+    #: CUDA version the cuDNN build targets; None = from CUDNN_BUILT_FOR.
+    cudnn_cuda_version: str | None = None
+    #: Where cuDNN comes from (piper_gpu/platforms.py explains each): "auto" (the platform table's
+    #: default), "repo", "local-repo", "archive", "wheel" or "local-deb".
+    cudnn_source: str = "auto"
+    #: With "local-deb" or "local-repo": unpack the library .deb under /opt instead of installing it
+    #: (when its dependencies do not fit the distro); the linker config then points there.
+    cudnn_deb_extract: bool = False
+
+    def problems(self) -> list[str]:
+        problems: list[str] = []
+
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                problems.append(msg)
+
+        check(self.cuda_install in CUDA_INSTALLS, f"cuda_install={self.cuda_install!r}: use 'toolkit' or 'runtime'")
+        check(self.cudnn_source in CUDNN_SOURCES,
+              f"cudnn_source={self.cudnn_source!r}: use one of {', '.join(repr(c) for c in CUDNN_SOURCES)}")
+        check(self.cuda_source in CUDA_SOURCES, f"cuda_source={self.cuda_source!r}: use 'auto', 'apt' or 'pip'")
+        if self.cuda_source == "pip":
+            major = naming.major_minor(self.cuda_version, "cuda_version")[0]
+            check(self.cudnn_source in ("auto", "wheel"),
+                  f"cudnn_source={self.cudnn_source!r} applies to cuda_source='apt'; with cuda_source='pip' "
+                  f"cuDNN is the {naming.cudnn_wheel(self.cuda_version)}=={self.cudnn_version} wheel "
+                  "(leave cudnn_source unset)")
+            runtime = self.cuda_wheels.get(f"nvidia-cuda-runtime-cu{major}", "")
+            check(runtime.startswith(f"{self.cuda_version}."),
+                  f"cuda_wheels pins nvidia-cuda-runtime-cu{major}=={runtime or '(none)'}, not a CUDA "
+                  f"{self.cuda_version} release: set cuda_wheels to NVIDIA's CUDA {self.cuda_version} wheels")
+            wrong = sorted(n for n in self.cuda_wheels if not n.endswith(f"-cu{major}"))
+            check(not wrong, f"cuda_wheels: {wrong} are not CUDA {major} wheels (-cu{major})")
+        for name in naming.cuda_packages(self.cuda_version, self.cuda_install):
+            for pat in WSL_FORBIDDEN_PACKAGE_PATTERNS:
+                check(not re.match(pat, name),
+                      f"package {name} pulls in a Linux NVIDIA driver; use cuda-toolkit-X-Y or cuda-libraries-X-Y")
+        return problems
+
+
+@dataclass(frozen=True)
+class Sources(_Group):
+    """Where the CUDA repository, cuDNN's files and the wheels come from: NVIDIA's and PyPI's servers, a
+    mirror, a local file or an offline bundle."""
+
+    # --- sources and mirrors (every download can come from a mirror or a local path) -------
+    #: An offline bundle (``python -m piper_gpu bundle``): file:///path or http://host:port.
+    #: Set, it replaces every source below: the CUDA repository, wheels, voices, cuDNN files.
+    bundle_url: str | None = None
+    cuda_repo_url: str = "https://developer.download.nvidia.com/compute/cuda/repos"
+    #: None = chosen from the distro (wsl-ubuntu, ubuntu2204, ubuntu2404, debian12).
+    cuda_repo_path: str | None = None
+    cuda_keyring_version: str = "1.1-1"
+    #: sha256 of cuda-keyring_<version>_all.deb; None = verified by the key fingerprint only.
+    cuda_keyring_sha256: str | None = None
+    #: Fingerprint of the key the keyring must install (NVIDIA's CUDA repository key, 3bf863cc).
+    cuda_repo_key_fingerprint: str = "EB693B3035CD5710E231E123A4B469963BF863CC"
+    #: With "local-repo": NVIDIA's local installer cudnn-local-repo-<distro>-<release>_1.0-1_amd64.deb
+    #: (a URL, file:// URL or a path on the host, e.g. /mnt/c/Users/you/Downloads/...) and its sha256.
+    cudnn_local_repo_url: str | None = None
+    cudnn_local_repo_sha256: str | None = None
+    #: With "local-deb": an operator-supplied libcudnn9-cuda-12 .deb (URL or path) and its sha256.
+    cudnn_deb_url: str | None = None
+    cudnn_deb_sha256: str | None = None
+    #: With "archive": NVIDIA's redistributable archive. None = ``cudnn_redist_url`` + NVIDIA's file
+    #: name, and the sha256 NVIDIA's redistrib_<release>.json lists (piper_gpu/matrix.py).
+    cudnn_redist_url: str = "https://developer.download.nvidia.com/compute/cudnn/redist"
+    cudnn_archive_url: str | None = None
+    cudnn_archive_sha256: str | None = None
+    pip_index_url: str = "https://pypi.org/simple"
+    #: Extra wheel locations (a directory URL or path); with pip_no_index the only source.
+    pip_find_links: str | None = None
+    pip_no_index: bool = False
+
+    def problems(self) -> list[str]:
+        return _source_problems(self)
+
+
+@dataclass(frozen=True)
+class Venv(_Group):
+    """The Piper venv: where it lives and the pinned distributions it holds."""
+
+    # --- the venv ------------------------------------------------------------------------
+    piper_tts_version: str = "1.8.0"
+    onnxruntime_gpu_version: str = DEFAULT_ORT_GPU
+    #: Pins over the lock for the host's Python (piper_gpu/locks/python<X.Y>.txt); after preflight
+    #: (``for_host``), the whole lock the venv gets.
+    python_lock: dict[str, str] = field(default_factory=dict)
+    #: The host's python3 (set by preflight; the lock is chosen by it).
+    python_version: str | None = None
+    piper_dir: str = "~/piper_env"
+    venv_dir: str = "~/piper_env/.venv"
+
+    def problems(self) -> list[str]:
+        return []  # the versions are checked against CUDA's in the version matrix (settings.py)
+
+
+@dataclass(frozen=True)
+class Voices(_Group):
+    """The voices the server loads, where they come from and where they go."""
+
+    # --- voices --------------------------------------------------------------------------
+    voices_base_url: str = "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0"
+    voices: tuple[Voice, ...] = (Voice(name="zh_CN-huayan-medium"),)
+    models_dir: str = "~/piper_models"
+
+    def problems(self) -> list[str]:
+        problems = _source_problems(self)
+        for v in self.voices:
+            if v.url is not None:
+                problems.append(sources.problem(f"voice {v.name}: url", v.url, "dir") or "")
+        names = [v.name for v in self.voices]
+        if not names:
+            problems.append("voices: at least one voice is needed")
+        if len(names) != len(set(names)):
+            problems.append(f"voices: duplicate names in {names}")
+        for v in self.voices:
+            for what, suffix, digest in (("onnx_sha256", ".onnx", v.onnx_sha256),
+                                         ("json_sha256", ".onnx.json", v.json_sha256)):
+                if digest is None:
+                    problems.append(
+                        f"voice {v.name}: {what} is not pinned. Every download is verified: on a machine that "
+                        f"reaches {naming.voice_url(self.voices_base_url, v, suffix)}, run "
+                        "`python -m piper_gpu pin-voices` (with your inventory's voices) and put the "
+                        f"{data_key('voices')} it prints into your group data"
+                    )
+                elif not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    problems.append(f"voice {v.name}: {what}={digest!r} is not a sha256 hex digest")
+        return [p for p in problems if p]
+
+
+def _positive_seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def _buckets_ok(value: Any) -> bool:
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) and value.strip() else []
+    return isinstance(value, str) and all(p.isdigit() and int(p) > 0 for p in parts)
+
+
+@dataclass(frozen=True)
+class Service(_Group):
+    """The service (who runs it, how it starts) and the server's behaviour (server.toml)."""
+
+    # --- the service and server ----------------------------------------------------------
+    service_user: str = "piper"
+    #: Create ``service_user`` if missing (a WSL2 login user already exists).
+    create_service_user: bool = True
+    port: int = 5005
+    bind_address: str = "127.0.0.1"
+    #: "auto" (systemd when it runs as PID 1, else profile), "systemd" or "profile".
+    service_mode: str = "auto"
+    use_gpu: bool = True
+    max_text_chars: int = 2000
+    #: Warm-up synthesis per voice at start (first request otherwise pays for CUDA init).
+    warmup: bool = True
+    #: Requires ``Authorization: Bearer <key>`` (or ``X-API-Key``) on POST /tts; stored on the host
+    #: in /etc/piper-gpu/api-key (root:service user, 0640), never in the server's config file.
+    api_key: str | None = None
+    #: Requests synthesising or waiting at once; beyond it POST /tts answers 503 with Retry-After.
+    max_pending: int = 8
+    #: Syntheses one voice runs at once on its ONNX session; 0: 8 on CUDA, 4 on the CPU (docs/results.md: "On a GPU").
+    syntheses_per_voice: int = 0
+    #: Longest piece of a text synthesised in one go (longer sentences are cut at a clause break or space).
+    sentence_max_chars: int = 200
+    #: Seconds a client may stall while sending a request body before it is dropped.
+    read_timeout: float = 10.0
+    #: Seconds a whole request body may take, however slowly it comes (408 after); it is read before
+    #: the request takes one of the max_pending places.
+    body_timeout: float = 30.0
+    #: Seconds an answer's writes may wait for a client that reads slowly: each 64 KiB at most this,
+    #: all together this plus the audio's seconds; a client that reads slower is dropped.
+    write_timeout: float = 10.0
+    #: Seconds an idle kept-alive connection (or one whose request headers stop coming) stays open.
+    keep_alive_timeout: float = 5.0
+    #: Open connections at most; more are closed as they are accepted.
+    max_connections: int = 256
+    #: Seconds a stop (SIGTERM) waits for requests in progress (the unit's TimeoutStopSec is above it).
+    graceful_timeout: float = 60.0
+    #: ONNX Runtime's CPU memory arena: buffers kept between pieces (faster on the CPU), handed back
+    #: after ``memory_release_idle`` idle seconds; off, they go back after every piece.
+    cpu_memory_arena: bool = True
+    #: Seconds a voice stays idle before its buffers go back to the system; 0: never.
+    memory_release_idle: float = 30.0
+    #: On the CPU, a second session per voice with fewer threads for pieces that start while others run.
+    concurrent_session: bool = True
+    #: Its intra-op threads; 0: the server's CPUs divided by syntheses_per_voice (at least 1).
+    concurrent_intra_op_threads: int = 0
+    #: The CUDA provider's options over the server's (cudnn_conv_algo_search=HEURISTIC), as
+    #: "key=value,key=value" in ONNX Runtime's names (docs/results.md: "On a GPU" has the measurements).
+    cuda_options: str = ""
+    #: Shape-stable synthesis: "auto" (on for a voice whose session runs on CUDA), "on" or "off" (the
+    #: whole model, as Piper runs it). docs/results.md "On a GPU": why onnxruntime >= 1.20 needs it.
+    shape_stable: str = "auto"
+    #: Its buckets, comma-separated: phoneme ids and frames per piece; "": the server's defaults.
+    phoneme_buckets: str = ""
+    frame_buckets: str = ""
+
+    def problems(self) -> list[str]:
+        problems: list[str] = []
+
+        def check(cond: bool, msg: str) -> None:
+            if not cond:
+                problems.append(msg)
+
+        check(self.service_mode in ("auto", "systemd", "profile"),
+              f"service_mode={self.service_mode!r}: use 'auto', 'systemd' or 'profile'")
+        check(isinstance(self.port, int) and 0 < self.port < 65536, f"port={self.port!r} is not a TCP port")
+        check(self.max_text_chars > 0, "max_text_chars must be positive")
+        check(self.max_pending > 0, "max_pending must be positive")
+        check(isinstance(self.max_connections, int) and self.max_connections > 0,
+              "max_connections must be a positive integer")
+        check(isinstance(self.syntheses_per_voice, int) and self.syntheses_per_voice >= 0,
+              "syntheses_per_voice must be 0 (8 on CUDA, 4 on the CPU) or a positive integer")
+        check(isinstance(self.sentence_max_chars, int) and self.sentence_max_chars >= 20,
+              "sentence_max_chars must be an integer of at least 20")
+        for name in ("read_timeout", "body_timeout", "write_timeout", "keep_alive_timeout", "graceful_timeout"):
+            check(_positive_seconds(getattr(self, name)), f"{name} must be a positive number of seconds")
+        check(isinstance(self.memory_release_idle, (int, float)) and self.memory_release_idle >= 0,
+              "memory_release_idle must be 0 (never) or a positive number of seconds")
+        check(isinstance(self.concurrent_intra_op_threads, int) and self.concurrent_intra_op_threads >= 0,
+              "concurrent_intra_op_threads must be 0 (automatic) or a positive integer")
+        check(isinstance(self.cuda_options, str) and all(
+                  k.strip() and v.strip() and sep
+                  for k, sep, v in (item.partition("=") for item in self.cuda_options.split(",") if item.strip())),
+              f"cuda_options={self.cuda_options!r} must be \"key=value,key=value\" (e.g. cudnn_conv_algo_search=DEFAULT)")
+        check(self.shape_stable in ("auto", "on", "off"),
+              f"shape_stable={self.shape_stable!r}: use 'auto' (on where a voice runs on CUDA), 'on' or 'off'")
+        for name in ("phoneme_buckets", "frame_buckets"):
+            value = getattr(self, name)
+            check(_buckets_ok(value),
+                  f"{name}={value!r} must be \"\" (the server's defaults) or comma-separated lengths, e.g. \"128,256,512\"")
+        check(self.api_key is None or (isinstance(self.api_key, str) and len(self.api_key) >= 16
+                                       and self.api_key == self.api_key.strip()),
+              "api_key must be at least 16 characters, without leading or trailing whitespace (an empty key file "
+              "would stop the server; e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
+        return problems
+
+
+@dataclass(frozen=True)
+class Undeploy(_Group):
+    """What undeploy.py removes besides the service and its files."""
+
+    # --- undeploy.py ---------------------------------------------------------------------
+    #: Also delete the voices (models_dir).
+    undeploy_voices: bool = False
+    #: Also purge the CUDA/cuDNN packages, and the base packages and service user the deploy
+    #: added (recorded in /var/lib/piper-gpu when it added them).
+    undeploy_system: bool = False
+
+    def problems(self) -> list[str]:
+        return []
+
+
+@dataclass(frozen=True)
+class Checks(_Group):
+    """The preflight's GPU requirement and verify's performance test."""
+
+    # --- checks --------------------------------------------------------------------------
+    #: Provision hosts without a usable NVIDIA GPU/driver (build machines, tests). Loud.
+    allow_no_gpu: bool = False
+    #: Verify: GPU must be at least this many times faster than CPU on the medium text.
+    min_speedup: float = 2.0
+    perf_runs: int = 5
+
+    def problems(self) -> list[str]:
+        return [] if self.min_speedup > 0 else ["min_speedup must be positive"]
+
+
+#: The groups in the order of the reference (docs/settings.md): the ``Settings`` attribute of each, its class.
+GROUPS: tuple[tuple[str, type], ...] = (
+    ("cuda", Cuda), ("sources", Sources), ("venv", Venv), ("models", Voices), ("service", Service),
+    ("undeploy", Undeploy), ("checks", Checks),
+)
