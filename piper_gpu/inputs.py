@@ -41,7 +41,7 @@ WSL_FORBIDDEN_PACKAGE_PATTERNS = (
     r"^nvidia-compute-utils-\d+(-server)?$",
 )
 
-CUDA_INSTALLS = ("toolkit", "runtime")
+CUDA_INSTALLS = ("auto", "toolkit", "compiler", "runtime")
 CUDA_SOURCES = ("auto", "apt", "pip")
 CUDNN_SOURCES = ("auto", "repo", "local-repo", "archive", "wheel", "local-deb")
 
@@ -124,8 +124,11 @@ class Cuda(_Group):
 
     # --- CUDA and cuDNN (mutually compatible defaults) -------------------------------------
     cuda_version: str = "12.4"
-    #: "toolkit" = cuda-toolkit-X-Y (nvcc included); "runtime" = cuda-libraries-X-Y only.
-    cuda_install: str = "toolkit"
+    #: With cuda_source="apt", how much of CUDA: "toolkit" = cuda-toolkit-X-Y (nvcc and the profilers);
+    #: "compiler" = cuda-compiler-X-Y + cuda-libraries-X-Y (nvcc and the libraries, no profilers: what
+    #: installs where the profilers' dependencies are gone, as on Ubuntu 24.04); "runtime" =
+    #: cuda-libraries-X-Y only; "auto": the platform table's level.
+    cuda_install: str = "auto"
     #: "apt": NVIDIA's CUDA apt repository (toolkit or runtime packages);
     #: "pip": NVIDIA's nvidia-*-cu12 wheels installed into the Piper venv, the service's linker
     #: pointed at them; no apt repository, no nvcc. "auto": the platform table's default.
@@ -149,7 +152,7 @@ class Cuda(_Group):
             if not cond:
                 problems.append(msg)
 
-        check(self.cuda_install in CUDA_INSTALLS, f"cuda_install={self.cuda_install!r}: use 'toolkit' or 'runtime'")
+        check(self.cuda_install in CUDA_INSTALLS, f"cuda_install={self.cuda_install!r}: use 'auto', 'toolkit', 'compiler' or 'runtime'")
         check(self.cudnn_source in CUDNN_SOURCES,
               f"cudnn_source={self.cudnn_source!r}: use one of {', '.join(repr(c) for c in CUDNN_SOURCES)}")
         check(self.cuda_source in CUDA_SOURCES, f"cuda_source={self.cuda_source!r}: use 'auto', 'apt' or 'pip'")

@@ -3,9 +3,9 @@ and the layout of this project's offline bundle. No settings, no host: the same 
 the same names.
 
 NVIDIA's names, with where they come from:
-- apt meta packages ``cuda-toolkit-X-Y`` / ``cuda-libraries-X-Y`` (NVIDIA's cuda-meta-X-Y source package; e.g.
-  packages.ubuntu.com's cuda-toolkit-13-2, repackaged from it, depends on cuda-libraries-13-2 and
-  cuda-compiler-13-2) and the prefix /usr/local/cuda-X.Y (NVIDIA's CUDA Installation Guide for Linux,
+- apt meta packages ``cuda-toolkit-X-Y`` / ``cuda-compiler-X-Y`` / ``cuda-libraries-X-Y`` (NVIDIA's
+  cuda-meta-X-Y source package; e.g. packages.ubuntu.com's cuda-toolkit-13-2, repackaged from it,
+  depends on cuda-libraries-13-2 and cuda-compiler-13-2) and the prefix /usr/local/cuda-X.Y (NVIDIA's CUDA Installation Guide for Linux,
   post-installation actions: ``export PATH=/usr/local/cuda-12.5/bin...`` in the 12.5.1 edition);
 - ``libcudnn9-cuda-12`` at ``<version>-1`` (NVIDIA's CUDA 12.4.1 Ubuntu 22.04 Dockerfile pins
   libcudnn9-cuda-12=9.1.0.70-1; ../shared/DESIGN.md);
@@ -47,10 +47,21 @@ def cuda_lib_dir(cuda_version: str, arch: str = "x86_64") -> str:
 
 
 def cuda_packages(cuda_version: str, install: str) -> list[str]:
-    """The apt meta-package: the toolkit (nvcc included) or the runtime libraries only. Never
-    ``cuda`` or ``cuda-runtime-X-Y``: both depend on cuda-drivers, a Linux driver."""
-    kind = "toolkit" if install == "toolkit" else "libraries"
-    return [f"cuda-{kind}-{cuda_dash(cuda_version)}"]
+    """The apt meta-packages for an install level (NVIDIA's cuda-meta-X-Y grouping: cuda-toolkit-X-Y
+    depends on cuda-compiler-X-Y, cuda-libraries-X-Y and cuda-tools-X-Y, the profilers among them):
+
+      toolkit   cuda-toolkit-X-Y: everything, nvcc and the profilers (Nsight Systems) included
+      compiler  cuda-compiler-X-Y + cuda-libraries-X-Y: nvcc and the runtime libraries, no profilers
+      runtime   cuda-libraries-X-Y: the runtime libraries only
+
+    "auto" (the platform's level, resolved by Settings.for_host) counts as toolkit until resolved.
+    Never ``cuda`` or ``cuda-runtime-X-Y``: both depend on cuda-drivers, a Linux driver."""
+    dash = cuda_dash(cuda_version)
+    if install == "runtime":
+        return [f"cuda-libraries-{dash}"]
+    if install == "compiler":
+        return [f"cuda-compiler-{dash}", f"cuda-libraries-{dash}"]
+    return [f"cuda-toolkit-{dash}"]
 
 
 def cudnn_package(cudnn_version: str, cuda_version: str) -> str:

@@ -40,6 +40,9 @@ class Platform:
     cudnn_source: str
     #: Why these defaults, in one line (the README's platform table shows it)
     evidence: str
+    #: Default cuda_install with cuda_source="apt": "toolkit", or "compiler" where the toolkit's
+    #: profilers cannot install (piper_gpu/naming.py: cuda_packages)
+    cuda_install: str = "toolkit"
 
 
 PLATFORMS: tuple[Platform, ...] = (
@@ -62,12 +65,18 @@ PLATFORMS: tuple[Platform, ...] = (
         key="wsl2-ubuntu2404", title="WSL2, Ubuntu 24.04", distro="ubuntu", version="24.04", wsl=True,
         repo_path="wsl-ubuntu",
         python="3.12",  # Ubuntu 24.04 ships python3 3.12 (packages.ubuntu.com noble python3 3.12.3)
-        # The WSL-Ubuntu repository is one for every Ubuntu release (NVIDIA's WSL guide); whether its
-        # 12.4 packages install on 24.04 is not settled by a source: the source check runs on the host.
+        # The WSL-Ubuntu repository is one for every Ubuntu release (NVIDIA's WSL guide), so it carries
+        # CUDA 12.4, built before 24.04: cuda-toolkit-12-4 pulls in cuda-tools-12-4 and through it Nsight
+        # Systems 2023.4.4, which depends on libtinfo5, and Ubuntu 24.04 no longer ships libtinfo5
+        # (noble's Packages indexes have libtinfo6 only; Bioconductor/Contributions#3672: NVIDIA's CUDA
+        # toolkit on 24.04 needs libtinfo5 fetched from 22.04). So nvcc and the libraries
+        # (cuda-compiler-12-4 + cuda-libraries-12-4), without the profilers.
         repo_has_cuda_12_4=True,
         repo_has_cudnn_9_1=False,  # as above: no cuDNN in wsl-ubuntu
-        cuda_source="apt", cudnn_source="archive",
-        evidence="toolkit from wsl-ubuntu (one WSL repository for every Ubuntu); no cuDNN there: redistributable archive",
+        cuda_source="apt", cudnn_source="archive", cuda_install="compiler",
+        evidence="CUDA 12.4 from wsl-ubuntu (one WSL repository for every Ubuntu) without its profilers: Nsight "
+                 "Systems 2023.4.4 depends on libtinfo5, which 24.04 no longer ships (Bioconductor/Contributions#3672), "
+                 "so cuda-compiler-12-4 + cuda-libraries-12-4; no cuDNN there: redistributable archive",
     ),
     Platform(
         key="ubuntu2204", title="Ubuntu 22.04", distro="ubuntu", version="22.04", wsl=False,

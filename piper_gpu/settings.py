@@ -140,18 +140,20 @@ class Settings:
 
     def for_host(self, platform: "platforms.Platform", python: str,
                  automount_root: str = DEFAULT_AUTOMOUNT_ROOT) -> "Settings":
-        """These settings on a host: "auto" sources from the platform table, the lock for its Python,
+        """These settings on a host: "auto" sources and install level from the platform table, the lock for its Python,
         local files and directories as the host's paths (Windows paths under its automount root)."""
         cuda_source = platform.cuda_source if self.cuda.cuda_source == "auto" else self.cuda.cuda_source
         cudnn_source = self.cuda.cudnn_source
         if cudnn_source == "auto":
             cudnn_source = "wheel" if cuda_source == "pip" else platform.cudnn_source
+        cuda_install = platform.cuda_install if self.cuda.cuda_install == "auto" else self.cuda.cuda_install
         values = self.values()
         paths = {name: source_forms.on_host(values[name], kind, automount_root)
                  for name, kind in source_forms.SOURCE_SETTINGS.items() if values[name]}
         voices = tuple(dataclasses.replace(v, url=source_forms.on_host(v.url, "dir", automount_root)) if v.url else v
                        for v in self.models.voices)
-        resolved = self.replace(cuda_source=cuda_source, cudnn_source=cudnn_source, python_version=python,
+        resolved = self.replace(cuda_source=cuda_source, cudnn_source=cudnn_source, cuda_install=cuda_install,
+                                python_version=python,
                                 voices=voices, **paths)
         return resolved.replace(python_lock=resolved.lock())
 

@@ -19,7 +19,8 @@ from piper_gpu.resources import OPENPGP_TOOL
 from piper_gpu.target import ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, CACHE, STATE, TOOLS, Target
 
 #: sudo: steps run as the service user through pyinfra's _sudo_user (a chroot or a root login has no sudo).
-BASE_PACKAGES = ["ca-certificates", "curl", "python3", "python3-venv", "procps", "iproute2", "sudo"]
+#: xz-utils: tar unpacks the cuDNN archive (.tar.xz) with it; Ubuntu 24.04's minimal root lacks it.
+BASE_PACKAGES = ["ca-certificates", "curl", "python3", "python3-venv", "procps", "iproute2", "sudo", "xz-utils"]
 
 
 def missing_packages(packages: list[str]) -> list[str]:

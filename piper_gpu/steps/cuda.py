@@ -1,5 +1,5 @@
 """Steps 2-3: NVIDIA's CUDA apt repository (keyring + mirror URL), the CUDA
-toolkit (or runtime libraries only), and CUDA on PATH / in the dynamic linker."""
+toolkit (or compiler and libraries, or runtime libraries only), and CUDA on PATH / in the dynamic linker."""
 
 from __future__ import annotations
 
@@ -76,8 +76,9 @@ def apt_sources_checked(target: Target, source_ops: list):
     for p in s.cuda_packages:
         alternatives[p] = ("cuda_source='pip' (NVIDIA's CUDA wheels in the venv), or cuda_repo_url/cuda_repo_path "
                            f"for a repository that has {p}"
-                           + (", or cuda_install='runtime' (the CUDA libraries without the toolkit's tools and "
-                              "their dependencies)" if s.cuda.cuda_install == "toolkit" else ""))
+                           + {"toolkit": ", or cuda_install='compiler' (nvcc and the libraries, without the profilers "
+                                         "and their dependencies) or 'runtime' (the libraries only)",
+                              "compiler": ", or cuda_install='runtime' (the libraries only)"}.get(s.cuda.cuda_install, ""))
     apt_sources_offer(
         name="Apt sources offer " + ", ".join(f"{p}={v}" if v else p for p, v in pins.items()),
         packages=pins,
@@ -88,7 +89,8 @@ def apt_sources_checked(target: Target, source_ops: list):
 @deploy("CUDA toolkit")
 def cuda_toolkit(target: Target):
     s = target.settings
-    what = "toolkit (nvcc included)" if s.cuda.cuda_install == "toolkit" else "runtime libraries only"
+    what = {"toolkit": "toolkit (nvcc included)", "compiler": "compiler and runtime libraries (no profilers)",
+            "runtime": "runtime libraries only"}.get(s.cuda.cuda_install, s.cuda.cuda_install)
     return apt.packages(
         name=f"Install CUDA {s.cuda.cuda_version} {what}: {', '.join(s.cuda_packages)}",
         packages=s.cuda_packages,

@@ -1,7 +1,7 @@
 """python -m tests.lab demo|up|destroy [--name NAME] [--persona P] [--booted]
 
-demo: build/serve the local mirror, create the sandbox if missing (--persona: Debian 12, or the
-users' WSL2 Ubuntu 22.04; --booted: Debian 12 booted with systemd in systemd-nspawn, reached over
+demo: build/serve the local mirror, create the sandbox if missing (--persona: Debian 12, the
+users' WSL2 Ubuntu 22.04, or a new WSL2 Ubuntu 24.04; --booted: Debian 12 booted with systemd in systemd-nspawn, reached over
 SSH, the service as a systemd unit), provision it with the real deploy through pyinfra, and end
 with CHANGES=<n> and SANDBOX_ROOT=<path> (booted: and SANDBOX_PID=<the container's init>).
 """
@@ -22,7 +22,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m tests.lab")
     p.add_argument("command", choices=["demo", "up", "destroy"])
     p.add_argument("--name", default="demo")
-    p.add_argument("--persona", default="debian12", help="debian12 or wsl2-ubuntu2204 (tests/lab/personas.py)")
+    p.add_argument("--persona", default="debian12", help="debian12, wsl2-ubuntu2204 or wsl2-ubuntu2404 (tests/lab/personas.py)")
     p.add_argument("--booted", action="store_true", help="boot the host with systemd (tests/lab/booted.py)")
     args, pyinfra_args = p.parse_known_args(argv)
     if args.command == "destroy":

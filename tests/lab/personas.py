@@ -133,8 +133,9 @@ def stub_libcuda(out: Path) -> None:
     src.unlink()
 
 
-def present_as_wsl2(root: Path, chroot) -> None:
-    """Once, in a new root: WSL2's GPU library directory, its linker config, the login user."""
+def present_as_wsl2(root: Path, chroot, suite: str = "jammy") -> None:
+    """Once, in a new root: WSL2's GPU library directory, its linker config, the login user, and apt
+    sources as Ubuntu's WSL image has them for ``suite``."""
     lib = root / "usr/lib/wsl/lib"
     lib.mkdir(parents=True)
     (lib / "nvidia-smi").write_text(NVIDIA_SMI)
@@ -142,11 +143,28 @@ def present_as_wsl2(root: Path, chroot) -> None:
     stub_libcuda(lib / "libcuda.so.1")
     (root / "etc/ld.so.conf.d/ld.wsl.conf").write_text(LD_WSL_CONF)
     # Ubuntu's WSL image enables every component and the updates/security pockets (python3-venv is
-    # in universe); debootstrap writes only "jammy main".
-    (root / "etc/apt/sources.list").write_text("".join(
-        f"deb {UBUNTU_MIRROR} {suite} main restricted universe multiverse\n"
-        for suite in ("jammy", "jammy-updates", "jammy-security")))
+    # in universe); debootstrap writes only "<suite> main".
+    write_ubuntu_sources(root, suite)
     chroot(f"ldconfig && useradd -m -s /bin/bash {WSL_USER}")
+
+
+def write_ubuntu_sources(root: Path, suite: str) -> None:
+    """22.04 lists its sources one line each in /etc/apt/sources.list; 24.04 moved them to the deb822
+    file /etc/apt/sources.list.d/ubuntu.sources and leaves sources.list a comment, as its images do."""
+    pockets = (suite, f"{suite}-updates", f"{suite}-security")
+    components = "main restricted universe multiverse"
+    if suite == "jammy":
+        (root / "etc/apt/sources.list").write_text(
+            "".join(f"deb {UBUNTU_MIRROR} {pocket} {components}\n" for pocket in pockets))
+        return
+    keyring = "/usr/share/keyrings/ubuntu-archive-keyring.gpg"
+    if not (root / keyring.lstrip("/")).is_file():
+        raise RuntimeError(f"{root}: no {keyring} (ubuntu-keyring) in the {suite} root")
+    (root / "etc/apt/sources.list.d/ubuntu.sources").write_text(
+        f"Types: deb\nURIs: {UBUNTU_MIRROR}\nSuites: {' '.join(pockets)}\nComponents: {components}\n"
+        f"Signed-By: {keyring}\n")
+    (root / "etc/apt/sources.list").write_text(
+        "# Ubuntu sources have moved to /etc/apt/sources.list.d/ubuntu.sources\n")
 
 
 def wsl2_kernel_files(directory: Path) -> dict[str, Path]:

@@ -80,7 +80,7 @@ class Sandbox:
             policy.chmod(0o755)
             shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
             if self.is_wsl:
-                personas.present_as_wsl2(self.root, self.chroot)
+                personas.present_as_wsl2(self.root, self.chroot, personas.PERSONAS[self.persona])
         for fstype, sub in MOUNTS:
             point = self.root / sub
             if not _mounted(point):
@@ -249,19 +249,23 @@ WSL_DOWNLOADS = f"/mnt/c/Users/{personas.WSL_USER}/Downloads"
 
 
 def persona_settings(box: Sandbox, m: mirror_mod.Mirror) -> dict:
-    """The settings the users' own inventory has on this host. On the WSL2 persona: the service runs
-    as the login user, and cuDNN comes from their local-repo installer, copied where Windows keeps
-    downloads (/mnt/c/...), with the checksum they pin."""
+    """The settings the users' own inventory has on this host. On a WSL2 persona the service runs as
+    the login user. On the users' 22.04 host cuDNN comes from their local-repo installer, copied where
+    Windows keeps downloads (/mnt/c/...), with the checksum they pin; a new 24.04 machine takes the
+    platform table's defaults."""
     if not box.is_wsl:
         return {}
+    wsl = {"service_user": personas.WSL_USER, "create_service_user": False,
+           "cuda_keyring_sha256": m.keyring_sha256_for("wsl-ubuntu")}
+    if box.persona != "wsl2-ubuntu2204":
+        return wsl
     src = m.root / m.local_repo["path"]
     dest = box.root / WSL_DOWNLOADS.lstrip("/") / src.name
     if not dest.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src, dest)
-    return {"service_user": personas.WSL_USER, "create_service_user": False,
-            "cuda_keyring_sha256": m.keyring_sha256_for("wsl-ubuntu"), "cudnn_source": "local-repo",
-            "cudnn_local_repo_url": f"{WSL_DOWNLOADS}/{src.name}", "cudnn_local_repo_sha256": m.local_repo["sha256"]}
+    return {**wsl, "cudnn_source": "local-repo", "cudnn_local_repo_url": f"{WSL_DOWNLOADS}/{src.name}",
+            "cudnn_local_repo_sha256": m.local_repo["sha256"]}
 
 
 def up(name: str, extra: dict | None = None, persona: str = "debian12", booted: bool = False,

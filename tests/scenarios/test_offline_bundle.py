@@ -37,9 +37,14 @@ def offline():
          str(settings_file), "--repo-path", "debian12", "--python", "3.11"],
         cwd=REPO, capture_output=True, text=True)
     assert lab.bundle.returncode == 0, lab.bundle.stderr
-    # The distro's own packages come from the distro (installed while it still had its mirror)...
+    # The distro's own packages come from the distro (installed while it still had its mirror): the
+    # base packages and what NVIDIA's packages depend on that NVIDIA's repository does not carry
+    # (libtinfo5, for Nsight Systems), which the bundle names...
+    from_the_distro = json.loads((lab.root / BUNDLE.lstrip("/") / "bundle.json").read_text())[
+        "cuda_repository"]["from_the_distro"]
+    assert "libtinfo5" in from_the_distro, from_the_distro
     lab.sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
-           + " ".join(BASE_PACKAGES) + " >/dev/null")
+           + " ".join(BASE_PACKAGES + from_the_distro) + " >/dev/null")
     # ...then every route is cut: no Debian source, no apt lists, a dead proxy, no pip index.
     lab.sh("mv /etc/apt/sources.list /etc/apt/sources.list.offline && rm -rf /var/lib/apt/lists/*")
     lab.box.data_file.write_text(json.dumps({**data, "bundle_url": f"file://{BUNDLE}"}, indent=2))

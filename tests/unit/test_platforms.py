@@ -40,6 +40,21 @@ def test_ubuntu_2404_without_wsl_uses_wheels_not_a_repository_without_12_4():
     assert (s.cuda.cuda_source, s.cuda.cudnn_source) == ("pip", "wheel")
 
 
+def test_the_install_level_follows_the_platform_unless_set():
+    """WSL2 Ubuntu 24.04 installs nvcc and the libraries without the profilers (their libtinfo5 is gone
+    from 24.04); the other apt platforms the whole toolkit; an operator's own level always wins."""
+    new_wsl = platforms.find("ubuntu", "24.04", wsl=True)
+    s = from_fields({"voices": VOICES}).for_host(new_wsl, "3.12")
+    assert s.cuda.cuda_install == "compiler"
+    assert s.cuda_packages == ["cuda-compiler-12-4", "cuda-libraries-12-4"]
+    users = from_fields({"voices": VOICES}).for_host(platforms.find("ubuntu", "22.04", wsl=True), "3.10")
+    assert (users.cuda.cuda_install, users.cuda_packages) == ("toolkit", ["cuda-toolkit-12-4"])
+    chosen = from_fields({"voices": VOICES, "cuda_install": "toolkit"}).for_host(new_wsl, "3.12")
+    assert chosen.cuda_packages == ["cuda-toolkit-12-4"]
+    runtime = from_fields({"voices": VOICES, "cuda_install": "runtime"}).for_host(new_wsl, "3.12")
+    assert runtime.cuda_packages == ["cuda-libraries-12-4"]
+
+
 def test_unknown_distro_names_the_table():
     with pytest.raises(platforms.UnsupportedPlatform, match="not in the platform table .*WSL2, Ubuntu 22.04"):
         platforms.find("fedora", "40", wsl=False)

@@ -249,7 +249,7 @@ def test_each_group_validates_on_its_own():
     for _, cls in GROUPS:
         if cls is not Voices:  # the default voice is not pinned: below
             assert cls().validate() == cls()
-    with pytest.raises(SettingsError, match="cuda_install='everything': use 'toolkit' or 'runtime'"):
+    with pytest.raises(SettingsError, match="cuda_install='everything': use 'auto', 'toolkit', 'compiler' or 'runtime'"):
         Cuda(cuda_install="everything").validate()
     assert any("cuda_source='pip'" in p for p in Cuda(cuda_source="pip", cudnn_source="repo").problems())
     with pytest.raises(SettingsError, match="port=70000 is not a TCP port"):
