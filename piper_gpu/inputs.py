@@ -125,8 +125,9 @@ class Cuda(_Group):
     # --- CUDA and cuDNN (mutually compatible defaults) -------------------------------------
     cuda_version: str = "12.4"
     #: With cuda_source="apt", how much of CUDA: "toolkit" = cuda-toolkit-X-Y (nvcc and the profilers);
-    #: "compiler" = cuda-compiler-X-Y + cuda-libraries-X-Y (nvcc and the libraries, no profilers: what
-    #: installs where the profilers' dependencies are gone, as on Ubuntu 24.04); "runtime" =
+    #: "compiler" = cuda-compiler-X-Y + cuda-libraries-X-Y (nvcc and the runtime libraries, without the
+    #: toolkit's tools such as the profilers and without its -dev packages (headers): what installs where
+    #: the profilers' dependencies are gone, as on Ubuntu 24.04); "runtime" =
     #: cuda-libraries-X-Y only; "auto": the platform table's level.
     cuda_install: str = "auto"
     #: "apt": NVIDIA's CUDA apt repository (toolkit or runtime packages);

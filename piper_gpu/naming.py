@@ -52,6 +52,7 @@ def cuda_packages(cuda_version: str, install: str) -> list[str]:
 
       toolkit   cuda-toolkit-X-Y: everything, nvcc and the profilers (Nsight Systems) included
       compiler  cuda-compiler-X-Y + cuda-libraries-X-Y: nvcc and the runtime libraries, no profilers
+                and no -dev packages (headers): enough for the service, not to build CUDA programs
       runtime   cuda-libraries-X-Y: the runtime libraries only
 
     "auto" (the platform's level, resolved by Settings.for_host) counts as toolkit until resolved.

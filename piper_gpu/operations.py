@@ -212,7 +212,8 @@ def apt_sources_offer(packages: dict[str, str | None], fixes: dict[str, str]):
             return
         reasons = apt_reasons(lines)
         # the pinned packages apt names, else those of the same family as a dependency it names
-        # (cuda-nsight-systems-12-4 -> the CUDA packages, libcudnn9-... -> cuDNN)
+        # (cuda-nsight-systems-12-4 -> the CUDA packages, libcudnn9-... -> cuDNN); else all of them (a
+        # dependency deep in the tree, such as nsight-systems-2023.4.4, names no family)
         named = [n for n in packages if any(r.startswith(f"{n} ") for r in reasons)] or [
             n for n in packages if any(r.split("-", 1)[0] == n.split("-", 1)[0] for r in reasons)] or list(packages)
         message = ("apt-get install --simulate of what this deploy pins fails (apt's own dependency check); "

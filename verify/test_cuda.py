@@ -13,7 +13,7 @@ def _skip_without_nvcc(applied):
     if applied.cuda_source == "pip":
         pytest.skip("cuda_source=pip: CUDA libraries from NVIDIA's wheels, no nvcc by design")
     if applied.cuda_install == "runtime":
-        pytest.skip("cuda_install=runtime: the CUDA libraries only, no nvcc by design")
+        pytest.skip("cuda_install=runtime: no nvcc by design")
 
 
 def test_toolkit_nvcc_version(host, applied):
@@ -22,7 +22,7 @@ def test_toolkit_nvcc_version(host, applied):
     found = re.search(r"release (\d+\.\d+)", out.stdout)
     expect(out.rc == 0 and found and found.group(1) == applied.cuda_version,
            f"nvcc: {found.group(0) if found else (out.stderr.strip() or 'not runnable')}",
-           f"release {applied.cuda_version}", f"sudo apt-get install cuda-toolkit-{applied.cuda_dash} (or re-run the deploy)")
+           f"release {applied.cuda_version}", f"sudo apt-get install {' '.join(applied.cuda_packages)} (or re-run the deploy)")
 
 
 def test_login_shell_finds_nvcc(host, applied):

@@ -51,8 +51,13 @@ DEB_ARCH = "amd64"
 #: which depends on libtinfo5 (from the distro: Debian 12 and Ubuntu 22.04 have it, 24.04 does not).
 #: Sources: packages.ubuntu.com's cuda-toolkit-13-2 (repackaged from NVIDIA's cuda-meta) depends on
 #: cuda-compiler and cuda-libraries; an install log in cudagrad/cudagrad#2 shows cuda-nsight-systems-12-2
-#: unpacking nsight-systems-2023.2.3, the same chain for 12.2; Bioconductor/Contributions#3672: NVIDIA's
-#: toolkit on Ubuntu 24.04 stops at libtinfo5 (fixed by fetching 22.04's libtinfo5 by hand).
+#: unpacking nsight-systems-2023.2.3 (12.2's order of unpacking, not its Depends); Bioconductor/
+#: Contributions#3672: NVIDIA's toolkit on Ubuntu 24.04 stops at libtinfo5 and installs once 22.04's
+#: libtinfo5 is installed by hand (the thread does not name the package that needs it). Not settled by
+#: a source, so the lab's choice: that the dependency sits on Nsight Systems 2023.4.4 (12.4's), under
+#: cuda-tools through cuda-visual-tools, and that nothing under cuda-compiler or cuda-libraries has it;
+#: NVIDIA's wsl-ubuntu Packages index (unreachable here) settles it. The real toolkit also depends on
+#: -dev and documentation packages, not modelled. On a real host apt's simulation is the check.
 CUDA_12_4 = ["cuda-cudart-12-4", "libcublas-12-4", "libcufft-12-4", "libcurand-12-4", "cuda-nvrtc-12-4", "cuda-nvcc-12-4",
              "cuda-libraries-12-4", "cuda-compiler-12-4", "nsight-systems-2023.4.4", "cuda-nsight-systems-12-4",
              "cuda-visual-tools-12-4", "cuda-tools-12-4", "cuda-toolkit-12-4"]

@@ -43,7 +43,7 @@ def _mounts_under(root: Path) -> list[str]:
 @dataclass
 class Sandbox:
     name: str
-    #: what the host is (tests/lab/personas.py): "debian12" or "wsl2-ubuntu2204"
+    #: what the host is (tests/lab/personas.py): "debian12", "wsl2-ubuntu2204" or "wsl2-ubuntu2404"
     persona: str = "debian12"
 
     @property
