@@ -67,16 +67,19 @@ PLATFORMS: tuple[Platform, ...] = (
         python="3.12",  # Ubuntu 24.04 ships python3 3.12 (packages.ubuntu.com noble python3 3.12.3)
         # The WSL-Ubuntu repository is one for every Ubuntu release (NVIDIA's WSL guide), so it carries
         # CUDA 12.4, built before 24.04, and Ubuntu 24.04 no longer ships libtinfo5 (noble's Packages
-        # indexes have libtinfo6 only): NVIDIA's CUDA toolkit on 24.04 stops at libtinfo5 and installs
-        # once 22.04's is fetched by hand (Bioconductor/Contributions#3672). That the dependency is Nsight
-        # Systems' (cuda-toolkit-12-4 -> cuda-tools-12-4 -> ... -> nsight-systems-2023.4.4) is the lab's
-        # model (tests/lab/mirror.py), not a source; apt's simulation checks it on the host. So nvcc and
-        # the runtime libraries (cuda-compiler-12-4 + cuda-libraries-12-4), without the toolkit's tools.
+        # indexes have libtinfo6 only): apt on 24.04 answers "nsight-systems-2023.4.4 : Depends: libtinfo5
+        # but it is not installable" (distantmagic/paddler tutorial-installing-llamacpp-aws-cuda.md), and
+        # the toolkit installs once jammy's libtinfo5 alone is added (Shimasaki2021/docker_pytorch's
+        # ubuntu:24.04 Dockerfile with wsl-ubuntu's keyring; Bioconductor/Contributions#3672). On WSL2
+        # 24.04 the compiler and library packages install without it (Kari-N0/space-catalogue setup-log.md).
+        # So nvcc and the runtime libraries (cuda-compiler-12-4 + cuda-libraries-12-4), without the
+        # toolkit's tools; apt's simulation checks it on the host.
         repo_has_cuda_12_4=True,
         repo_has_cudnn_9_1=False,  # as above: no cuDNN in wsl-ubuntu
         cuda_source="apt", cudnn_source="archive", cuda_install="compiler",
         evidence="CUDA 12.4 from wsl-ubuntu (one WSL repository for every Ubuntu) without its tools: the toolkit "
-                 "needs libtinfo5, which 24.04 no longer ships (Bioconductor/Contributions#3672), "
+                 "pulls nsight-systems-2023.4.4, which depends on libtinfo5, which 24.04 no longer ships "
+                 "(apt's answer in distantmagic/paddler's 24.04 tutorial; Bioconductor/Contributions#3672), "
                  "so cuda-compiler-12-4 + cuda-libraries-12-4; no cuDNN there: redistributable archive",
     ),
     Platform(

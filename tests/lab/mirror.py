@@ -50,14 +50,18 @@ DEB_ARCH = "amd64"
 #: cuda-tools-12-4 -> cuda-visual-tools-12-4 -> cuda-nsight-systems-12-4 -> nsight-systems-2023.4.4,
 #: which depends on libtinfo5 (from the distro: Debian 12 and Ubuntu 22.04 have it, 24.04 does not).
 #: Sources: packages.ubuntu.com's cuda-toolkit-13-2 (repackaged from NVIDIA's cuda-meta) depends on
-#: cuda-compiler and cuda-libraries; an install log in cudagrad/cudagrad#2 shows cuda-nsight-systems-12-2
-#: unpacking nsight-systems-2023.2.3 (12.2's order of unpacking, not its Depends); Bioconductor/
-#: Contributions#3672: NVIDIA's toolkit on Ubuntu 24.04 stops at libtinfo5 and installs once 22.04's
-#: libtinfo5 is installed by hand (the thread does not name the package that needs it). Not settled by
-#: a source, so the lab's choice: that the dependency sits on Nsight Systems 2023.4.4 (12.4's), under
-#: cuda-tools through cuda-visual-tools, and that nothing under cuda-compiler or cuda-libraries has it;
-#: NVIDIA's wsl-ubuntu Packages index (unreachable here) settles it. The real toolkit also depends on
-#: -dev and documentation packages, not modelled. On a real host apt's simulation is the check.
+#: cuda-compiler and cuda-libraries; apt's own answer on Ubuntu 24.04, "nsight-systems-2023.4.4 : Depends:
+#: libtinfo5 but it is not installable", names the package that needs it (distantmagic/paddler
+#: tutorial-installing-llamacpp-aws-cuda.md @bdc42f7; a WSL2 24.04 user's notes quote the same line);
+#: ubuntu:24.04 with wsl-ubuntu's cuda-keyring installs cuda-toolkit-12-4 once libtinfo5 alone is pinned
+#: in from jammy (Shimasaki2021/docker_pytorch Dockerfile @06a19ee), so nothing else in the tree is
+#: missing on noble (Bioconductor/Contributions#3672 says the same of the toolkit); on WSL2 24.04 the
+#: metapackage is uninstallable and the compiler and library packages install (Kari-N0/space-catalogue
+#: setup-log.md @187fc0f). The path from the toolkit to Nsight Systems (cuda-tools -> cuda-visual-tools ->
+#: cuda-nsight-systems) is 12.4.0's install order of its .debs (zhanwenchen/agentgym_rl run.sh @75b913c),
+#: not a Depends line; NVIDIA's wsl-ubuntu Packages index (unreachable here) would settle it. The real
+#: toolkit also depends on -dev and documentation packages, not modelled. On a real host apt's
+#: simulation is the check.
 CUDA_12_4 = ["cuda-cudart-12-4", "libcublas-12-4", "libcufft-12-4", "libcurand-12-4", "cuda-nvrtc-12-4", "cuda-nvcc-12-4",
              "cuda-libraries-12-4", "cuda-compiler-12-4", "nsight-systems-2023.4.4", "cuda-nsight-systems-12-4",
              "cuda-visual-tools-12-4", "cuda-tools-12-4", "cuda-toolkit-12-4"]
