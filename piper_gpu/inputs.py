@@ -289,6 +289,8 @@ class Service(_Group):
     #: "auto" (systemd when it runs as PID 1, else profile), "systemd" or "profile".
     service_mode: str = "auto"
     use_gpu: bool = True
+    #: Longest text in characters (413 beyond); its audio is bounded too: at most 1.5 x this many phonemes
+    #: at the normal pace (docs/server.md "Bounds under any client").
     max_text_chars: int = 2000
     #: Warm-up synthesis per voice at start (first request otherwise pays for CUDA init).
     warmup: bool = True
@@ -299,7 +301,8 @@ class Service(_Group):
     max_pending: int = 8
     #: Syntheses one voice runs at once on its ONNX session; 0: 8 on CUDA, 4 on the CPU (docs/results.md: "On a GPU").
     syntheses_per_voice: int = 0
-    #: Longest piece of a text synthesised in one go (longer sentences are cut at a clause break or space).
+    #: Longest piece of a text synthesised in one go (longer sentences are cut at a clause break or space);
+    #: each model run holds at most 1.5 x this many phonemes at the normal pace.
     sentence_max_chars: int = 200
     #: Seconds a client may stall while sending a request body before it is dropped.
     read_timeout: float = 10.0

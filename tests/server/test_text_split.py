@@ -13,17 +13,11 @@ import pytest
 
 from piper_gpu_server import text as texts
 
-TEXTS_JSON = Path("/work/shared/texts.json")
-
-
-def _shared_texts() -> dict[str, str]:
-    for path in (TEXTS_JSON, Path(__file__).resolve().parents[2] / "shared" / "texts.json"):
-        if path.is_file():
-            return {k: v for k, v in json.loads(path.read_text(encoding="utf-8")).items() if not k.startswith("_")}
-    return {}
-
-
-SHARED = _shared_texts()
+#: the test texts in the repository: the users' own Chinese sentences and English ones for the test voice
+TEXTS_JSON = Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json"
+#: the six measured in text.py (the *_varied ones are the same sentences, reworded)
+SHARED = {k: v for k, v in json.loads(TEXTS_JSON.read_text(encoding="utf-8")).items()
+          if k[:3] in ("zh_", "en_") and not k.endswith("_varied")}
 
 # --- sentences ------------------------------------------------------------------------------------
 CASES = [
@@ -55,6 +49,9 @@ CASES = [
     ("The U.S. Army arrived. They stayed.", ["The U.S. Army arrived.", "They stayed."]),
     ("See No. 5 and Fig. 3 for details.", ["See No. 5 and Fig. 3 for details."]),
     ("No. I will not go.", ["No.", "I will not go."]),
+    ("See p. 42 and ch. 3 for the proof.", ["See p. 42 and ch. 3 for the proof."]),
+    ("Read pp. 10-12 in vol. 2, sec. 4. Then eq. 7.", ["Read pp. 10-12 in vol. 2, sec. 4.", "Then eq. 7."]),
+    ("Turn to p. 5. Read it aloud.", ["Turn to p. 5.", "Read it aloud."]),
     ("It weighs approx. 5 kg. That is heavy.", ["It weighs approx. 5 kg.", "That is heavy."]),
     ("Acme Inc. And Widgets Ltd. Merged last year.", ["Acme Inc. And Widgets Ltd. Merged last year."]),
     ("Martin Luther King Jr. Spoke here. Frank Sinatra Sr. Did not.",
@@ -96,6 +93,21 @@ CASES = [
     ("这是一个测试文本，用于验证GPU加速效果。", ["这是一个测试文本，用于验证GPU加速效果。"]),
     ("太好了!我们走吧?好的", ["太好了!", "我们走吧?", "好的"]),
     ("第一行\n第二行。第三句", ["第一行", "第二行。", "第三句"]),
+    ("模型大小是63.5 MB。加载只需0.8秒！", ["模型大小是63.5 MB。", "加载只需0.8秒！"]),
+    ("请发邮件到 support@example.com。我们会回复。", ["请发邮件到 support@example.com。", "我们会回复。"]),
+    ("版本 v2.0.1 修复了问题。升级吧！", ["版本 v2.0.1 修复了问题。", "升级吧！"]),
+    ("温度是-3.5度？不会吧！", ["温度是-3.5度？", "不会吧！"]),
+    ("早上8:30出发，下午5:00回来。", ["早上8:30出发，下午5:00回来。"]),
+    ("你吃饭了吗？吃了。你呢？", ["你吃饭了吗？", "吃了。", "你呢？"]),
+    ("他问：“为什么？”我说：“不知道。”", ["他问：“为什么？”", "我说：“不知道。”"]),
+    ("这本书（第3版）很好。推荐！", ["这本书（第3版）很好。", "推荐！"]),
+    ("等一下……我马上来。", ["等一下……我马上来。"]),
+    ("北京、上海、广州等城市都有分店。", ["北京、上海、广州等城市都有分店。"]),
+    ("一、准备材料。二、开始制作。", ["一、准备材料。", "二、开始制作。"]),
+    ("今天星期五！明天星期六！后天星期天！", ["今天星期五！", "明天星期六！", "后天星期天！"]),
+    ("这是《红楼梦》。那是《西游记》。", ["这是《红楼梦》。", "那是《西游记》。"]),
+    ("折扣是8.5折。原价￥99.90。", ["折扣是8.5折。", "原价￥99.90。"]),
+    ("第一章\n从前有座山。山里有座庙。", ["第一章", "从前有座山。", "山里有座庙。"]),
     # mixed Chinese and English
     ("我今天用了 GPU 版本。It is 3.5 times faster! 真的吗？",
      ["我今天用了 GPU 版本。", "It is 3.5 times faster!", "真的吗？"]),
@@ -103,6 +115,17 @@ CASES = [
     ("Dr. Wang 说今天下午3.30开会。OK? 好的。", ["Dr. Wang 说今天下午3.30开会。", "OK?", "好的。"]),
     ("It works.真的很快。", ["It works.", "真的很快。"]),
     ("他用的是 iPhone。It costs $999. 太贵了！", ["他用的是 iPhone。", "It costs $999.", "太贵了！"]),
+    ("他叫 Mr. Li，住在 No. 8 大街。", ["他叫 Mr. Li，住在 No. 8 大街。"]),
+    ("我们用的是 CUDA 12.4 和 cuDNN 9.1.1。速度快了三倍。", ["我们用的是 CUDA 12.4 和 cuDNN 9.1.1。", "速度快了三倍。"]),
+    ("The API returns JSON。然后保存到 data.json 文件。", ["The API returns JSON。", "然后保存到 data.json 文件。"]),
+    ("Dr. Zhang 明天来。He arrives at 9 a.m. 别迟到。", ["Dr. Zhang 明天来。", "He arrives at 9 a.m. 别迟到。"]),
+    ("GPU 真快！CPU 太慢了。Right?", ["GPU 真快！", "CPU 太慢了。", "Right?"]),
+    ("请打开 https://example.com/a.b?c=1 看看。好吗？", ["请打开 https://example.com/a.b?c=1 看看。", "好吗？"]),
+    ("我在用 Python 3.12。It works well. 没问题。", ["我在用 Python 3.12。", "It works well.", "没问题。"]),
+    ("Hello，你好。Goodbye，再见！", ["Hello，你好。", "Goodbye，再见！"]),
+    ("他是 J. K. Rowling 的粉丝。", ["他是 J. K. Rowling 的粉丝。"]),
+    ("欢迎光临！Welcome! 请进。", ["欢迎光临！", "Welcome!", "请进。"]),
+    ("这个 bug 在 issue #19 里。Fix it, e.g. Tomorrow. 好。", ["这个 bug 在 issue #19 里。", "Fix it, e.g. Tomorrow.", "好。"]),
     # nothing to say between the sentences is dropped
     ("One. ... Two.", ["One.", "Two."]),
     ("One. --- Two.", ["One.", "--- Two."]),
@@ -115,8 +138,16 @@ def test_split_sentences(text, expected):
     assert texts.split(text, 200) == expected
 
 
+def _cjk(text: str) -> bool:
+    return any(unicodedata.east_asian_width(ch) in ("W", "F") for ch in text)
+
+
 def test_table_is_big_enough():
-    assert len(CASES) >= 45
+    """At least 40 real sentences in each language: English alone, and Chinese (alone or mixed with
+    English, as the users write it)."""
+    english = [text for text, _ in CASES if not _cjk(text)]
+    chinese = [text for text, _ in CASES if _cjk(text)]
+    assert len(english) >= 40 and len(chinese) >= 40, (len(english), len(chinese))
 
 
 # --- bounds and content ---------------------------------------------------------------------------
@@ -262,3 +293,48 @@ def test_wide_weight_covers_measured_ratio():
           f"ceil {math.ceil(ratio)}; WIDE_WEIGHT {texts.WIDE_WEIGHT}")
     assert ratio <= texts.WIDE_WEIGHT
     assert worst <= texts.WIDE_WEIGHT
+
+
+# --- phoneme runs: what bounds a model run's audio -------------------------------------------------
+PHONEME_SENTENCES = {
+    "words": list("ðə kwɪk bɹaʊn fɑːks dʒʌmps ˈoʊvɚ ðə leɪzi dɑːɡ " * 12),
+    "one_long_word": list("wʌnmɪljən" * 40),
+    "breaks_only": [" "] * 30,
+    "breaks_at_the_ends": [" ", " "] + list("ab cd ef") + [" "],
+    "empty": [],
+}
+
+
+@pytest.mark.parametrize("limit", [1, 3, 10, 30, 300])
+@pytest.mark.parametrize("name", sorted(PHONEME_SENTENCES))
+def test_cut_phonemes_bounds_every_run_and_keeps_every_phoneme(name, limit):
+    phonemes = PHONEME_SENTENCES[name]
+    runs = texts.cut_phonemes(phonemes, limit)
+    assert all(0 < len(run) <= limit for run in runs), [len(run) for run in runs]
+    assert all(run[0] != " " and run[-1] != " " for run in runs)
+    # every phoneme but the word breaks at a cut is kept, in order
+    assert [ph for run in runs for ph in run if ph != " "] == [ph for ph in phonemes if ph != " "]
+
+
+def test_cut_phonemes_cuts_at_word_breaks():
+    words = list("ab cd ef gh")
+    assert texts.cut_phonemes(words, 5) == [list("ab cd"), list("ef gh")]
+    assert texts.cut_phonemes(words, 100) == [words]
+    # no break far enough in: cut at the limit
+    assert texts.cut_phonemes(list("abcdefghij"), 4) == [list("abcd"), list("efgh"), list("ij")]
+    # a break too early (under a third of the limit) is not taken
+    assert texts.cut_phonemes(list("a bcdefghijkl"), 9) == [list("a bcdefgh"), list("ijkl")]
+
+
+def test_digits_and_hanzi_outgrow_their_characters():
+    """Why pieces are also cut by phonemes: Piper's espeak-ng gives an English voice many times more
+    phonemes per character for digits and hanzi than for words (PHONEMES_PER_CHAR's note)."""
+    espeak = pytest.importorskip("piper.phonemize_espeak")
+    phonemizer = espeak.EspeakPhonemizer()
+
+    def per_char(text: str) -> float:
+        return sum(len(s) for s in phonemizer.phonemize("en-us", text)) / len(text)
+
+    assert per_char(SHARED["en_medium"]) <= texts.PHONEMES_PER_CHAR
+    assert per_char("12345678901234567890") > 3 * texts.PHONEMES_PER_CHAR
+    assert per_char("中文语音合成测试") > 3 * texts.PHONEMES_PER_CHAR

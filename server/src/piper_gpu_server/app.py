@@ -51,32 +51,55 @@ class ClientGone(Exception):
     pass
 
 
+class StreamCut(Exception):
+    """A stream whose synthesis failed after its 200 was sent: logged (without its message) and counted;
+    the connection is dropped, so the client sees the answer end without its last chunk."""
+
+
 class WriteTimeout(Exception):
     """A write of an answer that the client did not take in time."""
 
 
+class Receiver:
+    """The ASGI ``receive`` of one request, noting when its body is complete or its client gone."""
+
+    def __init__(self, receive):
+        self._receive, self.done = receive, False
+
+    async def __call__(self) -> dict:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body"):
+            self.done = True
+        return message
+
+
 class Writer:
-    """The ASGI ``send`` of one answer, with deadlines. The body goes in chunks of ``CHUNK`` bytes;
-    each must be taken by the client within ``write_timeout`` seconds, and all of the answer's writes
-    together may wait at most ``write_timeout`` plus the seconds of audio sent (a client must read at
-    least as fast as the audio plays). A write past either raises WriteTimeout."""
+    """The ASGI ``send`` of one answer, with deadlines. The body goes in chunks of ``CHUNK`` bytes.
+    An answer without audio: each write must be taken by the client within ``write_timeout`` seconds.
+    An answer with audio: all of its writes together may wait at most ``write_timeout`` plus the
+    seconds of audio sent, so a client must read at least as fast as the audio plays. (No deadline per
+    audio chunk: a client reading at the audio's pace can leave one write waiting until the kernel
+    has half of its send buffer free again, several seconds of audio.) A write past its deadline
+    raises WriteTimeout. A client that stops reading is so dropped within ``write_timeout`` plus the
+    seconds of audio that the sockets' buffers took (``serve.LimitedListener.SEND_BUFFER``)."""
 
     CHUNK = 64 * 1024
 
-    def __init__(self, send, write_timeout: float, bytes_per_second: int):
+    def __init__(self, send, write_timeout: float, bytes_per_second: int | None = None):
+        """``bytes_per_second``: of the audio the answer carries; None for an answer without audio."""
         self._send, self.timeout, self.rate = send, write_timeout, bytes_per_second
         self.budget = write_timeout  # seconds the writes may still wait, all together
 
     async def _write(self, message: dict) -> None:
         loop = asyncio.get_running_loop()
-        wait = max(0.0, min(self.timeout, self.budget))
+        wait = max(0.0, self.budget if self.rate else min(self.timeout, self.budget))
         started = loop.time()
         try:
             await asyncio.wait_for(self._send(message), wait)
         except asyncio.TimeoutError:
-            raise WriteTimeout(f"a write waited {self.timeout:g} s (write_timeout)" if wait == self.timeout else
-                               f"its writes waited write_timeout ({self.timeout:g} s) plus the seconds of audio "
-                               "sent, in all") from None
+            raise WriteTimeout(f"its writes waited write_timeout ({self.timeout:g} s) plus the seconds of audio "
+                               "sent, in all" if self.rate else
+                               f"a write waited {self.timeout:g} s (write_timeout)") from None
         self.budget -= loop.time() - started
 
     async def start(self, status: int, headers: list) -> None:
@@ -86,7 +109,7 @@ class Writer:
         """``data`` in chunks, each crediting the writes with its seconds of audio."""
         for at in range(0, len(data), self.CHUNK):
             chunk = data[at:at + self.CHUNK]
-            self.budget += len(chunk) / self.rate
+            self.budget += len(chunk) / self.rate if self.rate else 0.0
             await self._write({"type": "http.response.body", "body": chunk,
                                "more_body": more or at + self.CHUNK < len(data)})
         if not data:
@@ -119,6 +142,10 @@ class TtsRequest:
     speaker_id: int | None
     length_scale: float | None
     stream: bool
+    #: the most phonemes one model run of this request may hold (``App.phoneme_limit``)
+    max_phonemes: int | None = None
+    #: the length_scale it is spoken at (the voice's own where the request gives none)
+    scale: float = 1.0
     gone: bool = False  # the client hung up
     #: seconds synthesising, of audio, to the first audio (streams): set when the audio is complete
     finished: tuple | None = None
@@ -126,16 +153,20 @@ class TtsRequest:
 
 class App:
     def __init__(self, config: ServerConfig, voices: dict[str, Voice], *, info: dict, gpu_sample=dict,
-                 api_key: str | None = None, config_file: str | None = None, abort=None):
+                 api_key: str | None = None, config_file: str | None = None, abort=None, connections=None):
         self.config = config
         #: drops the connection of a request (its ASGI scope) at once, unsent data discarded
         #: (serve.LimitedListener.abort); in-process tests have no socket to drop
         self.abort = abort or (lambda scope: None)
+        #: the open connections (serve.LimitedListener.open), for /health; in-process tests have none
+        self.connections = connections or (lambda: None)
         self.voices = voices
         self.info = info
         self.api_key = api_key
         self.config_file = config_file
         self.pending = 0
+        #: POST /tts bodies being read: requests that hold no place yet
+        self.reading = 0
         # one thread per request that may be in progress: each has at most one piece synthesising
         self.executor = ThreadPoolExecutor(max_workers=config.max_pending, thread_name_prefix="synth")
         self.metrics = Metrics(lambda: self.pending, gpu_sample, voices)
@@ -151,22 +182,54 @@ class App:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
+        # every answer but an audio one (``_tts`` makes its own) is written under write_timeout
+        out = Writer(send, self.config.write_timeout)
+        receive = Receiver(receive)
+        tts = path == "/tts" and method == "POST"
+        # a body nobody reads blocks the connection (Hypercorn holds at most 10 parts of it for the
+        # application, then stops reading, and its close waits on that): a request that is not POST
+        # /tts has its body read and dropped at once; POST /tts reads its own, or drops it on refusal
+        drain = None if tts else asyncio.create_task(self._discard(receive))
         try:
-            if path == "/tts" and method == "POST":
-                await self._tts(scope, receive, send)
-            elif method == "GET" and path in ("/health", "/voices", "/metrics"):
-                await self._get(path, send)
-            elif path == "/tts":
-                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, "use POST /tts with a JSON body", {"Allow": "POST"})
-            elif method == "POST":
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {path}; POST goes to /tts")
-            else:
-                raise RequestError(HTTPStatus.NOT_FOUND,
-                                   f"no such endpoint {path}; try POST /tts, GET /health, GET /voices, GET /metrics")
-        except RequestError as exc:
-            await self._error(send, exc)
+            try:
+                if tts:
+                    await self._tts(scope, receive, send)
+                elif method == "GET" and path in ("/health", "/voices", "/metrics"):
+                    await self._get(path, out)
+                elif path == "/tts":
+                    raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, "use POST /tts with a JSON body", {"Allow": "POST"})
+                elif method == "POST":
+                    raise RequestError(HTTPStatus.NOT_FOUND, f"no such endpoint {path}; POST goes to /tts")
+                else:
+                    raise RequestError(HTTPStatus.NOT_FOUND,
+                                       f"no such endpoint {path}; try POST /tts, GET /health, GET /voices, GET /metrics")
+            except RequestError as exc:
+                if drain is None and not receive.done and exc.status != HTTPStatus.REQUEST_TIMEOUT:
+                    drain = asyncio.create_task(self._discard(receive))
+                await self._error(out, exc)
         except ClientGone:
             pass
+        except WriteTimeout as exc:
+            LOG.warning("%s %s: the client is not reading its answer (%s); connection dropped", method, path, exc)
+            self.abort(scope)
+        finally:
+            if drain is not None:
+                await self._discarded(drain, scope)
+
+    @staticmethod
+    async def _discard(receive: Receiver) -> None:
+        """Reads what is left of a request's body, and drops it."""
+        while not receive.done:
+            await receive()
+
+    async def _discarded(self, drain: asyncio.Task, scope) -> None:
+        """Waits for ``drain`` at most ``body_timeout``; past it the connection is dropped."""
+        done, _ = await asyncio.wait({drain}, timeout=self.config.body_timeout)
+        if not done:
+            drain.cancel()
+            LOG.warning("%s %s: the rest of a refused body did not come within body_timeout (%g s); connection "
+                        "dropped", scope["method"], scope["path"], self.config.body_timeout)
+            self.abort(scope)
 
     async def _lifespan(self, receive, send):
         while True:
@@ -200,17 +263,17 @@ class App:
                     LOG.info("voice %s: idle %.0f s, memory handed back (RSS %d -> %d MiB)", voice.name, idle, *rss)
 
     @staticmethod
-    async def _respond(send, status: int, body: bytes, content_type: str, headers: dict | None = None):
+    async def _respond(out: Writer, status: int, body: bytes, content_type: str, headers: dict | None = None):
         head = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
         head += [(k.lower().encode(), str(v).encode()) for k, v in (headers or {}).items()]
-        await send({"type": "http.response.start", "status": int(status), "headers": head})
-        await send({"type": "http.response.body", "body": body})
+        await out.start(status, head)
+        await out.body(body, more=False)
 
-    async def _json(self, send, status, payload, headers=None):
-        await self._respond(send, status, json.dumps(payload, ensure_ascii=False).encode(), JSON_TYPE, headers)
+    async def _json(self, out: Writer, status, payload, headers=None):
+        await self._respond(out, status, json.dumps(payload, ensure_ascii=False).encode(), JSON_TYPE, headers)
 
-    async def _error(self, send, exc: RequestError):
-        await self._json(send, exc.status, {"error": exc.message, "status": int(exc.status)}, exc.headers)
+    async def _error(self, out: Writer, exc: RequestError):
+        await self._json(out, exc.status, {"error": exc.message, "status": int(exc.status)}, exc.headers)
 
     # --- GET ----------------------------------------------------------------------------------
     def health(self) -> dict:
@@ -221,25 +284,28 @@ class App:
             "config": dataclasses.asdict(self.config),
             "use_gpu": self.config.use_gpu,
             "pending": self.pending,
+            "reading": self.reading,
+            "connections": self.connections(),
             "voices": {
                 name: {"provider": v.provider, "session_providers": v.session_providers, "on_gpu": v.on_gpu,
                        "syntheses": v.syntheses, "sessions": v.sessions, "concurrent_intra_op_threads": v.concurrent_intra_op_threads,
                        "pieces": v.pieces, "concurrent_pieces": v.concurrent_pieces, "memory_releases": v.releases,
+                       "longest_run": v.longest_run,
                        "onnx_sha256": v.sha256[".onnx"], "json_sha256": v.sha256[".onnx.json"],
                        "shape_stable": v.stable_health()}
                 for name, v in self.voices.items()
             },
         }
 
-    async def _get(self, path: str, send):
+    async def _get(self, path: str, out: Writer):
         if path == "/health":
-            await self._json(send, HTTPStatus.OK, self.health())
+            await self._json(out, HTTPStatus.OK, self.health())
         elif path == "/voices":
-            await self._json(send, HTTPStatus.OK, [
+            await self._json(out, HTTPStatus.OK, [
                 {"name": n, "sample_rate": v.sample_rate, "num_speakers": v.num_speakers, "provider": v.provider}
                 for n, v in self.voices.items()])
         else:
-            await self._respond(send, HTTPStatus.OK, self.metrics.render(), METRICS_TYPE)
+            await self._respond(out, HTTPStatus.OK, self.metrics.render(), METRICS_TYPE)
 
     # --- POST /tts ----------------------------------------------------------------------------
     def _authorised(self, headers: dict[str, str]) -> bool:
@@ -260,8 +326,14 @@ class App:
         voice = None
         try:
             # body and checks before a slot: a client sending slowly (at most body_timeout) holds none
-            request = self.parse(await self._body(headers, receive))
+            self.reading += 1
+            try:
+                raw = await self._body(headers, receive)
+            finally:
+                self.reading -= 1
+            request = self.parse(raw)
             voice = request.voice
+            await self._check_audio(request)
             if self.pending >= self.config.max_pending:
                 raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
                                    f"busy: {self.config.max_pending} requests in progress; retry shortly",
@@ -286,6 +358,9 @@ class App:
             self.metrics.record(voice.name, CLIENT_GONE)
             self.abort(scope)
             raise ClientGone() from exc
+        except StreamCut:
+            self.abort(scope)
+            raise ClientGone() from None  # logged and counted; nothing more can be said to the client
         finally:
             watcher.cancel()
             self.pending -= 1
@@ -377,17 +452,47 @@ class App:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise RequestError(HTTPStatus.BAD_REQUEST, "'stream' must be true or false")
-        pieces = texts.split(text, self.piece_limit(voice.config.length_scale if length_scale is None else length_scale))
+        scale = voice.config.length_scale if length_scale is None else length_scale
+        pieces = texts.split(text, self.piece_limit(scale))
         if not pieces:
             raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY,
                                "'text' has nothing to speak (no letters or digits)")
-        return TtsRequest(voice, text, pieces, speaker_id, length_scale, stream)
+        return TtsRequest(voice, text, pieces, speaker_id, length_scale, stream, self.phoneme_limit(scale), scale)
+
+    def audio_limit(self) -> int:
+        """The phonemes, at the voice's normal pace, that one request's audio may hold: ``PHONEMES_PER_CHAR``
+        times ``max_text_chars``, as much as ``max_text_chars`` characters of ordinary English give. It
+        bounds the time a request holds its place (its audio is sent at least at the pace it plays) and
+        the memory of a whole answer, whatever the text's digits, script or ``length_scale``."""
+        return int(texts.PHONEMES_PER_CHAR * self.config.max_text_chars)
+
+    async def _check_audio(self, request: TtsRequest) -> None:
+        """413 for a text whose audio would be over ``audio_limit``: its phonemes (Piper's own, counted in
+        a thread, not on the event loop) times its ``length_scale`` where that is over 1."""
+        loop = asyncio.get_running_loop()
+        phonemes = await loop.run_in_executor(None, request.voice.count_phonemes, request.text)
+        scale = max(1.0, request.scale)
+        limit = self.audio_limit()
+        if phonemes * scale > limit:
+            slow = f" at length_scale {scale:g}" if scale > 1 else ""
+            raise RequestError(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                               f"'text' gives {phonemes} phonemes{slow}: over the audio of {limit} phonemes at the "
+                               f"normal pace that one request may hold (max_text_chars x {texts.PHONEMES_PER_CHAR:g}); "
+                               "send it in parts, or at a lower length_scale")
 
     def piece_limit(self, length_scale: float) -> int:
         """The ``text.weight`` a piece may have: ``sentence_max_chars`` at a ``length_scale`` of 1 or less,
-        and less in proportion above it, so that no piece holds more audio (and so more memory) than
-        ``sentence_max_chars`` Latin characters at the voice's normal pace; at least one wide character."""
+        and less in proportion above it; at least one wide character. It bounds the time a piece holds
+        its voice; ``phoneme_limit`` bounds its audio."""
         return max(texts.WIDE_WEIGHT, int(self.config.sentence_max_chars / max(1.0, length_scale)))
+
+    def phoneme_limit(self, length_scale: float) -> int:
+        """The phonemes one model run may hold: ``PHONEMES_PER_CHAR`` times ``sentence_max_chars`` at a
+        ``length_scale`` of 1 or less, and less in proportion above it (at least ``MIN_RUN_PHONEMES``), so
+        that no run holds more audio, and so more memory, than that many phonemes at the voice's normal
+        pace, whatever the text's script or digits."""
+        return max(texts.MIN_RUN_PHONEMES,
+                   int(texts.PHONEMES_PER_CHAR * self.config.sentence_max_chars / max(1.0, length_scale)))
 
     async def _pieces(self, request: TtsRequest):
         """Each piece's audio as it is synthesised, in order (one piece in flight per request, so
@@ -401,7 +506,7 @@ class App:
                 self.metrics.record(voice.name, CLIENT_GONE)
                 raise ClientGone()
             yield await loop.run_in_executor(self.executor, request.voice.synthesize, piece,
-                                             request.speaker_id, request.length_scale)
+                                             request.speaker_id, request.length_scale, request.max_phonemes)
 
     def _done(self, request: TtsRequest, started: float, seconds: float, first: float | None = None) -> dict:
         """The answer's headers; the request is counted and logged once its last byte is taken (``_sent``)."""
@@ -463,7 +568,7 @@ class App:
             # the status is sent: ending the connection without the last chunk tells the client
             LOG.error("synthesis failed mid-stream (voice %s); the stream is cut: %s", voice.name, trace(exc))
             self.metrics.record(voice.name, HTTPStatus.INTERNAL_SERVER_ERROR)
-            raise
+            raise StreamCut() from exc
         self._done(request, started, seconds, first_at)
         await out.body(b"", more=False)
         self._sent(request)

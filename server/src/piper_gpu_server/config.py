@@ -49,6 +49,8 @@ class ServerConfig:
     log_file: str | None = None
     #: file holding the key POST /tts requires; none: open
     api_key_file: str | None = None
+    #: longest text, in characters (413 beyond); a request's audio is bounded too: at most 1.5 x this
+    #: many phonemes at the normal pace (text.PHONEMES_PER_CHAR; its length_scale above 1 counts), 413 beyond
     max_text_chars: int = 2000
     #: POST /tts requests synthesising or waiting at once; more get 503 + Retry-After
     max_pending: int = 8
@@ -69,7 +71,8 @@ class ServerConfig:
     #: seconds a voice stays idle before its arena and the freed heap go back to the system; 0: never
     memory_release_idle: float = 30.0
     #: longest piece of text synthesised in one go: longer sentences are split at a clause break,
-    #: a space or, failing both, at this length (bounds memory and the time a voice is held)
+    #: a space or, failing both, at this length (bounds the time a voice is held); each model run of a
+    #: piece holds at most 1.5 x this many phonemes at the normal pace (bounds its memory)
     sentence_max_chars: int = 200
     #: seconds a client may stay silent while sending a request (headers or body) before it is dropped
     read_timeout: float = 10.0

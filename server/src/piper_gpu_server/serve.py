@@ -98,8 +98,84 @@ def listen(host: str, port: int, limit: int, backlog: int = 128) -> LimitedListe
     return sock
 
 
+class _ConnectionClosed(Exception):
+    """Raised in a closed connection's wait for its next pipelined request (``end_paused_connections``)."""
+
+
+def end_paused_connections() -> bool:
+    """Hypercorn 0.17-0.18's HTTP/1.1 protocol never ends a connection whose answer was cut (the app
+    dropped a client that did not read it) while the client had already sent its next request: h11
+    says PAUSED until the answer is complete, ``H11Protocol._handle_events`` waits on ``can_read``, and
+    after ``_maybe_recycle`` closes the connection it waits again, for ever. The socket is closed, but
+    the connection's task and its read-ahead stay until the process ends, and a stop waits
+    ``graceful_timeout`` for it (tests/server/test_server_hostile.py,
+    test_a_client_that_never_reads_its_get_answers_is_dropped). This makes that wait end once the
+    connection is closed. Applied where Hypercorn's protocol has the parts it wraps; False where not."""
+    try:
+        import h11
+        from hypercorn.protocol.h11 import H11Protocol
+    except ImportError:
+        return False
+    if not all(hasattr(H11Protocol, name) for name in ("__init__", "_handle_events", "_maybe_recycle")):
+        return False
+    if getattr(H11Protocol, "_piper_ends_paused", False):
+        return True
+
+    class ClosableEvent:
+        """``can_read``, whose wait fails once its connection is closed."""
+
+        def __init__(self, event, protocol):
+            self._event, self._protocol = event, protocol
+
+        async def clear(self):
+            await self._event.clear()
+
+        async def set(self):
+            await self._event.set()
+
+        def is_set(self):
+            return self._event.is_set()
+
+        async def wait(self):
+            if self._protocol._piper_closed:
+                raise _ConnectionClosed()
+            await self._event.wait()
+            if self._protocol._piper_closed:
+                raise _ConnectionClosed()
+
+    init, handle_events, maybe_recycle = H11Protocol.__init__, H11Protocol._handle_events, H11Protocol._maybe_recycle
+
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self._piper_closed = False
+        self.can_read = ClosableEvent(self.can_read, self)
+
+    async def _handle_events(self):
+        try:
+            await handle_events(self)
+        except _ConnectionClosed:
+            pass
+
+    async def _maybe_recycle(self):
+        # closed unless both sides are ready for the next request (Hypercorn's own test, before it)
+        recycle = (not self.context.terminated.is_set() and self.connection.our_state is h11.DONE
+                   and self.connection.their_state is h11.DONE)
+        if not recycle:
+            self._piper_closed = True
+        await maybe_recycle(self)
+
+    H11Protocol.__init__, H11Protocol._handle_events, H11Protocol._maybe_recycle = \
+        __init__, _handle_events, _maybe_recycle
+    H11Protocol._piper_ends_paused = True
+    return True
+
+
 def hypercorn_config(config: ServerConfig, sock: socket.socket):
     from hypercorn.config import Config, Sockets
+
+    if not end_paused_connections():
+        LOG.warning("this Hypercorn's HTTP/1.1 protocol is not the one end_paused_connections knows: a client "
+                    "that pipelines requests and reads none of the answers may leave its connection's task behind")
 
     class Bound(Config):
         def create_sockets(self):  # serve on the limited socket made above
@@ -169,6 +245,9 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
         except VoiceLoadError as exc:
             exc.voice = name
             raise
+        except Exception as exc:  # noqa: BLE001 - whatever a model that loads but is not Piper's raises
+            raise VoiceLoadError(path, f"it loads but cannot be made a voice ({type(exc).__name__}: {exc})",
+                                 voice=name) from exc
         LOG.info("voice %s: active provider %s (session providers %s), loaded in %.0f ms%s",
                  name, voice.provider, voice.session_providers, (time.perf_counter() - started) * 1000,
                  "" if voice.concurrent is None else
@@ -185,8 +264,12 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
             LOG.info("voice %s: runs whole (shape_stable=%s): %s", name, config.shape_stable, voice.stable_reason)
         if config.warmup:
             started = time.perf_counter()
-            buckets = voice.warm()
-            voice.synthesize("Warm up.")
+            try:
+                buckets = voice.warm()
+                voice.synthesize("Warm up.")
+            except Exception as exc:  # noqa: BLE001 - a model that loads but cannot synthesise
+                raise VoiceLoadError(path, f"its warm-up synthesis failed ({type(exc).__name__}: {exc})",
+                                     voice=name) from exc
             LOG.info("voice %s: warm-up %.0f ms%s", name, (time.perf_counter() - started) * 1000,
                      "" if buckets is None else f" (every bucket session once: {buckets:.0f} ms)")
         voices[name] = voice
@@ -272,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         LOG.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         return 2
     app = App(config, voices, info=info, gpu_sample=gpu.sample, api_key=api_key, config_file=config_path,
-              abort=lambda scope: sock.abort(scope.get("client")))
+              abort=lambda scope: sock.abort(scope.get("client")), connections=lambda: sock.open)
     LOG.info("listening on http://%s:%d (POST /tts, GET /health, GET /voices, GET /metrics); API key %s; "
              "max %d pending, synthes(es) at once per voice %s, %d connections; timeouts: read %g s, body %g s, write %g s",
              config.host, config.port, "required" if api_key else "not set", config.max_pending,

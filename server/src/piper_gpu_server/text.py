@@ -17,7 +17,8 @@ Sentence rules (``split``), applied to each line of the text in turn:
    $2.50), times (10.30), versions (v1.2.3), URLs (www.example.com), e-mail addresses
    (bob.smith@example.co.uk); nor is one followed by a lowercase word (``approx. five``).
 5. Exceptions to 4: no end after an abbreviation in ``_ABBREVIATIONS`` (Dr. Smith, e.g. Paris,
-   U.S. Army, 9 a.m. Monday, Acme Inc. Today...; ``No.`` only before a digit, as in ``No. 5``), after
+   U.S. Army, 9 a.m. Monday, Acme Inc. Today...; ``No.``, ``p.``, ``ch.``, ``vol.`` and the like
+   only before a digit, as in ``No. 5`` or ``p. 42``), after
    an initial (J. R. R. Tolkien, John F. Kennedy), or after an enumerator that is all the sentence
    holds so far (``1. Open the box.``). ``etc.`` is the one abbreviation that does end a sentence
    before a capital (``apples, pears, etc. Then...``): it nearly always closes a list.
@@ -29,6 +30,12 @@ Sentence rules (``split``), applied to each line of the text in turn:
 
 Then each sentence whose ``weight`` is over the limit is cut (``_cut``), and pieces with no letter or
 digit are dropped; everything else of the text is kept, in order, each piece a stripped slice of it.
+
+A piece's weight bounds its characters, not its audio: a digit is read as several words ("12" is
+"twelve"), and a voice reads a script it has no rules for letter by letter (hanzi to an English voice:
+15 phonemes each). What bounds the audio of one model run, and so its memory, is its phonemes:
+``cut_phonemes`` cuts each sentence's phonemes, after phonemizing, into runs of at most a limit
+(``voices.Voice.synthesize`` with ``max_phonemes``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,14 @@ import unicodedata
 #: ratio 4.24 (worst pair, zh_medium 4.79 / en_medium 1.06: 4.53); ceil -> 5.
 WIDE_WEIGHT = 5
 
+#: phonemes one model run may hold per character of the piece bound (``sentence_max_chars``): English
+#: text gives 1.13 phonemes per character with Piper's espeak-ng (the measurement above), so a piece of
+#: ordinary English at the bound is never cut again; digits (10.9 per digit of "12345678901234567890")
+#: and hanzi read by an English voice (14.9) are
+PHONEMES_PER_CHAR = 1.5
+#: the fewest phonemes a run is cut to, however slow the speech or small the bound
+MIN_RUN_PHONEMES = 10
+
 #: a run of sentence-ending marks and the closing quotes and brackets that stay with them
 _CLOSERS = "\"'”’»)]}）」』】》〉〕"
 _END = re.compile(r"[.!?…。！？｡]+[" + re.escape(_CLOSERS) + "]*")
@@ -54,9 +69,12 @@ _CLAUSE = re.compile(r"[,;:](?=\s|$)|[，；：、—–]")
 #: abbreviations (lowercase, without the last dot) after which a "." is no end of sentence
 _ABBREVIATIONS = frozenset("""
     dr mr mrs ms mx prof st mt rev fr sr jr gen col capt lt sgt gov sen rep hon
-    vs etc e.g i.e a.m p.m u.s u.k u.s.a no fig figs approx inc ltd co corp bros dept univ est
+    vs etc e.g i.e a.m p.m u.s u.k u.s.a fig figs approx inc ltd co corp bros dept univ est
     cf al viz ca ave rd blvd ph.d jan feb mar apr jun jul aug sep sept oct nov dec
 """.split())
+#: abbreviations that are one only before a number (No. 5, p. 42, pp. 10-12, ch. 3, vol. 2, sec. 4, eq. 7):
+#: before anything else the "." ends a sentence ("No. I will not go.")
+_NUMBER_ABBREVIATIONS = frozenset("no nos p pp ch chap vol sec eq art para".split())
 #: abbreviations that do end a sentence before a capital
 _ENDING_ABBREVIATIONS = frozenset({"etc"})
 #: opening quotes and brackets stripped from the front of the word before a "."
@@ -113,9 +131,9 @@ def _exception(line: str, start: int, m: re.Match, nxt: str) -> bool:
     before = line[start:m.start()]
     word = re.search(r"\S*$", before).group(0).lstrip(_OPENERS)
     low = word.lower()
+    if low in _NUMBER_ABBREVIATIONS:
+        return nxt.isdigit()
     if low in _ABBREVIATIONS:
-        if low == "no":
-            return nxt.isdigit()
         return low not in _ENDING_ABBREVIATIONS
     if len(word) == 1 and word.isalpha() and word.isupper():
         return True  # an initial
@@ -173,3 +191,23 @@ def split(text: str, limit: int) -> list[str]:
             if sentence:
                 out.extend(p.strip() for p in _cut(sentence, limit))
     return [p for p in out if speakable(p)]
+
+
+def cut_phonemes(phonemes: list[str], limit: int) -> list[list[str]]:
+    """One sentence's phonemes (Piper's ``phonemize`` gives a list per sentence) in runs of at most
+    ``limit``: each cut at the last word break (a " " phoneme) that leaves the run at least a third of
+    the limit, else at the limit. Word breaks at a run's ends are dropped, and so are empty runs."""
+    runs = []
+    rest = phonemes
+    while True:
+        while rest and rest[0] == " ":
+            rest = rest[1:]
+        if len(rest) <= limit:
+            break
+        window = rest[:limit + 1]  # a break right after the limit keeps the whole window
+        cut = max((i for i, ph in enumerate(window) if ph == " " and i >= max(1, limit // 3)), default=limit)
+        runs.append(rest[:cut])
+        rest = rest[cut:]
+    runs.append(rest)
+    return [run[:len(run) - next((i for i, ph in enumerate(reversed(run)) if ph != " "), len(run))]
+            for run in runs if any(ph != " " for ph in run)]

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 from piper_gpu_server import stable
+from piper_gpu_server import text as texts
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -34,6 +35,8 @@ CUDA_OPTIONS = {"cudnn_conv_algo_search": "HEURISTIC", "device_id": "0"}
 #: with a second session passed Piper's own server under load on 2 cores; on CUDA (an H200), 8 gave 9.5
 #: requests/s at concurrency 8 against 6.7 with 4, and alike at concurrency 1 and 4 (docs/results.md "On a GPU")
 SYNTHESES = {CPU_PROVIDER: 4, CUDA_PROVIDER: 8}
+#: the inputs of a Piper voice's model (piper's PiperVoice.phoneme_ids_to_audio feeds them)
+PIPER_INPUTS = frozenset({"input", "input_lengths", "scales"})
 SAMPLE_WIDTH = 2  # Piper's audio: 16-bit mono
 CHANNELS = 1
 #: espeak-ng's state (the voice set last) is process-wide
@@ -124,10 +127,10 @@ class Piece:
 class VoiceLoadError(Exception):
     """A voice's file that cannot be loaded: the file and why (serve.main logs it and exits 2)."""
 
-    def __init__(self, path: str, reason: str):
+    def __init__(self, path: str, reason: str, voice: str = ""):
         super().__init__(f"{path}: {reason}")
         self.path, self.reason = path, reason
-        self.voice = ""  # set by serve.load_voices
+        self.voice = voice  # set by serve.load_voices where the Voice does not know it yet
 
 
 class Voice:
@@ -148,6 +151,8 @@ class Voice:
         try:
             with open(config_path, "r", encoding="utf-8") as fh:
                 self.config = PiperConfig.from_dict(json.load(fh))
+        except OSError as exc:  # unreadable: permissions, a directory, an I/O error
+            raise VoiceLoadError(config_path, f"cannot read it ({type(exc).__name__}: {exc})") from exc
         except (ValueError, KeyError, TypeError, AttributeError) as exc:  # not JSON, or not Piper's fields
             raise VoiceLoadError(config_path, f"not a Piper voice config ({type(exc).__name__}: {exc})") from exc
         available = onnxruntime.get_available_providers()
@@ -161,6 +166,12 @@ class Voice:
         # voice is idle (release_if_idle); without it they go back after each piece (release_memory).
         # The CUDA provider keeps its own arena on the GPU, shrunk likewise when the voice is idle.
         self.cpu_memory_arena = cpu_memory_arena
+        self._state = threading.Lock()
+        #: the phoneme bound and the length_scale of the piece this thread synthesises (``synthesize``)
+        self._run = threading.local()
+        #: phonemes of the longest model run so far, times its length_scale where that is over 1: what
+        #: a run's audio, and so its memory, grows with (docs/server.md "Bounds under any client")
+        self.longest_run = 0
         self.piper = self._load(model_path, providers, intra_op_threads)
         self.session_providers = self.piper.session.get_providers()
         self.provider = self.session_providers[0]
@@ -181,7 +192,6 @@ class Voice:
         self.sample_rate = self.config.sample_rate
         self.num_speakers = self.config.num_speakers
         self.slots = threading.BoundedSemaphore(syntheses)
-        self._state = threading.Lock()
         self.running = 0  # pieces synthesising now
         self.pieces = 0  # pieces started, ever
         self.concurrent_pieces = 0  # of which on the concurrent session
@@ -211,12 +221,17 @@ class Voice:
             session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types for a bad model
             raise VoiceLoadError(model_path, f"ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
+        inputs = sorted(i.name for i in session.get_inputs())
+        if not PIPER_INPUTS.issubset(inputs):
+            raise VoiceLoadError(model_path, f"not a Piper voice model: its inputs are {', '.join(inputs)}, a Piper "
+                                             f"voice's are {', '.join(sorted(PIPER_INPUTS))} (and sid with several speakers)")
         piper = PiperVoice(session=session, config=self.config)
         unlocked = piper.phonemize
 
         def phonemize(text: str):
             with _PHONEMIZE_LOCK:
-                return unlocked(text)
+                sentences = unlocked(text)
+            return self._runs(sentences)
 
         piper.phonemize = phonemize  # PiperVoice.synthesize calls self.phonemize
         return piper
@@ -301,12 +316,35 @@ class Voice:
     def sessions(self) -> int:
         return 1 if self.concurrent is None else 2
 
-    def synthesize(self, piece: str, speaker_id: int | None = None, length_scale: float | None = None) -> Piece:
+    def count_phonemes(self, text: str) -> int:
+        """The phonemes Piper makes of ``text`` for this voice (its sentences' together), without
+        synthesising; the model runs' bound (``longest_run``) is not touched."""
+        with _PHONEMIZE_LOCK:
+            return sum(len(sentence) for sentence in type(self.piper).phonemize(self.piper, text))
+
+    def _runs(self, sentences: list[list[str]]) -> list[list[str]]:
+        """A piece's phonemes, a list per sentence, as the model runs them: each cut to at most this
+        thread's ``max_phonemes`` (``synthesize``), and the longest run noted (``longest_run``)."""
+        limit = getattr(self._run, "max_phonemes", None)
+        if limit:
+            sentences = [run for sentence in sentences for run in texts.cut_phonemes(sentence, limit)]
+        if sentences:
+            longest = max(len(s) for s in sentences) * getattr(self._run, "scale", 1.0)
+            with self._state:
+                self.longest_run = max(self.longest_run, round(longest))
+        return sentences
+
+    def synthesize(self, piece: str, speaker_id: int | None = None, length_scale: float | None = None,
+                   max_phonemes: int | None = None) -> Piece:
         """One bounded piece of text to 16-bit PCM, holding one of the voice's slots while it runs:
-        on the voice's main session when no other piece is running, else on its concurrent one."""
+        on the voice's main session when no other piece is running, else on its concurrent one.
+        ``max_phonemes``: the most phonemes one model run may hold (its audio, and so its memory, grows
+        with them); a sentence with more is cut at word breaks (``text.cut_phonemes``)."""
         from piper import SynthesisConfig
 
         config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
+        self._run.max_phonemes = max_phonemes
+        self._run.scale = max(1.0, self.config.length_scale if length_scale is None else length_scale)
         with self.slots:
             with self._state:
                 piper = self.piper if self.running == 0 or self.concurrent is None else self.concurrent
