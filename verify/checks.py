@@ -7,6 +7,7 @@ conftest or touches a host."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import NamedTuple
 
@@ -90,8 +91,70 @@ def driver_cuda_problem(driver_version: str, cuda_found: str | None, cuda_needed
                    f"a driver supporting CUDA >= {cuda_needed}", "update the driver: " + driver_fix(is_wsl))
 
 
+def wsl2_gpu_library_path_problem(lib_dir_is_directory: bool, ldconfig: str) -> Problem | None:
+    """WSL2's GPU support: /usr/lib/wsl/lib a directory, and libcuda.so.1 in `ldconfig -p`'s output."""
+    if not lib_dir_is_directory:
+        return Problem("no /usr/lib/wsl/lib", "/usr/lib/wsl/lib (WSL2 GPU support)",
+                       "run `wsl --update` on Windows and use a WSL2 distro")
+    if "libcuda.so.1" not in ldconfig:
+        return Problem("libcuda.so.1 not in the linker cache", "libcuda.so.1 from /usr/lib/wsl/lib",
+                       "check /etc/ld.so.conf.d/ld.wsl.conf lists /usr/lib/wsl/lib, then sudo ldconfig")
+    return None
+
+
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", str(version))[:2])
+
+
+# --- the CUDA toolkit and its environment (plan step 3) ----------------------------------------------
+
+def toolkit_nvcc_version_problem(rc: int, stdout: str, stderr: str, cuda_version: str,
+                                 packages: list[str]) -> Problem | None:
+    """`<cuda_home>/bin/nvcc --version` runs and says "release <cuda_version>" ("Cuda compilation tools,
+    release 12.4, V12.4.131")."""
+    found = re.search(r"release (\d+\.\d+)", stdout)
+    if rc == 0 and found and found.group(1) == cuda_version:
+        return None
+    return Problem(f"nvcc: {found.group(0) if found else (stderr.strip() or 'not runnable')}",
+                   f"release {cuda_version}", f"sudo apt-get install {' '.join(packages)} (or re-run the deploy)")
+
+
+def login_shell_finds_nvcc_problem(stdout: str, cuda_home: str) -> Problem | None:
+    """`bash -lc 'command -v nvcc'` prints <cuda_home>/bin/nvcc (the profile snippet puts it on PATH)."""
+    found = stdout.strip()
+    if found == f"{cuda_home}/bin/nvcc":
+        return None
+    return Problem(f"login shell: {found or 'nvcc not on PATH'}", f"{cuda_home}/bin/nvcc",
+                   "re-run the deploy (restores /etc/profile.d/piper-gpu-cuda.sh), then open a new shell")
+
+
+LINKER_CONFIG = "/etc/ld.so.conf.d/piper-gpu-cuda.conf"
+
+
+def linker_config_problem(conf: str | None, lib_dirs: list[str], gone: list[str]) -> Problem | None:
+    """The deploy's linker config (``conf``: its text, None when the file is missing) lists every recorded
+    library directory, and none of them is gone (``gone``: those that are no directory on the host)."""
+    listed = conf.split() if conf is not None else []
+    missing = [d for d in lib_dirs if d not in listed]
+    if conf is None or missing:
+        return Problem(f"no {LINKER_CONFIG}" if conf is None else f"it does not list {missing}",
+                       f"{lib_dirs} in {LINKER_CONFIG}", "re-run the deploy (writes the linker config and runs ldconfig)")
+    if gone:
+        return Problem(f"listed library directories missing: {gone}", "each directory present",
+                       "re-run the deploy (installs the CUDA/cuDNN packages or wheels that own them)")
+    return None
+
+
+def libraries_load_problem(rc: int, failed, stderr: str, fix_for) -> Problem | None:
+    """Every library loads with ctypes as the service: ``failed`` is the probe's JSON, soname -> the
+    OSError it raised ({} when all load); ``fix_for(missing sonames) -> fix``."""
+    if rc == 0 and failed == {}:
+        return None
+    missing = sorted({m for err in (failed if isinstance(failed, dict) else {}).values()
+                      for m in re.findall(r"(lib[\w.+-]+\.so\.\d+): cannot open", str(err))})
+    return Problem(f"as the service: {failed if failed else stderr.strip()}",
+                   "every CUDA/cuDNN library loads for the service user with the service environment",
+                   fix_for(missing) + "; the service must not rely on a shell's LD_LIBRARY_PATH")
 
 
 # --- the dynamic linker --------------------------------------------------------------------------
@@ -322,6 +385,91 @@ def session_problem(voice: str, answer: dict | None, error: str) -> Problem | No
     return None
 
 
+# --- the venv as pip sees it (plan step 5) -----------------------------------------------------------
+
+def parse_pip_list(text: str) -> dict[str, str]:
+    """`pip list --format=json` -> name (lower case, "_" as "-") -> version."""
+    return {d["name"].lower().replace("_", "-"): d["version"] for d in json.loads(text)}
+
+
+def pip_sees_no_invalid_distribution_problem(stderr: str, venv_dir: str) -> Problem | None:
+    """`pip list` warns "Ignoring invalid distribution ~..." for the ~-prefixed debris of an interrupted or
+    failed install (and no longer lists the distribution it was removing)."""
+    warnings = [line.strip() for line in stderr.splitlines() if "invalid distribution" in line]
+    if not warnings:
+        return None
+    return Problem("; ".join(warnings), "no warning from `pip list`",
+                   "re-run the deploy: it removes the ~-prefixed debris in site-packages and reinstalls what it hid "
+                   f"(by hand: rm -rf {venv_dir}/lib/python3*/site-packages/~*, then reinstall)")
+
+
+def venv_files_owned_problem(rc: int, stdout: str, stderr: str, user: str, venv_dir: str) -> Problem | None:
+    """`find VENV ! -user USER -printf '%p (%u)\n' | head -3` prints nothing: every file is the service user's."""
+    if rc == 0 and not stdout.strip():
+        return None
+    return Problem(f"files not owned by {user}: " + (stdout.strip().replace("\n", "; ") or stderr.strip()),
+                   f"every venv file owned by {user}",
+                   f"re-run the deploy (or sudo chown -R {user}: {venv_dir}); install into the venv "
+                   f"as {user}, not with `sudo pip` (the next pip run fails with a permission error)")
+
+
+def pinned_distributions_record_problem(rc: int, bad, stderr: str, requirements: dict, venv_dir: str,
+                                        server_wheels: str | None) -> Problem | None:
+    """The RECORD probe's JSON (``bad``: name -> [files that differ, the first three]) is empty: each pinned
+    distribution's files hash as its RECORD says."""
+    if rc != 0 or not isinstance(bad, dict):
+        return Problem(f"RECORD check fails: {stderr.strip()[-300:]}", "a working venv", "re-run the deploy")
+    if not bad:
+        return None
+    pip = f"{venv_dir}/bin/pip"
+    return Problem("; ".join(f"{n}: {count} file(s) differ from its RECORD, e.g. {', '.join(some)}"
+                             for n, (count, some) in sorted(bad.items())),
+                   "every pinned distribution's files as its RECORD lists them",
+                   "re-run the deploy (it reinstalls them), or " + "; ".join(
+                       f"{pip} install --force-reinstall --no-deps {n}=={requirements.get(n, '?')}"
+                       + (f" --find-links {server_wheels}" if n == "piper-gpu-server" else "") for n in sorted(bad)))
+
+
+def one_onnxruntime_problem(dists: dict, ort_distributions, ort_gpu_version: str, venv_dir: str) -> Problem | None:
+    """Of ONNX Runtime's distributions (``ort_distributions``) the venv (``dists``: parse_pip_list) holds
+    only onnxruntime-gpu, at the pinned version: the CPU build shadows the GPU one."""
+    ort = {d: v for d, v in dists.items() if d in ort_distributions}
+    if ort == {"onnxruntime-gpu": ort_gpu_version}:
+        return None
+    pip = f"{venv_dir}/bin/pip"
+    return Problem(f"ONNX Runtime distributions in the venv: {ort}", f"only onnxruntime-gpu {ort_gpu_version}",
+                   f"{pip} uninstall -y {' '.join(sorted(set(ort) - {'onnxruntime-gpu'})) or 'onnxruntime'} && "
+                   f"{pip} install --force-reinstall --no-deps onnxruntime-gpu=={ort_gpu_version} "
+                   "(or re-run the deploy): the CPU build shadows the GPU one and CUDA is silently ignored")
+
+
+def piper_tts_version_problem(dists: dict, version: str) -> Problem | None:
+    if dists.get("piper-tts") == version:
+        return None
+    return Problem(f"piper-tts {dists.get('piper-tts')}", f"piper-tts {version}", "re-run the deploy")
+
+
+def venv_lock_problem(dists: dict, requirements: dict, piper_dir: str) -> Problem | None:
+    """Every pin of the lock (NVIDIA's CUDA wheels included when cuda_source=pip) at its version."""
+    wrong = {n: dists.get(n, "missing") for n, v in requirements.items() if dists.get(n) != v}
+    if not wrong:
+        return None
+    return Problem(f"venv distributions off the lock: {wrong}", f"every pin in {piper_dir}/requirements.lock",
+                   "re-run the deploy (installs the lock)")
+
+
+# --- the voices (plan step 6) ---------------------------------------------------------------------
+
+def voice_files_problem(files: list[tuple[str, str, str | None]]) -> Problem | None:
+    """(path, pinned sha256, the host's sha256 or None when missing) for each voice file: the first that
+    differs."""
+    for path, digest, found in files:
+        if found != digest:
+            return Problem(f"{path}: " + (f"sha256 {found}" if found else "missing"), f"sha256 {digest}",
+                           "re-run the deploy (downloads the voice again and checks it)")
+    return None
+
+
 # --- the service (plan step 8) ---------------------------------------------------------------------
 
 def health_cuda_problem(health: dict | None, voices: list[str]) -> Problem | None:
@@ -421,6 +569,7 @@ def perf_provider_problem(service_provider: str | None) -> Problem | None:
         return None
     return Problem(f"the service runs on {service_provider}", f"the service on {CUDA} before it is timed",
                    "read the server's WARN line for the cause; run `python -m piper_gpu diagnose`")
+
 
 
 # --- WSL2's libcuda --------------------------------------------------------------------------------

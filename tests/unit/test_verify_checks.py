@@ -378,6 +378,161 @@ def test_wsl2_libcuda_both_ways():
     assert "ld.wsl.conf" in text(checks.wsl_libcuda_problem([], None, "OSError", []))
 
 
+# --- the driver on WSL2, the CUDA toolkit and its environment ---------------------------------------
+
+def test_wsl2_gpu_library_path_both_ways():
+    assert checks.wsl2_gpu_library_path_problem(True, LDCONFIG) is None
+    msg = text(checks.wsl2_gpu_library_path_problem(False, LDCONFIG))
+    assert "no /usr/lib/wsl/lib" in msg and "wsl --update" in msg
+    no_wsl = "".join(line + "\n" for line in LDCONFIG.splitlines() if "libcuda.so.1" not in line)
+    msg = text(checks.wsl2_gpu_library_path_problem(True, no_wsl))
+    assert "libcuda.so.1 not in the linker cache" in msg and "ld.wsl.conf lists /usr/lib/wsl/lib" in msg
+
+
+NVCC_12_4 = """\
+nvcc: NVIDIA (R) Cuda compiler driver
+Copyright (c) 2005-2024 NVIDIA Corporation
+Built on Thu_Mar_28_02:18:24_PDT_2024
+Cuda compilation tools, release 12.4, V12.4.131
+Build cuda_12.4.r12.4/compiler.34097967_0
+"""
+CUDA_PACKAGES = ["cuda-toolkit-12-4"]
+
+
+def test_toolkit_nvcc_version_both_ways():
+    assert checks.toolkit_nvcc_version_problem(0, NVCC_12_4, "", "12.4", CUDA_PACKAGES) is None
+    older = NVCC_12_4.replace("release 12.4, V12.4.131", "release 12.3, V12.3.107")
+    msg = text(checks.toolkit_nvcc_version_problem(0, older, "", "12.4", CUDA_PACKAGES))
+    assert "nvcc: release 12.3" in msg and "release 12.4" in msg and "sudo apt-get install cuda-toolkit-12-4" in msg
+    msg = text(checks.toolkit_nvcc_version_problem(127, "", "sh: 1: /usr/local/cuda-12.4/bin/nvcc: not found\n", "12.4",
+                                                   ["cuda-compiler-12-4", "cuda-libraries-12-4"]))
+    assert "nvcc: not found" in msg and "sudo apt-get install cuda-compiler-12-4 cuda-libraries-12-4" in msg
+
+
+def test_login_shell_finds_nvcc_both_ways():
+    home = "/usr/local/cuda-12.4"
+    assert checks.login_shell_finds_nvcc_problem(f"{home}/bin/nvcc\n", home) is None
+    msg = text(checks.login_shell_finds_nvcc_problem("", home))
+    assert "nvcc not on PATH" in msg and "/etc/profile.d/piper-gpu-cuda.sh" in msg
+    msg = text(checks.login_shell_finds_nvcc_problem("/usr/bin/nvcc\n", home))  # Debian's nvidia-cuda-toolkit first
+    assert "login shell: /usr/bin/nvcc" in msg and f"{home}/bin/nvcc" in msg
+
+
+LIB_DIRS = ["/usr/local/cuda-12.4/targets/x86_64-linux/lib", LIB]
+LINKER_CONF = "".join(d + "\n" for d in LIB_DIRS)
+
+
+def test_linker_config_both_ways():
+    assert checks.linker_config_problem(LINKER_CONF, LIB_DIRS, []) is None
+    msg = text(checks.linker_config_problem(None, LIB_DIRS, []))
+    assert "no /etc/ld.so.conf.d/piper-gpu-cuda.conf" in msg and "writes the linker config" in msg
+    msg = text(checks.linker_config_problem(LIB_DIRS[1] + "\n", LIB_DIRS, []))
+    assert "it does not list ['/usr/local/cuda-12.4/targets/x86_64-linux/lib']" in msg and "re-run the deploy" in msg
+    msg = text(checks.linker_config_problem(LINKER_CONF, LIB_DIRS, LIB_DIRS[:1]))
+    assert "listed library directories missing" in msg and "installs the CUDA/cuDNN packages" in msg
+
+
+def test_libraries_load_as_the_service_both_ways():
+    fix_for = lambda missing: f"reinstall the owners of {missing}"  # noqa: E731
+    assert checks.libraries_load_problem(0, {}, "", fix_for) is None
+    failed = {"libcublasLt.so.12": "libcublasLt.so.12: cannot open shared object file: No such file or directory"}
+    msg = text(checks.libraries_load_problem(0, failed, "", fix_for))
+    assert "as the service: {'libcublasLt.so.12'" in msg and "reinstall the owners of ['libcublasLt.so.12']" in msg
+    assert "must not rely on a shell's LD_LIBRARY_PATH" in msg
+    msg = text(checks.libraries_load_problem(1, None, "runuser: user piper does not exist\n", fix_for))
+    assert "runuser: user piper does not exist" in msg
+
+
+# --- the venv as pip sees it -------------------------------------------------------------------------
+
+VENV = "/home/piper/piper_env/.venv"
+PIP_LIST = ('[{"name": "numpy", "version": "2.4.6"}, {"name": "onnxruntime-gpu", "version": "1.20.2"}, '
+            '{"name": "piper-tts", "version": "1.8.0"}, {"name": "typing_extensions", "version": "4.16.0"}]')
+PIP_LIST_CPU_TOO = PIP_LIST.replace("]", ', {"name": "onnxruntime", "version": "1.20.1"}]')
+ORT_DISTS = ["onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"]
+LOCK = {"numpy": "2.4.6", "onnxruntime-gpu": "1.20.2", "piper-tts": "1.8.0", "typing-extensions": "4.16.0"}
+
+
+def test_pip_list_is_read_with_normalised_names():
+    assert checks.parse_pip_list(PIP_LIST)["typing-extensions"] == "4.16.0"
+
+
+def test_pip_sees_no_invalid_distribution_both_ways():
+    assert checks.pip_sees_no_invalid_distribution_problem("", VENV) is None
+    warned = f"WARNING: Ignoring invalid distribution ~nnxruntime-gpu ({VENV}/lib/python3.11/site-packages)\n"
+    msg = text(checks.pip_sees_no_invalid_distribution_problem(warned, VENV))
+    assert "Ignoring invalid distribution ~nnxruntime-gpu" in msg and f"rm -rf {VENV}/lib/python3*/site-packages/~*" in msg
+
+
+def test_venv_files_owned_by_the_service_user_both_ways():
+    assert checks.venv_files_owned_problem(0, "", "", "piper", VENV) is None
+    found = f"{VENV}/lib/python3.11/site-packages/numpy (root)\n{VENV}/bin/f2py (root)\n"
+    msg = text(checks.venv_files_owned_problem(0, found, "", "piper", VENV))
+    assert "files not owned by piper" in msg and "numpy (root); " in msg and f"sudo chown -R piper: {VENV}" in msg
+    assert "not with `sudo pip`" in msg
+    msg = text(checks.venv_files_owned_problem(1, "", f"find: '{VENV}': No such file or directory", "piper", VENV))
+    assert "No such file or directory" in msg
+
+
+def test_pinned_distributions_match_their_record_both_ways():
+    args = (LOCK | {"piper-gpu-server": "0.4.0+src.5b3e0c1a"}, VENV, "/var/lib/piper-gpu/wheels")
+    assert checks.pinned_distributions_record_problem(0, {}, "", *args) is None
+    bad = {"onnxruntime-gpu": [2, ["onnxruntime/capi/libonnxruntime_providers_cuda.so (missing)",
+                                   "onnxruntime/capi/onnxruntime_pybind11_state.so (changed)"]],
+           "piper-gpu-server": [1, ["piper_gpu_server/app.py (changed)"]]}
+    msg = text(checks.pinned_distributions_record_problem(0, bad, "", *args))
+    assert "onnxruntime-gpu: 2 file(s) differ from its RECORD" in msg and "libonnxruntime_providers_cuda.so (missing)" in msg
+    assert f"{VENV}/bin/pip install --force-reinstall --no-deps onnxruntime-gpu==1.20.2" in msg
+    assert "piper-gpu-server==0.4.0+src.5b3e0c1a --find-links /var/lib/piper-gpu/wheels" in msg
+    msg = text(checks.pinned_distributions_record_problem(1, None, "ModuleNotFoundError: No module named 'x'", *args))
+    assert "RECORD check fails: ModuleNotFoundError" in msg
+
+
+def test_exactly_one_onnxruntime_the_gpu_build_both_ways():
+    assert checks.one_onnxruntime_problem(checks.parse_pip_list(PIP_LIST), ORT_DISTS, "1.20.2", VENV) is None
+    msg = text(checks.one_onnxruntime_problem(checks.parse_pip_list(PIP_LIST_CPU_TOO), ORT_DISTS, "1.20.2", VENV))
+    assert "'onnxruntime': '1.20.1'" in msg and f"{VENV}/bin/pip uninstall -y onnxruntime &&" in msg
+    assert "CUDA is silently ignored" in msg
+    only_cpu = PIP_LIST.replace('"onnxruntime-gpu", "version": "1.20.2"', '"onnxruntime", "version": "1.20.1"')
+    msg = text(checks.one_onnxruntime_problem(checks.parse_pip_list(only_cpu), ORT_DISTS, "1.20.2", VENV))
+    assert "only onnxruntime-gpu 1.20.2" in msg and "--no-deps onnxruntime-gpu==1.20.2" in msg
+    older = PIP_LIST.replace('"version": "1.20.2"', '"version": "1.19.2"')
+    assert "'onnxruntime-gpu': '1.19.2'" in text(checks.one_onnxruntime_problem(checks.parse_pip_list(older), ORT_DISTS,
+                                                                               "1.20.2", VENV))
+
+
+def test_piper_tts_version_both_ways():
+    assert checks.piper_tts_version_problem(checks.parse_pip_list(PIP_LIST), "1.8.0") is None
+    msg = text(checks.piper_tts_version_problem(checks.parse_pip_list(PIP_LIST.replace("1.8.0", "1.3.0")), "1.8.0"))
+    assert "piper-tts 1.3.0" in msg and "piper-tts 1.8.0" in msg and "re-run the deploy" in msg
+    assert "piper-tts None" in text(checks.piper_tts_version_problem({}, "1.8.0"))
+
+
+def test_venv_holds_every_pinned_distribution_both_ways():
+    assert checks.venv_lock_problem(checks.parse_pip_list(PIP_LIST), LOCK, "/home/piper/piper_env") is None
+    lock = LOCK | {"nvidia-cudnn-cu12": "9.1.1.17"}
+    msg = text(checks.venv_lock_problem(checks.parse_pip_list(PIP_LIST.replace("2.4.6", "2.2.6")), lock,
+                                        "/home/piper/piper_env"))
+    assert "'numpy': '2.2.6'" in msg and "'nvidia-cudnn-cu12': 'missing'" in msg
+    assert "/home/piper/piper_env/requirements.lock" in msg and "installs the lock" in msg
+
+
+# --- the voices --------------------------------------------------------------------------------------
+
+ONNX_SHA = "5b3e8fd5a02c2e4e1b2a9f5f3b2d9c4e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c"
+JSON_SHA = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"
+MODEL = "/home/piper/piper_models/en/en_US-joe-medium/en_US-joe-medium.onnx"
+
+
+def test_voice_files_match_checksums_both_ways():
+    assert checks.voice_files_problem([(MODEL, ONNX_SHA, ONNX_SHA), (MODEL + ".json", JSON_SHA, JSON_SHA)]) is None
+    other = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    msg = text(checks.voice_files_problem([(MODEL, ONNX_SHA, other), (MODEL + ".json", JSON_SHA, JSON_SHA)]))
+    assert f"{MODEL}: sha256 {other}" in msg and f"sha256 {ONNX_SHA}" in msg and "downloads the voice again" in msg
+    msg = text(checks.voice_files_problem([(MODEL, ONNX_SHA, ONNX_SHA), (MODEL + ".json", JSON_SHA, None)]))
+    assert f"{MODEL}.json: missing" in msg
+
+
 @pytest.mark.parametrize("name", [n for n in dir(checks) if (n.endswith("_problem") and not n.startswith("_")) or n == "gpu_gate"])
 def test_every_problem_check_has_a_unit_test_here(name):
     """A check added to verify/checks.py without a test proving it fails is a defect."""
