@@ -2,6 +2,7 @@
 outputs in the real tools' formats: each check passes on a healthy host's answer and fails on the fault
 it exists for, naming the cause and the fix. No GPU, no host."""
 
+import ast
 import importlib.util
 from pathlib import Path
 
@@ -816,7 +817,78 @@ def test_performance_script_runs_and_writes_json_both_ways():
     assert "a CPU median" in text(checks.perf_results_problem(line, no_cpu, PERF_OUT))
 
 
-@pytest.mark.parametrize("name", [n for n in dir(checks) if (n.endswith("_problem") and not n.startswith("_")) or n == "gpu_gate"])
-def test_every_problem_check_has_a_unit_test_here(name):
-    """A check added to verify/checks.py without a test proving it fails is a defect."""
-    assert f"checks.{name}(" in Path(__file__).read_text(), name
+# --- the guard: no check without a proof that it fails ------------------------------------------------
+
+VERIFY = Path(__file__).parents[2] / "verify"
+PROBLEMS = sorted(n for n, f in vars(checks).items()
+                  if n.endswith("_problem") and not n.startswith("_") and callable(f) and f.__module__ == checks.__name__)
+
+
+def _checks_call(node) -> str | None:
+    """NAME when ``node`` is a call checks.NAME(...)."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "checks"):
+        return node.func.attr
+    return None
+
+
+def _proofs() -> tuple[set, set]:
+    """The checks functions this file calls on an answer they must pass (``checks.X(...) is None``) and on one
+    they must fail (``text(checks.X(...))``, which asserts a problem, or ``checks.X(...) is not None``)."""
+    passing, failing = set(), set()
+    for node in ast.walk(ast.parse(Path(__file__).read_text())):
+        if (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.comparators[0], ast.Constant)
+                and node.comparators[0].value is None and _checks_call(node.left)):
+            (passing if isinstance(node.ops[0], ast.Is) else failing).add(_checks_call(node.left))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "text" and node.args
+                and _checks_call(node.args[0])):
+            failing.add(_checks_call(node.args[0]))
+    return passing, failing
+
+
+PASSING, FAILING = _proofs()
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_every_problem_check_is_proven_both_ways_here(name):
+    """Each decision in verify/checks.py is called here on an answer it must pass and on one it must fail:
+    a check added without a test proving it fails is a defect."""
+    assert name in PASSING, f"no `assert checks.{name}(...) is None` on a healthy host's answer"
+    assert name in FAILING, f"no `text(checks.{name}(...))` on the fault it exists for"
+
+
+def test_the_gpu_gate_is_proven_here():
+    assert "checks.gpu_gate(" in Path(__file__).read_text()  # and both ways in test_verify_gate.py
+
+
+def _functions(path: Path) -> dict[str, ast.FunctionDef]:
+    return {n.name: n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+
+
+def _decisions(fn: ast.FunctionDef, helpers: dict, seen: set) -> set[str]:
+    """The checks functions a verify check calls, itself or through the helpers of its module and conftest."""
+    found = set()
+    for node in ast.walk(fn):
+        if _checks_call(node):
+            found.add(_checks_call(node))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in helpers
+              and node.func.id not in seen):
+            seen.add(node.func.id)
+            found |= _decisions(helpers[node.func.id], helpers, seen)
+    return found
+
+
+VERIFY_CHECKS = sorted((path.name, name) for path in VERIFY.glob("test_*.py")
+                       for name in _functions(path) if name.startswith("test_"))
+
+
+@pytest.mark.parametrize("module,check", VERIFY_CHECKS, ids=[f"{m}::{c}" for m, c in VERIFY_CHECKS])
+def test_every_verify_check_decides_through_a_proven_function(module, check):
+    """Each check in verify/ decides through verify/checks.py, and every *_problem function it calls is
+    proven here both ways (the testinfra check only gathers the host's answers)."""
+    helpers = {**_functions(VERIFY / "conftest.py"), **_functions(VERIFY / module)}
+    decisions = _decisions(helpers[check], helpers, {check})
+    assert decisions, f"verify/{module}::{check} calls no checks function: move its decision into verify/checks.py"
+    unproven = [n for n in decisions if n.endswith("_problem") and not (n in PASSING and n in FAILING)]
+    assert not unproven, f"verify/{module}::{check} decides through {unproven}, not proven both ways here"
+    assert any(n.endswith("_problem") or n == "gpu_gate" for n in decisions), decisions
