@@ -1,9 +1,9 @@
-"""The decisions of verify's GPU, driver, CUDA and cuDNN checks, as pure functions: each takes what the
-host answered (nvidia-smi text, cuInit's answer, `ldconfig -p`, `ldd`, `dpkg-query`/`apt-mark`/`dpkg -L`
-output, /health JSON, a response's headers) and returns the problem (found, expected, fix: one line each,
-the cause and the fix named) or None. The testinfra checks call them on the host's real output;
-tests/unit/test_verify_checks.py proves each both ways on canned outputs. Nothing here imports verify's
-conftest or touches a host."""
+"""The decisions of every verify check, as pure functions: each takes what the host answered (nvidia-smi
+text, cuInit's answer, `ldconfig -p`, `ldd`, `nvcc --version`, `dpkg-query`/`apt-mark`/`dpkg -L` output,
+`pip list` JSON, `ss`, `systemctl show`, `systemd-analyze security`, /health JSON, /metrics text, the server's log,
+a response's headers) and returns the problem (found, expected, fix: one line each, the cause and the fix named)
+or None. The testinfra checks gather the host's real output and call them; tests/unit/test_verify_checks.py
+proves each both ways on canned outputs. Nothing here imports verify's conftest or touches a host."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""verify's GPU, driver, CUDA and cuDNN decisions (verify/checks.py), proven both ways on canned host
-outputs in the real tools' formats: each check passes on a healthy host's answer and fails on the fault
-it exists for, naming the cause and the fix. No GPU, no host."""
+"""verify's decisions (verify/checks.py), every check's, proven both ways on canned host outputs in the real
+tools' formats: each check passes on a healthy host's answer and fails on the fault it exists for, naming the
+cause and the fix. No GPU, no host."""
 
 import ast
 import importlib.util
