@@ -1,12 +1,13 @@
-"""The decisions of verify's GPU, driver, CUDA and cuDNN checks, as pure functions: each takes what the
-host answered (nvidia-smi text, cuInit's answer, `ldconfig -p`, `ldd`, `dpkg-query`/`apt-mark`/`dpkg -L`
-output, /health JSON, a response's headers) and returns the problem (found, expected, fix: one line each,
-the cause and the fix named) or None. The testinfra checks call them on the host's real output;
-tests/unit/test_verify_checks.py proves each both ways on canned outputs. Nothing here imports verify's
-conftest or touches a host."""
+"""The decisions of every verify check, as pure functions: each takes what the host answered (nvidia-smi
+text, cuInit's answer, `ldconfig -p`, `ldd`, `nvcc --version`, `dpkg-query`/`apt-mark`/`dpkg -L` output,
+`pip list` JSON, `ss`, `systemctl show`, `systemd-analyze security`, /health JSON, /metrics text, the server's log,
+a response's headers) and returns the problem (found, expected, fix: one line each, the cause and the fix named)
+or None. The testinfra checks gather the host's real output and call them; tests/unit/test_verify_checks.py
+proves each both ways on canned outputs. Nothing here imports verify's conftest or touches a host."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import NamedTuple
 
@@ -90,8 +91,70 @@ def driver_cuda_problem(driver_version: str, cuda_found: str | None, cuda_needed
                    f"a driver supporting CUDA >= {cuda_needed}", "update the driver: " + driver_fix(is_wsl))
 
 
+def wsl2_gpu_library_path_problem(lib_dir_is_directory: bool, ldconfig: str) -> Problem | None:
+    """WSL2's GPU support: /usr/lib/wsl/lib a directory, and libcuda.so.1 in `ldconfig -p`'s output."""
+    if not lib_dir_is_directory:
+        return Problem("no /usr/lib/wsl/lib", "/usr/lib/wsl/lib (WSL2 GPU support)",
+                       "run `wsl --update` on Windows and use a WSL2 distro")
+    if "libcuda.so.1" not in ldconfig:
+        return Problem("libcuda.so.1 not in the linker cache", "libcuda.so.1 from /usr/lib/wsl/lib",
+                       "check /etc/ld.so.conf.d/ld.wsl.conf lists /usr/lib/wsl/lib, then sudo ldconfig")
+    return None
+
+
 def version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", str(version))[:2])
+
+
+# --- the CUDA toolkit and its environment (plan step 3) ----------------------------------------------
+
+def toolkit_nvcc_version_problem(rc: int, stdout: str, stderr: str, cuda_version: str,
+                                 packages: list[str]) -> Problem | None:
+    """`<cuda_home>/bin/nvcc --version` runs and says "release <cuda_version>" ("Cuda compilation tools,
+    release 12.4, V12.4.131")."""
+    found = re.search(r"release (\d+\.\d+)", stdout)
+    if rc == 0 and found and found.group(1) == cuda_version:
+        return None
+    return Problem(f"nvcc: {found.group(0) if found else (stderr.strip() or 'not runnable')}",
+                   f"release {cuda_version}", f"sudo apt-get install {' '.join(packages)} (or re-run the deploy)")
+
+
+def login_shell_finds_nvcc_problem(stdout: str, cuda_home: str) -> Problem | None:
+    """`bash -lc 'command -v nvcc'` prints <cuda_home>/bin/nvcc (the profile snippet puts it on PATH)."""
+    found = stdout.strip()
+    if found == f"{cuda_home}/bin/nvcc":
+        return None
+    return Problem(f"login shell: {found or 'nvcc not on PATH'}", f"{cuda_home}/bin/nvcc",
+                   "re-run the deploy (restores /etc/profile.d/piper-gpu-cuda.sh), then open a new shell")
+
+
+LINKER_CONFIG = "/etc/ld.so.conf.d/piper-gpu-cuda.conf"
+
+
+def linker_config_problem(conf: str | None, lib_dirs: list[str], gone: list[str]) -> Problem | None:
+    """The deploy's linker config (``conf``: its text, None when the file is missing) lists every recorded
+    library directory, and none of them is gone (``gone``: those that are no directory on the host)."""
+    listed = conf.split() if conf is not None else []
+    missing = [d for d in lib_dirs if d not in listed]
+    if conf is None or missing:
+        return Problem(f"no {LINKER_CONFIG}" if conf is None else f"it does not list {missing}",
+                       f"{lib_dirs} in {LINKER_CONFIG}", "re-run the deploy (writes the linker config and runs ldconfig)")
+    if gone:
+        return Problem(f"listed library directories missing: {gone}", "each directory present",
+                       "re-run the deploy (installs the CUDA/cuDNN packages or wheels that own them)")
+    return None
+
+
+def libraries_load_problem(rc: int, failed, stderr: str, fix_for) -> Problem | None:
+    """Every library loads with ctypes as the service: ``failed`` is the probe's JSON, soname -> the
+    OSError it raised ({} when all load); ``fix_for(missing sonames) -> fix``."""
+    if rc == 0 and failed == {}:
+        return None
+    missing = sorted({m for err in (failed if isinstance(failed, dict) else {}).values()
+                      for m in re.findall(r"(lib[\w.+-]+\.so\.\d+): cannot open", str(err))})
+    return Problem(f"as the service: {failed if failed else stderr.strip()}",
+                   "every CUDA/cuDNN library loads for the service user with the service environment",
+                   fix_for(missing) + "; the service must not rely on a shell's LD_LIBRARY_PATH")
 
 
 # --- the dynamic linker --------------------------------------------------------------------------
@@ -322,6 +385,166 @@ def session_problem(voice: str, answer: dict | None, error: str) -> Problem | No
     return None
 
 
+# --- the venv as pip sees it (plan step 5) -----------------------------------------------------------
+
+def parse_pip_list(text: str) -> dict[str, str]:
+    """`pip list --format=json` -> name (lower case, "_" as "-") -> version."""
+    return {d["name"].lower().replace("_", "-"): d["version"] for d in json.loads(text)}
+
+
+def pip_sees_no_invalid_distribution_problem(stderr: str, venv_dir: str) -> Problem | None:
+    """`pip list` warns "Ignoring invalid distribution ~..." for the ~-prefixed debris of an interrupted or
+    failed install (and no longer lists the distribution it was removing)."""
+    warnings = [line.strip() for line in stderr.splitlines() if "invalid distribution" in line]
+    if not warnings:
+        return None
+    return Problem("; ".join(warnings), "no warning from `pip list`",
+                   "re-run the deploy: it removes the ~-prefixed debris in site-packages and reinstalls what it hid "
+                   f"(by hand: rm -rf {venv_dir}/lib/python3*/site-packages/~*, then reinstall)")
+
+
+def venv_files_owned_problem(rc: int, stdout: str, stderr: str, user: str, venv_dir: str) -> Problem | None:
+    """`find VENV ! -user USER -printf '%p (%u)\n' | head -3` prints nothing: every file is the service user's."""
+    if rc == 0 and not stdout.strip():
+        return None
+    return Problem(f"files not owned by {user}: " + (stdout.strip().replace("\n", "; ") or stderr.strip()),
+                   f"every venv file owned by {user}",
+                   f"re-run the deploy (or sudo chown -R {user}: {venv_dir}); install into the venv "
+                   f"as {user}, not with `sudo pip` (the next pip run fails with a permission error)")
+
+
+def pinned_distributions_record_problem(rc: int, bad, stderr: str, requirements: dict, venv_dir: str,
+                                        server_wheels: str | None) -> Problem | None:
+    """The RECORD probe's JSON (``bad``: name -> [files that differ, the first three]) is empty: each pinned
+    distribution's files hash as its RECORD says."""
+    if rc != 0 or not isinstance(bad, dict):
+        return Problem(f"RECORD check fails: {stderr.strip()[-300:]}", "a working venv", "re-run the deploy")
+    if not bad:
+        return None
+    pip = f"{venv_dir}/bin/pip"
+    return Problem("; ".join(f"{n}: {count} file(s) differ from its RECORD, e.g. {', '.join(some)}"
+                             for n, (count, some) in sorted(bad.items())),
+                   "every pinned distribution's files as its RECORD lists them",
+                   "re-run the deploy (it reinstalls them), or " + "; ".join(
+                       f"{pip} install --force-reinstall --no-deps {n}=={requirements.get(n, '?')}"
+                       + (f" --find-links {server_wheels}" if n == "piper-gpu-server" else "") for n in sorted(bad)))
+
+
+def one_onnxruntime_problem(dists: dict, ort_distributions, ort_gpu_version: str, venv_dir: str) -> Problem | None:
+    """Of ONNX Runtime's distributions (``ort_distributions``) the venv (``dists``: parse_pip_list) holds
+    only onnxruntime-gpu, at the pinned version: the CPU build shadows the GPU one."""
+    ort = {d: v for d, v in dists.items() if d in ort_distributions}
+    if ort == {"onnxruntime-gpu": ort_gpu_version}:
+        return None
+    pip = f"{venv_dir}/bin/pip"
+    return Problem(f"ONNX Runtime distributions in the venv: {ort}", f"only onnxruntime-gpu {ort_gpu_version}",
+                   f"{pip} uninstall -y {' '.join(sorted(set(ort) - {'onnxruntime-gpu'})) or 'onnxruntime'} && "
+                   f"{pip} install --force-reinstall --no-deps onnxruntime-gpu=={ort_gpu_version} "
+                   "(or re-run the deploy): the CPU build shadows the GPU one and CUDA is silently ignored")
+
+
+def piper_tts_version_problem(dists: dict, version: str) -> Problem | None:
+    if dists.get("piper-tts") == version:
+        return None
+    return Problem(f"piper-tts {dists.get('piper-tts')}", f"piper-tts {version}", "re-run the deploy")
+
+
+def venv_lock_problem(dists: dict, requirements: dict, piper_dir: str) -> Problem | None:
+    """Every pin of the lock (NVIDIA's CUDA wheels included when cuda_source=pip) at its version."""
+    wrong = {n: dists.get(n, "missing") for n, v in requirements.items() if dists.get(n) != v}
+    if not wrong:
+        return None
+    return Problem(f"venv distributions off the lock: {wrong}", f"every pin in {piper_dir}/requirements.lock",
+                   "re-run the deploy (installs the lock)")
+
+
+# --- the voices (plan step 6) ---------------------------------------------------------------------
+
+def voice_files_problem(files: list[tuple[str, str, str | None]]) -> Problem | None:
+    """(path, pinned sha256, the host's sha256 or None when missing) for each voice file: the first that
+    differs."""
+    for path, digest, found in files:
+        if found != digest:
+            return Problem(f"{path}: " + (f"sha256 {found}" if found else "missing"), f"sha256 {digest}",
+                           "re-run the deploy (downloads the voice again and checks it)")
+    return None
+
+
+# --- the server (plan step 7) ---------------------------------------------------------------------
+
+def rendered_files_problem(recorded: dict, found: dict, record: str) -> Problem | None:
+    """Every file the deploy rendered (``recorded``: path -> the sha256 it wrote) has that sha256 on the host
+    (``found``: path -> sha256, None when missing)."""
+    if not recorded:
+        return Problem(f"no installed_files in {record}", "the sha256 of every rendered file, recorded by the deploy",
+                       "re-run the deploy")
+    wrong = []
+    for path, want in sorted(recorded.items()):
+        have = found.get(path)
+        if have != want:
+            wrong.append(f"{path} " + ("missing" if have is None else f"sha256 {have[:12]}... (deploy wrote {want[:12]}...)"))
+    if not wrong:
+        return None
+    return Problem("; ".join(wrong) + " (hand-edited, half-written or replaced?)",
+                   f"the {len(recorded)} files as the deploy rendered them",
+                   "re-run the deploy (restores them and restarts the service when its files change)")
+
+
+def server_package_problem(rc: int, found, stderr: str, venv_dir: str, server_version: str) -> Problem | None:
+    """The probe's JSON ({"version", "file"} of piper_gpu_server as the venv imports it): the deployed build,
+    from the venv's own site-packages."""
+    if rc != 0 or not found:
+        return Problem(f"{venv_dir}/bin/python cannot import piper_gpu_server: {stderr.strip()[-300:]}",
+                       "the server package in the venv", "re-run the deploy")
+    if found.get("version") != server_version:
+        return Problem(f"piper-gpu-server {found.get('version')} in the venv",
+                       f"{server_version} (built from this deploy's server/)", "re-run the deploy")
+    if not str(found.get("file")).startswith(venv_dir + "/"):
+        return Problem(f"piper_gpu_server imported from {found.get('file')}",
+                       f"the venv's site-packages under {venv_dir}",
+                       "remove the other copy (PYTHONPATH, a .pth file, a file in the working directory)")
+    return None
+
+
+def server_config_problem(health: dict | None, config_file: str, want: dict) -> Problem | None:
+    """/health's config_file is the deploy's, and its config holds every value the deploy wrote."""
+    h = health or {}
+    if h.get("config_file") != config_file:
+        return Problem(f"the service runs with config {h.get('config_file')}", config_file,
+                       "re-run the deploy (the unit runs python -m piper_gpu_server --config FILE)")
+    have = h.get("config") or {}
+    wrong = sorted(k for k in want if have.get(k) != want[k])
+    if not wrong:
+        return None
+    return Problem("; ".join(f"{k}={have.get(k)!r}" for k in wrong) + " in the running server",
+                   "; ".join(f"{k}={want[k]!r}" for k in wrong),
+                   "re-run the deploy (restores the file, restarts the service)")
+
+
+def last_start(log: str) -> str:
+    """The server log from its last start-up line ("start: pid=...") on; "" when there is none."""
+    starts = [m.start() for m in re.finditer(r"start: pid=", log)]
+    return log[log.rfind("\n", 0, starts[-1]) + 1:] if starts else ""
+
+
+def startup_log_problem(log: str, voices: list[str], use_gpu: bool, log_path: str) -> Problem | None:
+    """The last start-up in the server's log names the available providers, the GPU detection and each
+    voice's active provider; a voice off CUDA where the GPU is wanted has a WARN line naming the cause."""
+    log = last_start(log)
+    if "available_providers=" not in log or "GPU detection:" not in log:
+        return Problem("no start-up lines with available providers and GPU detection in " + log_path,
+                       "start-up lines: available providers, GPU detection, active provider per voice",
+                       "the running server is not the deployed one: re-run the deploy")
+    for voice in voices:
+        m = re.search(rf"voice {re.escape(voice)}: active provider (\S+)", log)
+        if not m:
+            return Problem(f"no 'active provider' line for voice {voice}", "one line per voice", "re-run the deploy")
+        if use_gpu and m.group(1) != CUDA and f"voice {voice}: GPU wanted but the session runs on" not in log:
+            return Problem(f"voice {voice} on {m.group(1)} without a WARN line", "a WARN naming the cause",
+                           "re-run the deploy (the server logs the cause)")
+    return None
+
+
 # --- the service (plan step 8) ---------------------------------------------------------------------
 
 def health_cuda_problem(health: dict | None, voices: list[str]) -> Problem | None:
@@ -415,12 +638,223 @@ def gpu_use_problem(pid: str, sampled: dict, is_wsl: bool) -> Problem | None:
                    "the server holds a CUDA context but did the work elsewhere: read its log; run `python -m piper_gpu diagnose`")
 
 
+def systemd_service_running_problem(unit: str, running: bool, enabled: bool) -> Problem | None:
+    """systemd's word on the unit (`systemctl is-active` / `is-enabled`, as testinfra's host.service reads them)."""
+    if running and enabled:
+        return None
+    return Problem(f"{unit}: running={running} enabled={enabled}", "enabled and running",
+                   f"sudo systemctl enable --now {unit}; journalctl -u {unit}")
+
+
+AUTOSTART = "/etc/profile.d/piper-tts-autostart.sh"
+
+
+def profile_service_running_problem(ctl: str, status_rc: int, status_out: str, status_err: str,
+                                    autostart: str | None) -> Problem | None:
+    """Without systemd: `piper-tts-ctl status` exits 0 (pid file, live process), and the profile start
+    (``autostart``: its text, None when missing) runs that control script."""
+    if status_rc != 0:
+        return Problem(status_out.strip() or status_err.strip(), "piper-tts running (pid file, live process)",
+                       f"sudo {ctl} start (prints the log tail if it fails); or re-run the deploy")
+    if autostart is None or ctl not in autostart:
+        return Problem(f"no {AUTOSTART}", "the profile start (how the service is enabled without systemd)",
+                       "re-run the deploy")
+    return None
+
+
+def parse_ss_listening(text: str) -> set[tuple[str, int]]:
+    """`ss --numeric --listening --tcp` (what testinfra's host.socket runs) -> {(address, port)} of the
+    listening sockets; "*" (old ss) counts as both 0.0.0.0 and ::, "[::]" is read as "::"."""
+    found = set()
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 5 or fields[0] not in ("LISTEN", "UNCONN") or ":" not in fields[3]:
+            continue
+        host, _, port = fields[3].rpartition(":")
+        if not port.isdigit():
+            continue
+        host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        found.update({("::", int(port)), ("0.0.0.0", int(port))} if host == "*" else {(host, int(port))})
+    return found
+
+
+def service_listens_problem(rc: int, ss: str, stderr: str, address: str, port: int) -> Problem | None:
+    """Something listens on address:port, or on [::]:port (every address, both families), as testinfra's
+    socket(...).is_listening decides."""
+    listening = parse_ss_listening(ss) if rc == 0 else set()
+    if ("::", int(port)) in listening or (address, int(port)) in listening:
+        return None
+    return Problem(f"nothing listens on {address}:{port}" + (f" (ss fails: {stderr.strip()[-200:]})" if rc else ""),
+                   f"the service on {address}:{port}",
+                   "start the service (see test_service_running); check the port is not taken")
+
+
+def health_names_a_provider_problem(health: dict | None, url: str, voices: list[str]) -> Problem | None:
+    """GET /health answers status ok and names a provider for each voice."""
+    if not health or health.get("status") != "ok":
+        return Problem(f"GET {url}: {health}", "status ok", "start the service")
+    loaded = health.get("voices") or {}
+    for voice in voices:
+        if voice not in loaded or not (loaded[voice] or {}).get("provider"):
+            return Problem(f"/health voices: {list(loaded)}", f"{voice} with its provider", "re-run the deploy")
+    return None
+
+
+def running_service_problem(health: dict | None, wanted: dict, voices: list[dict], restart: str) -> Problem | None:
+    """What the running service reports in /health is what was deployed: onnxruntime, piper-tts and
+    piper-gpu-server at the recorded versions (``wanted``), each voice loaded with its pinned sha256
+    (``voices``: the recorded {"name", "onnx_sha256", "json_sha256"}). A missed restart fails here."""
+    h = health or {}
+    running = {"onnxruntime": h.get("onnxruntime"), "piper-tts": h.get("piper_tts"), "piper-gpu-server": h.get("server")}
+    if running != wanted:
+        return Problem(f"the service (started {h.get('started')}) runs {running}", f"{wanted}",
+                       f"{restart} (or re-run the deploy, which restarts it when its inputs change)")
+    for voice in voices:
+        loaded = (h.get("voices") or {}).get(voice["name"], {})
+        have = (loaded.get("onnx_sha256"), loaded.get("json_sha256"))
+        if have != (voice["onnx_sha256"], voice["json_sha256"]):
+            return Problem(f"voice {voice['name']} loaded with sha256 {have[0]} / {have[1]}",
+                           f"the pinned files {voice['onnx_sha256']} / {voice['json_sha256']}", restart)
+    return None
+
+
+def tts_wav_problem(voice: str, text: str, answer: dict) -> Problem | None:
+    """POST /tts's answer as the request probe read it (status, the WAV's channels, sample width and
+    seconds): 200, mono 16-bit, 0.02-0.6 s of audio per character of text."""
+    if not (answer.get("status") == 200 and answer.get("channels") == 1 and answer.get("width") == 2):
+        return Problem(f"POST /tts ({voice}): {answer}", "200 with a mono 16-bit WAV",
+                       "see the server log; re-run the deploy")
+    seconds = answer.get("seconds") or 0.0
+    if 0.02 <= seconds / len(text) <= 0.6:
+        return None
+    return Problem(f"{seconds:.2f} s of audio for {len(text)} characters",
+                   "a plausible duration (0.02-0.6 s per character)",
+                   "the voice files may not match the voice: re-run the deploy")
+
+
+def tts_requires_the_api_key_problem(answer: dict, api_key_file: str) -> Problem | None:
+    """POST /tts without the key is refused with 401."""
+    if answer.get("status") == 401:
+        return None
+    return Problem(f"POST /tts without the key: {answer.get('status')}", "401",
+                   f"re-run the deploy (the server reads the key from {api_key_file})")
+
+
+def metrics_problem(metrics: str, stderr: str, voices: list[str]) -> Problem | None:
+    """GET /metrics (Prometheus text) has a piper_tts_voice_provider series per voice (labels in any order)
+    and the request counters."""
+    providers = [line for line in metrics.splitlines() if line.startswith("piper_tts_voice_provider{")]
+    for voice in voices:
+        if not any(f'voice="{voice}"' in line and 'provider="' in line for line in providers):
+            return Problem(f"GET /metrics: {' | '.join(providers) or metrics[:200] or stderr.strip()[-200:]}",
+                           f"piper_tts_voice_provider naming {voice}'s provider",
+                           "re-run the deploy (the server serves /metrics)")
+    if "piper_tts_requests_total" not in metrics:
+        return Problem("no piper_tts_requests_total", "request counters", "re-run the deploy")
+    return None
+
+
+# --- the systemd unit's sandbox --------------------------------------------------------------------
+
+def parse_systemctl_show(text: str) -> dict[str, str]:
+    """`systemctl show UNIT -p A -p B` -> {A: value}; a property printed on several lines (DeviceAllow=,
+    one line per entry) keeps them all, one per line."""
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        values[key] = value if key not in values else values[key] + "\n" + value
+    return values
+
+
+def unit_sandbox_problem(show: str, unit: str, hardening: dict) -> Problem | None:
+    """Each sandboxing property in `systemctl show` has the value the deploy wrote (``hardening``)."""
+    have = parse_systemctl_show(show)
+    wrong = {k: have.get(k) for k, v in hardening.items() if have.get(k) != v}
+    if not wrong:
+        return None
+    return Problem(f"{unit}: {wrong}", f"{hardening}",
+                   f"re-run the deploy; look for a drop-in that overrides the unit: systemctl cat {unit}")
+
+
+def unit_gpu_devices_problem(show: str, unit: str, gpu_devices: set) -> Problem | None:
+    """`systemctl show -p DeviceAllow` keeps every device CUDA needs (``gpu_devices``)."""
+    allowed = set(parse_systemctl_show(show).get("DeviceAllow", "").splitlines())
+    if gpu_devices <= allowed:
+        return None
+    return Problem(f"DeviceAllow: {sorted(allowed)}", f"{sorted(gpu_devices)} (and no PrivateDevices)",
+                   f"re-run the deploy; a drop-in with PrivateDevices=yes or DeviceAllow= hides the GPU: systemctl cat {unit}")
+
+
+def service_user_problem(show: str, ps_user: str, unit: str, user: str) -> Problem | None:
+    """The unit's main process (`systemctl show -p MainPID`) runs as the service user (`ps -o user= -p PID`)."""
+    pid = parse_systemctl_show(show).get("MainPID", "0")
+    found = ps_user.strip()
+    if pid != "0" and found == user:
+        return None
+    return Problem(f"{unit} main process {pid} runs as {found or 'nobody'}", f"user {user}",
+                   f"re-run the deploy (User= in the unit); systemctl cat {unit}")
+
+
+def service_writes_problem(rc: int, probe: str, stderr: str, wanted: dict, unit: str) -> Problem | None:
+    """The write probe run as the service inside its mount namespace prints DIR=yes/no for each directory;
+    ``wanted``: DIR -> whether the service may write there (only its log directory and state)."""
+    have = {line.rsplit("=", 1)[0]: line.rsplit("=", 1)[1] == "yes" for line in probe.splitlines() if "=" in line}
+    wrong = {d: ("writable" if have.get(d) else "not writable") for d, w in wanted.items() if have.get(d) != w}
+    if rc == 0 and not wrong:
+        return None
+    return Problem(f"as the service: {wrong or stderr.strip()}", "writes only to its log directory and /var/lib/piper-tts",
+                   f"re-run the deploy (ProtectSystem=strict, ProtectHome=read-only, ReadWritePaths= in {unit}); "
+                   f"systemctl cat {unit}")
+
+
+def unit_exposure_problem(stdout: str, stderr: str, unit: str, max_exposure: float) -> Problem | None:
+    """`systemd-analyze security UNIT`'s last line, "→ Overall exposure level for UNIT: 1.6 OK 🙂", gives an
+    exposure of at most ``max_exposure``."""
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", stdout)
+    if m and float(m.group(1)) <= max_exposure:
+        return None
+    return Problem((stdout.strip().splitlines() or [stderr.strip()])[-1], f"an exposure of at most {max_exposure}",
+                   f"re-run the deploy; compare `systemctl cat {unit}` with the table in docs/operating.md")
+
+
+# --- the performance test (plan step 9) ------------------------------------------------------------
+
 def perf_provider_problem(service_provider: str | None) -> Problem | None:
     """A speed figure counts only for the service on CUDA."""
     if service_provider == CUDA:
         return None
     return Problem(f"the service runs on {service_provider}", f"the service on {CUDA} before it is timed",
                    "read the server's WARN line for the cause; run `python -m piper_gpu diagnose`")
+
+
+
+def perf_run_problem(rc: int, stdout: str, stderr: str, perf: str) -> Problem | None:
+    """`piper-tts-perf ...` exits 0 and its last line is the JSON result."""
+    if rc != 0:
+        return Problem(f"{perf} failed: {(stderr or stdout).strip()[-400:]}", "a performance run",
+                       "start the service; re-run the deploy (installs the script)")
+    try:
+        json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return Problem(f"{perf} printed no JSON result: {stdout.strip()[-400:]}", "a performance run",
+                       "start the service; re-run the deploy (installs the script)")
+    return None
+
+
+def perf_results_problem(saved: str | None, data: dict, perf_out: str) -> Problem | None:
+    """The results file the script wrote on the host (``saved``: its text, None when missing) has a service
+    median for the medium texts, and the run (``data``) a CPU median."""
+    try:
+        stored = json.loads(saved)["sizes"]["medium"]["service_median_ms"] > 0 if saved is not None else False
+    except (ValueError, KeyError, TypeError):
+        stored = False
+    if not stored:
+        return Problem(f"{perf_out}: {'missing' if saved is None else 'no medians'}", "results JSON on the host",
+                       "re-run the deploy")
+    medium = ((data.get("sizes") or {}).get("medium") or {})
+    if not (medium.get("cpu_median_ms") or 0) > 0:
+        return Problem(str(data), "a CPU median", "see the script's error")
+    return None
 
 
 # --- WSL2's libcuda --------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ The checks stand alone: they read what the deploy recorded on the host (the appl
 NVIDIA's names and the venv lock derived from them, /etc/piper-gpu/settings.json; the resolved paths
 and the sha256 of every file it rendered, /etc/piper-gpu/target.json) and never import the deploy.
 Each failure says what was found, what was expected, and the fix (the users' troubleshooting
-section). GPU-only checks are skipped, with the reason, on a host without a usable GPU.
+section). GPU-only checks are skipped, with the reason, only where the settings allow no GPU; on any
+other host without a usable GPU they fail. Each check's decision is a function in checks.py.
 """
 
 from __future__ import annotations

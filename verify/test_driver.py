@@ -3,7 +3,7 @@
 import pytest
 
 import checks
-from conftest import expect, gpu_verdict, report
+from conftest import gpu_verdict, report
 
 
 def test_driver_is_visible(driver, applied, target, service_env):
@@ -23,11 +23,8 @@ def test_driver_supports_the_cuda_version(needs_gpu, applied, target):
 def test_wsl2_gpu_library_path(host, target):
     if not target["is_wsl"]:
         pytest.skip("not a WSL2 host")
-    expect(host.file("/usr/lib/wsl/lib").is_directory, "no /usr/lib/wsl/lib", "/usr/lib/wsl/lib (WSL2 GPU support)",
-           "run `wsl --update` on Windows and use a WSL2 distro")
-    cache = host.run("ldconfig -p").stdout
-    expect("libcuda.so.1" in cache, "libcuda.so.1 not in the linker cache", "libcuda.so.1 from /usr/lib/wsl/lib",
-           "check /etc/ld.so.conf.d/ld.wsl.conf lists /usr/lib/wsl/lib, then sudo ldconfig")
+    report(checks.wsl2_gpu_library_path_problem(host.file("/usr/lib/wsl/lib").is_directory,
+                                                host.run("ldconfig -p").stdout))
 
 
 LOADED_LIBCUDA = """

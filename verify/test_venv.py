@@ -1,7 +1,5 @@
 """Plan step 5: the Piper venv holds exactly one ONNX Runtime, the GPU build, with its CUDA provider."""
 
-import json
-
 import pytest
 
 import checks
@@ -18,25 +16,18 @@ def pip_list(service_env, target):
 
 @pytest.fixture(scope="module")
 def dists(pip_list):
-    return {d["name"].lower().replace("_", "-"): d["version"] for d in json.loads(pip_list.stdout)}
+    return checks.parse_pip_list(pip_list.stdout)
 
 
 def test_pip_sees_no_invalid_distribution(pip_list, target):
     """pip's ``~``-prefixed debris of an interrupted or failed install: pip warns and no longer lists
     the distribution it was removing (importlib.metadata still does)."""
-    warnings = [line.strip() for line in pip_list.stderr.splitlines() if "invalid distribution" in line]
-    expect(not warnings, "; ".join(warnings), "no warning from `pip list`",
-           "re-run the deploy: it removes the ~-prefixed debris in site-packages and reinstalls what it hid "
-           f"(by hand: rm -rf {target['venv_dir']}/lib/python3*/site-packages/~*, then reinstall)")
+    report(checks.pip_sees_no_invalid_distribution_problem(pip_list.stderr, target["venv_dir"]))
 
 
 def test_venv_files_owned_by_the_service_user(host, applied, target):
     res = host.run(f"find {target['venv_dir']} ! -user {applied.service_user} -printf '%p (%u)\\n' | head -3")
-    expect(res.rc == 0 and not res.stdout.strip(), f"files not owned by {applied.service_user}: "
-           + (res.stdout.strip().replace(chr(10), '; ') or res.stderr.strip()),
-           f"every venv file owned by {applied.service_user}",
-           f"re-run the deploy (or sudo chown -R {applied.service_user}: {target['venv_dir']}); install into the venv "
-           f"as {applied.service_user}, not with `sudo pip` (the next pip run fails with a permission error)")
+    report(checks.venv_files_owned_problem(res.rc, res.stdout, res.stderr, applied.service_user, target["venv_dir"]))
 
 
 RECORD_CHECK = """
@@ -69,36 +60,22 @@ def test_pinned_distributions_match_their_record(service_env, applied, target):
     """Each pinned distribution's files hash as its RECORD says: nothing overwrote or deleted them (a
     second ONNX Runtime installed over the first and removed again deletes their shared files)."""
     rc, bad, res = service_env.python(RECORD_CHECK.format(names=sorted(applied.python_requirements)))
-    expect(rc == 0, f"RECORD check fails: {res.stderr.strip()[-300:]}", "a working venv", "re-run the deploy")
-    pip = f"{target['venv_dir']}/bin/pip"
-    expect(not bad, "; ".join(f"{n}: {count} file(s) differ from its RECORD, e.g. {', '.join(some)}"
-                              for n, (count, some) in sorted(bad.items())),
-           "every pinned distribution's files as its RECORD lists them",
-           "re-run the deploy (it reinstalls them), or " + "; ".join(
-               f"{pip} install --force-reinstall --no-deps {n}=={applied.python_requirements[n]}"
-               + (f" --find-links {target['server_wheels']}" if n == "piper-gpu-server" else "") for n in sorted(bad)))
+    report(checks.pinned_distributions_record_problem(rc, bad, res.stderr, applied.python_requirements,
+                                                      target["venv_dir"], target.get("server_wheels")))
 
 
 def test_exactly_one_onnxruntime_the_gpu_build(dists, applied, target):
-    ort = {d: v for d, v in dists.items() if d in applied.onnxruntime_distributions}
-    pip = f"{target['venv_dir']}/bin/pip"
-    expect(ort == {"onnxruntime-gpu": applied.onnxruntime_gpu_version}, f"ONNX Runtime distributions in the venv: {ort}",
-           f"only onnxruntime-gpu {applied.onnxruntime_gpu_version}",
-           f"{pip} uninstall -y {' '.join(sorted(set(ort) - {'onnxruntime-gpu'})) or 'onnxruntime'} && "
-           f"{pip} install --force-reinstall --no-deps onnxruntime-gpu=={applied.onnxruntime_gpu_version} "
-           "(or re-run the deploy): the CPU build shadows the GPU one and CUDA is silently ignored")
+    report(checks.one_onnxruntime_problem(dists, applied.onnxruntime_distributions, applied.onnxruntime_gpu_version,
+                                          target["venv_dir"]))
 
 
 def test_piper_tts_version(dists, applied):
-    expect(dists.get("piper-tts") == applied.piper_tts_version, f"piper-tts {dists.get('piper-tts')}",
-           f"piper-tts {applied.piper_tts_version}", "re-run the deploy")
+    report(checks.piper_tts_version_problem(dists, applied.piper_tts_version))
 
 
 def test_venv_holds_every_pinned_distribution(dists, applied, target):
     """The whole lock, NVIDIA's CUDA wheels included when cuda_source=pip."""
-    wrong = {n: dists.get(n, "missing") for n, v in applied.python_requirements.items() if dists.get(n) != v}
-    expect(not wrong, f"venv distributions off the lock: {wrong}",
-           f"every pin in {target['piper_dir']}/requirements.lock", "re-run the deploy (installs the lock)")
+    report(checks.venv_lock_problem(dists, applied.python_requirements, target["piper_dir"]))
 
 
 def test_cuda_provider_available(service_env, applied):

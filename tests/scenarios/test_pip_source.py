@@ -50,6 +50,7 @@ def test_verify_covers_the_pip_source(pip_host, tmp_path):
     assert results["toolkit_nvcc_version"]["reason"].startswith("cuda_source=pip")
     assert results["cudnn_package_pinned_and_held"]["reason"].startswith("cuda_source=pip")
     for check in ("venv_holds_every_pinned_distribution", "cudnn_version", "cudnn_built_for_this_cuda",
+                  "cudnn_files_from_their_source",  # the nvidia-cudnn-cu12 wheel
                   "libraries_load_in_the_service_environment", "cuda_provider_library_dependencies_resolve",
                   "linker_config_lists_cuda", "library_resolves_in_linker_cache[cublasLt]",
                   "library_resolves_in_linker_cache[cudnn]", "tts_returns_a_valid_wav"):

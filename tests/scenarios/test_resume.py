@@ -15,8 +15,13 @@ from tests.lab.sandbox import provision, start_provision
 from conftest import Lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scenario("resume")]
-LOCK_HOLDER = ("import fcntl, time; f = open('/var/lib/dpkg/lock-frontend', 'w'); "
-               "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); time.sleep({seconds})")
+#: Holds dpkg's frontend lock until its stdin closes (the test closes it once apt is seen waiting).
+LOCK_HOLDER = ("import fcntl, sys; f = open('/var/lib/dpkg/lock-frontend', 'w'); "
+               "fcntl.lockf(f, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()")
+#: dpkg-query(1), --list: "An uppercase status or error letter indicates the package is likely to cause
+#: severe problems": package status H (half-installed), U (unpacked), F (half-configured), W (triggers-awaiting);
+#: error flag R (reinst-required). ${db:Status-Abbrev} is those three letters ("ii " when all is well).
+HALF_DONE_STATUS, HALF_DONE_ERROR = set("HUFW"), {"R"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +48,8 @@ def test_a_failing_step_names_url_and_reason_then_the_next_run_converges(box):
     assert failed.returncode != 0
     assert f"{bad}/en/en_US/joe/medium/en_US-joe-medium.onnx" in failed.output
     assert "curl: (22)" in failed.output and "404" in failed.output
-    assert "cuda-toolkit-12-4" in box.sh("dpkg-query -W -f='${Package}\\n'").stdout  # earlier steps took effect
+    packages = box.sh("dpkg-query -W -f='${Package} ${db:Status-Abbrev}\\n'").stdout.splitlines()
+    assert "cuda-toolkit-12-4 ii" in [line.rstrip() for line in packages]  # earlier steps took effect
     set_data(box, voices_base_url=None)
     voices = json.loads(box.box.data_file.read_text())["voices"]
     set_data(box, voices=[{**voices[0], "onnx_sha256": "0" * 64}])
@@ -91,23 +97,52 @@ def test_a_killed_run_converges_on_the_next(box):
     assert proc.returncode == -signal.SIGKILL
     assert killed_in_dpkg, "apt never ran dpkg, so nothing was interrupted:\n" + "".join(output[-40:])
     audit = box.sh("dpkg --audit", check=False).stdout
-    status = box.sh("dpkg-query -W -f='${db:Status-Abbrev}' cuda-toolkit-12-4", check=False).stdout.strip()
-    assert audit.strip() or status != "ii", f"dpkg was not left interrupted (audit empty, cuda-toolkit-12-4 {status!r})"
+    status = box.sh("dpkg-query -W -f='${db:Status-Abbrev}' cuda-toolkit-12-4", check=False).stdout
+    half_done = status[1:2] in HALF_DONE_STATUS or status[2:3] in HALF_DONE_ERROR
+    assert audit.strip() or half_done, f"dpkg was not left interrupted (audit empty, cuda-toolkit-12-4 {status!r})"
     resumed = box.deploy()  # finishes an interrupted dpkg, installs what is missing, starts the service
     assert resumed.changes > 0
     assert box.sh("/usr/local/cuda-12.4/bin/nvcc --version").returncode == 0
     assert box.deploy().changes == 0
 
 
+def apt_installs(root) -> bool:
+    """An `apt-get ... install` (not a simulation) running with the sandbox's root: it takes dpkg's
+    frontend lock before it reads or installs anything."""
+    target = str(root.resolve())
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/root") != target or open(f"/proc/{pid}/comm").read().strip() != "apt-get":
+                continue
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if "install" in argv and not {"-s", "--simulate", "--dry-run", "--just-print", "--no-act", "--recon"} & set(argv):
+            return True
+    return False
+
+
 def test_a_held_dpkg_lock_is_waited_for(box):
+    """The lock is held until the deploy's apt-get install is seen running (so it met the lock: it cannot
+    get past it while it is held), then released; the run succeeds, so apt waited instead of failing."""
     box.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q iproute2 >/dev/null")
-    holder = subprocess.Popen(["chroot", str(box.root), "python3", "-c", LOCK_HOLDER.format(seconds=15)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(["chroot", str(box.root), "python3", "-c", LOCK_HOLDER],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "locked"
-    started = time.monotonic()
-    result = box.deploy()
+    runs = []
+    deploying = threading.Thread(target=lambda: runs.append(box.deploy(check=False)), daemon=True)
+    deploying.start()
+    deadline = time.monotonic() + 600
+    while not apt_installs(box.root) and deploying.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    met_the_lock = apt_installs(box.root) and holder.poll() is None
+    holder.stdin.close()  # release the lock
     holder.wait(30)
-    assert time.monotonic() - started >= 10  # it waited for the lock instead of failing
+    deploying.join(900)
+    assert runs, "the deploy did not finish"
+    result = runs[0]
+    assert met_the_lock, "apt-get install never ran while the lock was held:\n" + result.output[-3000:]
+    assert result.returncode == 0, result.output[-6000:]  # it waited for the lock instead of failing
     assert result.changes > 0 and box.sh("command -v ss").returncode == 0
     assert box.deploy().changes == 0
 

@@ -55,6 +55,7 @@ def test_verify_passes_and_skips_nvcc_checks(variant, tmp_path):
     assert not [k for k, v in results.items() if v["outcome"] == "failed"], variant.last_screen
     assert results["toolkit_nvcc_version"]["reason"] == "cuda_install=runtime: no nvcc by design"
     assert results["cudnn_version"]["outcome"] == "passed"
+    assert results["cudnn_files_from_their_source"]["outcome"] == "passed", variant.last_screen  # the unpacked .deb
     assert results["tts_requires_the_api_key"]["outcome"] == "passed"
     assert results["metrics_answer"]["outcome"] == "passed"
     assert results["performance_script_runs_and_writes_json"]["outcome"] == "passed"

@@ -1,7 +1,8 @@
-"""verify's GPU, driver, CUDA and cuDNN decisions (verify/checks.py), proven both ways on canned host
-outputs in the real tools' formats: each check passes on a healthy host's answer and fails on the fault
-it exists for, naming the cause and the fix. No GPU, no host."""
+"""verify's decisions (verify/checks.py), every check's, proven both ways on canned host outputs in the real
+tools' formats: each check passes on a healthy host's answer and fails on the fault it exists for, naming the
+cause and the fix. No GPU, no host."""
 
+import ast
 import importlib.util
 from pathlib import Path
 
@@ -378,7 +379,516 @@ def test_wsl2_libcuda_both_ways():
     assert "ld.wsl.conf" in text(checks.wsl_libcuda_problem([], None, "OSError", []))
 
 
-@pytest.mark.parametrize("name", [n for n in dir(checks) if (n.endswith("_problem") and not n.startswith("_")) or n == "gpu_gate"])
-def test_every_problem_check_has_a_unit_test_here(name):
-    """A check added to verify/checks.py without a test proving it fails is a defect."""
-    assert f"checks.{name}(" in Path(__file__).read_text(), name
+# --- the driver on WSL2, the CUDA toolkit and its environment ---------------------------------------
+
+def test_wsl2_gpu_library_path_both_ways():
+    assert checks.wsl2_gpu_library_path_problem(True, LDCONFIG) is None
+    msg = text(checks.wsl2_gpu_library_path_problem(False, LDCONFIG))
+    assert "no /usr/lib/wsl/lib" in msg and "wsl --update" in msg
+    no_wsl = "".join(line + "\n" for line in LDCONFIG.splitlines() if "libcuda.so.1" not in line)
+    msg = text(checks.wsl2_gpu_library_path_problem(True, no_wsl))
+    assert "libcuda.so.1 not in the linker cache" in msg and "ld.wsl.conf lists /usr/lib/wsl/lib" in msg
+
+
+NVCC_12_4 = """\
+nvcc: NVIDIA (R) Cuda compiler driver
+Copyright (c) 2005-2024 NVIDIA Corporation
+Built on Thu_Mar_28_02:18:24_PDT_2024
+Cuda compilation tools, release 12.4, V12.4.131
+Build cuda_12.4.r12.4/compiler.34097967_0
+"""
+CUDA_PACKAGES = ["cuda-toolkit-12-4"]
+
+
+def test_toolkit_nvcc_version_both_ways():
+    assert checks.toolkit_nvcc_version_problem(0, NVCC_12_4, "", "12.4", CUDA_PACKAGES) is None
+    older = NVCC_12_4.replace("release 12.4, V12.4.131", "release 12.3, V12.3.107")
+    msg = text(checks.toolkit_nvcc_version_problem(0, older, "", "12.4", CUDA_PACKAGES))
+    assert "nvcc: release 12.3" in msg and "release 12.4" in msg and "sudo apt-get install cuda-toolkit-12-4" in msg
+    msg = text(checks.toolkit_nvcc_version_problem(127, "", "sh: 1: /usr/local/cuda-12.4/bin/nvcc: not found\n", "12.4",
+                                                   ["cuda-compiler-12-4", "cuda-libraries-12-4"]))
+    assert "nvcc: not found" in msg and "sudo apt-get install cuda-compiler-12-4 cuda-libraries-12-4" in msg
+
+
+def test_login_shell_finds_nvcc_both_ways():
+    home = "/usr/local/cuda-12.4"
+    assert checks.login_shell_finds_nvcc_problem(f"{home}/bin/nvcc\n", home) is None
+    msg = text(checks.login_shell_finds_nvcc_problem("", home))
+    assert "nvcc not on PATH" in msg and "/etc/profile.d/piper-gpu-cuda.sh" in msg
+    msg = text(checks.login_shell_finds_nvcc_problem("/usr/bin/nvcc\n", home))  # Debian's nvidia-cuda-toolkit first
+    assert "login shell: /usr/bin/nvcc" in msg and f"{home}/bin/nvcc" in msg
+
+
+LIB_DIRS = ["/usr/local/cuda-12.4/targets/x86_64-linux/lib", LIB]
+LINKER_CONF = "".join(d + "\n" for d in LIB_DIRS)
+
+
+def test_linker_config_both_ways():
+    assert checks.linker_config_problem(LINKER_CONF, LIB_DIRS, []) is None
+    msg = text(checks.linker_config_problem(None, LIB_DIRS, []))
+    assert "no /etc/ld.so.conf.d/piper-gpu-cuda.conf" in msg and "writes the linker config" in msg
+    msg = text(checks.linker_config_problem(LIB_DIRS[1] + "\n", LIB_DIRS, []))
+    assert "it does not list ['/usr/local/cuda-12.4/targets/x86_64-linux/lib']" in msg and "re-run the deploy" in msg
+    msg = text(checks.linker_config_problem(LINKER_CONF, LIB_DIRS, LIB_DIRS[:1]))
+    assert "listed library directories missing" in msg and "installs the CUDA/cuDNN packages" in msg
+
+
+def test_libraries_load_as_the_service_both_ways():
+    fix_for = lambda missing: f"reinstall the owners of {missing}"  # noqa: E731
+    assert checks.libraries_load_problem(0, {}, "", fix_for) is None
+    failed = {"libcublasLt.so.12": "libcublasLt.so.12: cannot open shared object file: No such file or directory"}
+    msg = text(checks.libraries_load_problem(0, failed, "", fix_for))
+    assert "as the service: {'libcublasLt.so.12'" in msg and "reinstall the owners of ['libcublasLt.so.12']" in msg
+    assert "must not rely on a shell's LD_LIBRARY_PATH" in msg
+    msg = text(checks.libraries_load_problem(1, None, "runuser: user piper does not exist\n", fix_for))
+    assert "runuser: user piper does not exist" in msg
+
+
+# --- the venv as pip sees it -------------------------------------------------------------------------
+
+VENV = "/home/piper/piper_env/.venv"
+PIP_LIST = ('[{"name": "numpy", "version": "2.4.6"}, {"name": "onnxruntime-gpu", "version": "1.20.2"}, '
+            '{"name": "piper-tts", "version": "1.8.0"}, {"name": "typing_extensions", "version": "4.16.0"}]')
+PIP_LIST_CPU_TOO = PIP_LIST.replace("]", ', {"name": "onnxruntime", "version": "1.20.1"}]')
+ORT_DISTS = ["onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"]
+LOCK = {"numpy": "2.4.6", "onnxruntime-gpu": "1.20.2", "piper-tts": "1.8.0", "typing-extensions": "4.16.0"}
+
+
+def test_pip_list_is_read_with_normalised_names():
+    assert checks.parse_pip_list(PIP_LIST)["typing-extensions"] == "4.16.0"
+
+
+def test_pip_sees_no_invalid_distribution_both_ways():
+    assert checks.pip_sees_no_invalid_distribution_problem("", VENV) is None
+    warned = f"WARNING: Ignoring invalid distribution ~nnxruntime-gpu ({VENV}/lib/python3.11/site-packages)\n"
+    msg = text(checks.pip_sees_no_invalid_distribution_problem(warned, VENV))
+    assert "Ignoring invalid distribution ~nnxruntime-gpu" in msg and f"rm -rf {VENV}/lib/python3*/site-packages/~*" in msg
+
+
+def test_venv_files_owned_by_the_service_user_both_ways():
+    assert checks.venv_files_owned_problem(0, "", "", "piper", VENV) is None
+    found = f"{VENV}/lib/python3.11/site-packages/numpy (root)\n{VENV}/bin/f2py (root)\n"
+    msg = text(checks.venv_files_owned_problem(0, found, "", "piper", VENV))
+    assert "files not owned by piper" in msg and "numpy (root); " in msg and f"sudo chown -R piper: {VENV}" in msg
+    assert "not with `sudo pip`" in msg
+    msg = text(checks.venv_files_owned_problem(1, "", f"find: '{VENV}': No such file or directory", "piper", VENV))
+    assert "No such file or directory" in msg
+
+
+def test_pinned_distributions_match_their_record_both_ways():
+    args = (LOCK | {"piper-gpu-server": "0.4.0+src.5b3e0c1a"}, VENV, "/var/lib/piper-gpu/wheels")
+    assert checks.pinned_distributions_record_problem(0, {}, "", *args) is None
+    bad = {"onnxruntime-gpu": [2, ["onnxruntime/capi/libonnxruntime_providers_cuda.so (missing)",
+                                   "onnxruntime/capi/onnxruntime_pybind11_state.so (changed)"]],
+           "piper-gpu-server": [1, ["piper_gpu_server/app.py (changed)"]]}
+    msg = text(checks.pinned_distributions_record_problem(0, bad, "", *args))
+    assert "onnxruntime-gpu: 2 file(s) differ from its RECORD" in msg and "libonnxruntime_providers_cuda.so (missing)" in msg
+    assert f"{VENV}/bin/pip install --force-reinstall --no-deps onnxruntime-gpu==1.20.2" in msg
+    assert "piper-gpu-server==0.4.0+src.5b3e0c1a --find-links /var/lib/piper-gpu/wheels" in msg
+    msg = text(checks.pinned_distributions_record_problem(1, None, "ModuleNotFoundError: No module named 'x'", *args))
+    assert "RECORD check fails: ModuleNotFoundError" in msg
+
+
+def test_exactly_one_onnxruntime_the_gpu_build_both_ways():
+    assert checks.one_onnxruntime_problem(checks.parse_pip_list(PIP_LIST), ORT_DISTS, "1.20.2", VENV) is None
+    msg = text(checks.one_onnxruntime_problem(checks.parse_pip_list(PIP_LIST_CPU_TOO), ORT_DISTS, "1.20.2", VENV))
+    assert "'onnxruntime': '1.20.1'" in msg and f"{VENV}/bin/pip uninstall -y onnxruntime &&" in msg
+    assert "CUDA is silently ignored" in msg
+    only_cpu = PIP_LIST.replace('"onnxruntime-gpu", "version": "1.20.2"', '"onnxruntime", "version": "1.20.1"')
+    msg = text(checks.one_onnxruntime_problem(checks.parse_pip_list(only_cpu), ORT_DISTS, "1.20.2", VENV))
+    assert "only onnxruntime-gpu 1.20.2" in msg and "--no-deps onnxruntime-gpu==1.20.2" in msg
+    older = PIP_LIST.replace('"version": "1.20.2"', '"version": "1.19.2"')
+    assert "'onnxruntime-gpu': '1.19.2'" in text(checks.one_onnxruntime_problem(checks.parse_pip_list(older), ORT_DISTS,
+                                                                               "1.20.2", VENV))
+
+
+def test_piper_tts_version_both_ways():
+    assert checks.piper_tts_version_problem(checks.parse_pip_list(PIP_LIST), "1.8.0") is None
+    msg = text(checks.piper_tts_version_problem(checks.parse_pip_list(PIP_LIST.replace("1.8.0", "1.3.0")), "1.8.0"))
+    assert "piper-tts 1.3.0" in msg and "piper-tts 1.8.0" in msg and "re-run the deploy" in msg
+    assert "piper-tts None" in text(checks.piper_tts_version_problem({}, "1.8.0"))
+
+
+def test_venv_holds_every_pinned_distribution_both_ways():
+    assert checks.venv_lock_problem(checks.parse_pip_list(PIP_LIST), LOCK, "/home/piper/piper_env") is None
+    lock = LOCK | {"nvidia-cudnn-cu12": "9.1.1.17"}
+    msg = text(checks.venv_lock_problem(checks.parse_pip_list(PIP_LIST.replace("2.4.6", "2.2.6")), lock,
+                                        "/home/piper/piper_env"))
+    assert "'numpy': '2.2.6'" in msg and "'nvidia-cudnn-cu12': 'missing'" in msg
+    assert "/home/piper/piper_env/requirements.lock" in msg and "installs the lock" in msg
+
+
+# --- the voices and the server -----------------------------------------------------------------------
+
+ONNX_SHA = "5b3e8fd5a02c2e4e1b2a9f5f3b2d9c4e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c"
+JSON_SHA = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9"
+MODEL = "/home/piper/piper_models/en/en_US-joe-medium/en_US-joe-medium.onnx"
+
+
+def test_voice_files_match_checksums_both_ways():
+    assert checks.voice_files_problem([(MODEL, ONNX_SHA, ONNX_SHA), (MODEL + ".json", JSON_SHA, JSON_SHA)]) is None
+    other = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    msg = text(checks.voice_files_problem([(MODEL, ONNX_SHA, other), (MODEL + ".json", JSON_SHA, JSON_SHA)]))
+    assert f"{MODEL}: sha256 {other}" in msg and f"sha256 {ONNX_SHA}" in msg and "downloads the voice again" in msg
+    msg = text(checks.voice_files_problem([(MODEL, ONNX_SHA, ONNX_SHA), (MODEL + ".json", JSON_SHA, None)]))
+    assert f"{MODEL}.json: missing" in msg
+
+
+def test_rendered_files_are_what_the_deploy_wrote_both_ways():
+    recorded = {"/etc/piper-gpu/server.toml": ONNX_SHA, "/etc/ld.so.conf.d/piper-gpu-cuda.conf": JSON_SHA}
+    assert checks.rendered_files_problem(recorded, dict(recorded), "/etc/piper-gpu/target.json") is None
+    msg = text(checks.rendered_files_problem(recorded, {**recorded, "/etc/piper-gpu/server.toml": JSON_SHA},
+                                             "/etc/piper-gpu/target.json"))
+    assert "/etc/piper-gpu/server.toml sha256 0a1b2c3d4e5f... (deploy wrote 5b3e8fd5a02c...)" in msg
+    assert "hand-edited" in msg and "restores them" in msg
+    msg = text(checks.rendered_files_problem(recorded, {"/etc/piper-gpu/server.toml": ONNX_SHA}, "target.json"))
+    assert "/etc/ld.so.conf.d/piper-gpu-cuda.conf missing" in msg
+    assert "no installed_files in target.json" in text(checks.rendered_files_problem({}, {}, "target.json"))
+
+
+def test_server_package_is_the_deployed_build_both_ways():
+    site = f"{VENV}/lib/python3.11/site-packages"
+    good = {"version": "0.4.0+src.5b3e0c1a", "file": f"{site}/piper_gpu_server/__init__.py"}
+    assert checks.server_package_problem(0, good, "", VENV, "0.4.0+src.5b3e0c1a") is None
+    msg = text(checks.server_package_problem(0, {**good, "version": "0.4.0+src.0c9d8e7f"}, "", VENV, "0.4.0+src.5b3e0c1a"))
+    assert "piper-gpu-server 0.4.0+src.0c9d8e7f in the venv" in msg and "built from this deploy's server/" in msg
+    msg = text(checks.server_package_problem(0, {**good, "file": "/home/piper/piper_gpu_server/__init__.py"}, "", VENV,
+                                             "0.4.0+src.5b3e0c1a"))
+    assert "imported from /home/piper/piper_gpu_server/__init__.py" in msg and "PYTHONPATH, a .pth file" in msg
+    msg = text(checks.server_package_problem(1, None, "ModuleNotFoundError: No module named 'piper_gpu_server'\n", VENV,
+                                             "0.4.0+src.5b3e0c1a"))
+    assert "cannot import piper_gpu_server: ModuleNotFoundError" in msg
+
+
+SERVER_TOML = "/etc/piper-gpu/server.toml"
+SERVER_VALUES = {"use_gpu": True, "port": 5005, "cuda_options": "cudnn_conv_algo_search=HEURISTIC"}
+
+
+def test_server_runs_with_the_deployed_config_both_ways():
+    running = {"status": "ok", "config_file": SERVER_TOML, "config": {**SERVER_VALUES, "warmup": True}}
+    assert checks.server_config_problem(running, SERVER_TOML, SERVER_VALUES) is None
+    msg = text(checks.server_config_problem({**running, "config": {**SERVER_VALUES, "use_gpu": False}}, SERVER_TOML,
+                                            SERVER_VALUES))
+    assert "use_gpu=False in the running server" in msg and "use_gpu=True" in msg and "restarts the service" in msg
+    msg = text(checks.server_config_problem({**running, "config_file": None}, SERVER_TOML, SERVER_VALUES))
+    assert "the service runs with config None" in msg and "--config FILE" in msg
+    assert "the service runs with config None" in text(checks.server_config_problem(None, SERVER_TOML, SERVER_VALUES))
+
+
+LOG_START = """\
+2026-12-03 11:40:02,101 INFO piper_gpu_server: start: pid=41234 server=0.4.0+src.5b3e0c1a onnxruntime=1.20.2 \
+piper-tts=1.8.0 available_providers=['CUDAExecutionProvider', 'CPUExecutionProvider'] config=/etc/piper-gpu/server.toml
+2026-12-03 11:40:02,180 INFO piper_gpu_server: GPU detection: NVIDIA H200 (nvidia-smi (/usr/bin/nvidia-smi)); use_gpu=True
+"""
+LOG_CUDA = LOG_START + ("2026-12-03 11:40:03,002 INFO piper_gpu_server: voice en_US-joe-medium: active provider "
+                        "CUDAExecutionProvider (session providers ['CUDAExecutionProvider', 'CPUExecutionProvider']), "
+                        "loaded in 812 ms\n")
+LOG_CPU = LOG_START + ("2026-12-03 11:40:03,002 INFO piper_gpu_server: voice en_US-joe-medium: active provider "
+                       "CPUExecutionProvider (session providers ['CPUExecutionProvider']), loaded in 640 ms\n")
+LOG_WARN = LOG_CPU + ("2026-12-03 11:40:03,003 WARNING piper_gpu_server: voice en_US-joe-medium: GPU wanted but the "
+                      "session runs on CPUExecutionProvider: libcudnn.so.9: cannot open shared object file\n")
+
+
+def test_startup_log_names_providers_and_gpu_both_ways():
+    voices, log = ["en_US-joe-medium"], "/var/log/piper-tts/server.log"
+    assert checks.startup_log_problem(LOG_CUDA, voices, True, log) is None
+    assert checks.startup_log_problem(LOG_WARN, voices, True, log) is None  # off CUDA, the cause logged
+    assert checks.startup_log_problem(LOG_CPU, voices, False, log) is None  # use_gpu=False: the CPU is wanted
+    msg = text(checks.startup_log_problem(LOG_CPU, voices, True, log))
+    assert "voice en_US-joe-medium on CPUExecutionProvider without a WARN line" in msg and "re-run the deploy" in msg
+    msg = text(checks.startup_log_problem(LOG_START, voices, True, log))
+    assert "no 'active provider' line for voice en_US-joe-medium" in msg
+    msg = text(checks.startup_log_problem("2026-12-03 11:40:02,101 INFO x: serving\n", voices, True, log))
+    assert f"no start-up lines with available providers and GPU detection in {log}" in msg
+    assert "not the deployed one" in msg
+    # only the last start counts: an older start's WARN does not excuse the current one
+    assert checks.startup_log_problem(LOG_WARN + LOG_CPU, voices, True, log) is not None
+    assert checks.last_start(LOG_WARN + LOG_CUDA) == LOG_CUDA
+
+
+# --- the service ---------------------------------------------------------------------------------------
+
+CTL = "/usr/local/bin/piper-tts-ctl"
+
+
+def test_service_running_both_ways():
+    assert checks.systemd_service_running_problem("piper-tts.service", True, True) is None
+    msg = text(checks.systemd_service_running_problem("piper-tts.service", False, True))
+    assert "running=False enabled=True" in msg and "sudo systemctl enable --now piper-tts.service" in msg
+    assert "enabled=False" in text(checks.systemd_service_running_problem("piper-tts.service", True, False))
+    autostart = f"# Managed by piper-gpu-deploy\n{CTL} start >/dev/null 2>&1 || true\n"
+    assert checks.profile_service_running_problem(CTL, 0, "piper-tts running (pid 41234)\n", "", autostart) is None
+    msg = text(checks.profile_service_running_problem(CTL, 3, "piper-tts stopped\n", "", autostart))
+    assert "piper-tts stopped" in msg and f"sudo {CTL} start" in msg
+    msg = text(checks.profile_service_running_problem(CTL, 0, "piper-tts running (pid 41234)\n", "", None))
+    assert "no /etc/profile.d/piper-tts-autostart.sh" in msg and "re-run the deploy" in msg
+
+
+SS_LTN = """\
+State  Recv-Q Send-Q Local Address:Port  Peer Address:PortProcess
+LISTEN 0      4096         0.0.0.0:5005       0.0.0.0:*
+LISTEN 0      128        127.0.0.1:631        0.0.0.0:*
+LISTEN 0      4096            [::]:22            [::]:*
+"""
+SS_OLD = """\
+State      Recv-Q Send-Q Local Address:Port               Peer Address:Port
+LISTEN     0      128          *:5005                     *:*
+"""
+
+
+def test_ss_listening_sockets_are_read():
+    assert checks.parse_ss_listening(SS_LTN) == {("0.0.0.0", 5005), ("127.0.0.1", 631), ("::", 22)}
+    assert checks.parse_ss_listening(SS_OLD) == {("0.0.0.0", 5005), ("::", 5005)}
+
+
+def test_service_listens_both_ways():
+    assert checks.service_listens_problem(0, SS_LTN, "", "0.0.0.0", 5005) is None
+    assert checks.service_listens_problem(0, SS_LTN, "", "0.0.0.0", 22) is None  # [::] takes both families
+    msg = text(checks.service_listens_problem(0, SS_LTN, "", "127.0.0.1", 5005))
+    assert "nothing listens on 127.0.0.1:5005" in msg and "check the port is not taken" in msg
+    assert "nothing listens on 0.0.0.0:5006" in text(checks.service_listens_problem(0, SS_LTN, "", "0.0.0.0", 5006))
+    msg = text(checks.service_listens_problem(127, "", "sh: 1: ss: not found", "0.0.0.0", 5005))
+    assert "ss fails: sh: 1: ss: not found" in msg
+
+
+def health_json(**kw):
+    return {"status": "ok", "server": "0.4.0+src.5b3e0c1a", "onnxruntime": "1.20.2", "piper_tts": "1.8.0",
+            "started": "2026-12-03T11:40:02", "config_file": SERVER_TOML,
+            "voices": {"en_US-joe-medium": {"provider": CUDA, "onnx_sha256": ONNX_SHA, "json_sha256": JSON_SHA}}, **kw}
+
+
+def test_health_names_a_provider_per_voice_both_ways():
+    url, voices = "http://127.0.0.1:5005/health", ["en_US-joe-medium"]
+    assert checks.health_names_a_provider_problem(health_json(), url, voices) is None
+    msg = text(checks.health_names_a_provider_problem(None, url, voices))
+    assert f"GET {url}: None" in msg and "start the service" in msg
+    msg = text(checks.health_names_a_provider_problem(health_json(voices={}), url, voices))
+    assert "/health voices: []" in msg and "en_US-joe-medium with its provider" in msg
+    msg = text(checks.health_names_a_provider_problem(health_json(), url, ["en_US-joe-medium", "zh_CN-huayan-medium"]))
+    assert "zh_CN-huayan-medium with its provider" in msg
+
+
+def test_running_service_is_what_was_deployed_both_ways():
+    wanted = {"onnxruntime": "1.20.2", "piper-tts": "1.8.0", "piper-gpu-server": "0.4.0+src.5b3e0c1a"}
+    voices = [{"name": "en_US-joe-medium", "onnx_sha256": ONNX_SHA, "json_sha256": JSON_SHA}]
+    restart = "sudo systemctl restart piper-tts.service"
+    assert checks.running_service_problem(health_json(), wanted, voices, restart) is None
+    msg = text(checks.running_service_problem(health_json(onnxruntime="1.19.2"), wanted, voices, restart))
+    assert "runs {'onnxruntime': '1.19.2'" in msg and restart in msg and "started 2026-12-03T11:40:02" in msg
+    stale = health_json(voices={"en_US-joe-medium": {"provider": CUDA, "onnx_sha256": JSON_SHA, "json_sha256": JSON_SHA}})
+    msg = text(checks.running_service_problem(stale, wanted, voices, restart))
+    assert f"voice en_US-joe-medium loaded with sha256 {JSON_SHA}" in msg and restart in msg
+    assert "'onnxruntime': None" in text(checks.running_service_problem(None, wanted, voices, restart))
+
+
+TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away into the forest."
+
+
+def test_tts_returns_a_valid_wav_both_ways():
+    wav = {"status": 200, "provider": CUDA, "channels": 1, "rate": 22050, "width": 2, "seconds": 5.1, "ms": 310.0}
+    assert checks.tts_wav_problem("en_US-joe-medium", TEXT, wav) is None
+    msg = text(checks.tts_wav_problem("en_US-joe-medium", TEXT, {"status": 503, "body": "busy", "ms": 2.0}))
+    assert "POST /tts (en_US-joe-medium): {'status': 503" in msg and "mono 16-bit WAV" in msg
+    assert "'channels': 2" in text(checks.tts_wav_problem("en_US-joe-medium", TEXT, {**wav, "channels": 2}))
+    msg = text(checks.tts_wav_problem("en_US-joe-medium", TEXT, {**wav, "seconds": 0.4}))
+    assert f"0.40 s of audio for {len(TEXT)} characters" in msg and "voice files may not match" in msg
+    assert "URLError" in text(checks.tts_wav_problem("en_US-joe-medium", TEXT,
+                                                     {"error": "URLError(ConnectionRefusedError(111))"}))
+
+
+def test_tts_requires_the_api_key_both_ways():
+    assert checks.tts_requires_the_api_key_problem({"status": 401, "body": "unauthorised"}, "/etc/piper-gpu/api-key") is None
+    msg = text(checks.tts_requires_the_api_key_problem({"status": 200, "channels": 1}, "/etc/piper-gpu/api-key"))
+    assert "POST /tts without the key: 200" in msg and "reads the key from /etc/piper-gpu/api-key" in msg
+
+
+METRICS = """\
+# HELP piper_tts_requests_total POST /tts requests by voice and HTTP status.
+# TYPE piper_tts_requests_total counter
+piper_tts_requests_total{status="200",voice="en_US-joe-medium"} 3.0
+# HELP piper_tts_voice_provider Execution provider each voice's session runs on.
+# TYPE piper_tts_voice_provider gauge
+piper_tts_voice_provider{provider="CUDAExecutionProvider",voice="en_US-joe-medium"} 1.0
+"""
+
+
+def test_metrics_answer_both_ways():
+    assert checks.metrics_problem(METRICS, "", ["en_US-joe-medium"]) is None
+    msg = text(checks.metrics_problem(METRICS, "", ["zh_CN-huayan-medium"]))
+    assert "piper_tts_voice_provider naming zh_CN-huayan-medium's provider" in msg and "serves /metrics" in msg
+    no_counters = "".join(line + "\n" for line in METRICS.splitlines() if "requests_total" not in line)
+    assert "no piper_tts_requests_total" in text(checks.metrics_problem(no_counters, "", ["en_US-joe-medium"]))
+    msg = text(checks.metrics_problem("", "urllib.error.HTTPError: HTTP Error 404: Not Found", ["en_US-joe-medium"]))
+    assert "HTTP Error 404" in msg
+
+
+UNIT = "piper-tts.service"
+HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateDevices": "no", "CapabilityBoundingSet": ""}
+SHOW_HARDENED = "NoNewPrivileges=yes\nProtectSystem=strict\nPrivateDevices=no\nCapabilityBoundingSet=\n"
+GPU_DEVICES = {"char-nvidiactl rw", "char-nvidia-frontend rw", "char-nvidia-uvm rw", "/dev/dxg rw"}
+SHOW_DEVICES = "".join(f"DeviceAllow={d}\n" for d in sorted(GPU_DEVICES))
+
+
+def test_systemctl_show_is_read_with_repeated_properties():
+    shown = checks.parse_systemctl_show(SHOW_DEVICES + "MainPID=41234\n")
+    assert set(shown["DeviceAllow"].splitlines()) == GPU_DEVICES and shown["MainPID"] == "41234"
+
+
+def test_unit_sandbox_is_in_force_both_ways():
+    assert checks.unit_sandbox_problem(SHOW_HARDENED, UNIT, HARDENING) is None
+    loosened = SHOW_HARDENED.replace("ProtectSystem=strict", "ProtectSystem=no")
+    msg = text(checks.unit_sandbox_problem(loosened, UNIT, HARDENING))
+    assert "piper-tts.service: {'ProtectSystem': 'no'}" in msg and "systemctl cat piper-tts.service" in msg
+
+
+def test_unit_keeps_gpu_device_access_both_ways():
+    assert checks.unit_gpu_devices_problem(SHOW_DEVICES, UNIT, GPU_DEVICES) is None
+    msg = text(checks.unit_gpu_devices_problem("DeviceAllow=\n", UNIT, GPU_DEVICES))
+    assert "DeviceAllow: []" in msg and "PrivateDevices=yes or DeviceAllow= hides the GPU" in msg
+    partial = SHOW_DEVICES.replace("DeviceAllow=char-nvidia-uvm rw\n", "")
+    assert "char-nvidia-uvm rw" in text(checks.unit_gpu_devices_problem(partial, UNIT, GPU_DEVICES))
+
+
+def test_service_runs_as_its_user_both_ways():
+    assert checks.service_user_problem("MainPID=41234\n", "piper\n", UNIT, "piper") is None
+    msg = text(checks.service_user_problem("MainPID=41234\n", "root\n", UNIT, "piper"))
+    assert "main process 41234 runs as root" in msg and "user piper" in msg and "User= in the unit" in msg
+    assert "main process 0 runs as nobody" in text(checks.service_user_problem("MainPID=0\n", "", UNIT, "piper"))
+
+
+WRITES = {"/etc": False, "/usr": False, "/home/piper/piper_env": False, "/var/lib/piper-tts": True,
+          "/var/log/piper-tts": True}
+PROBE = "/etc=no\n/usr=no\n/home/piper/piper_env=no\n/var/lib/piper-tts=yes\n/var/log/piper-tts=yes\n"
+
+
+def test_service_can_write_only_its_log_and_state_both_ways():
+    assert checks.service_writes_problem(0, PROBE, "", WRITES, UNIT) is None
+    msg = text(checks.service_writes_problem(0, PROBE.replace("/etc=no", "/etc=yes"), "", WRITES, UNIT))
+    assert "'/etc': 'writable'" in msg and "ProtectSystem=strict" in msg
+    msg = text(checks.service_writes_problem(0, PROBE.replace("/var/log/piper-tts=yes", "/var/log/piper-tts=no"), "",
+                                             WRITES, UNIT))
+    assert "'/var/log/piper-tts': 'not writable'" in msg
+    msg = text(checks.service_writes_problem(1, "", "nsenter: cannot open /proc/0/ns/mnt: No such file or directory",
+                                             WRITES, UNIT))
+    assert "'/etc': 'not writable'" in msg  # nothing probed: every directory unanswered
+
+
+SECURITY = """\
+  NAME                                                        DESCRIPTION                                       EXPOSURE
+✓ PrivateNetwork=                                             Service has no access to the host's network             
+✗ RootDirectory=/RootImage=                                   Service runs within the host's root directory        0.1
+✓ NoNewPrivileges=                                            Service processes cannot acquire new privileges         
+
+→ Overall exposure level for piper-tts.service: 1.6 OK 🙂
+"""
+
+
+def test_unit_exposure_is_low_both_ways():
+    assert checks.unit_exposure_problem(SECURITY, "", UNIT, 2.0) is None
+    unsafe = SECURITY.replace("1.6 OK 🙂", "9.6 UNSAFE 😨")
+    msg = text(checks.unit_exposure_problem(unsafe, "", UNIT, 2.0))
+    assert "→ Overall exposure level for piper-tts.service: 9.6 UNSAFE 😨" in msg and "at most 2.0" in msg
+    assert "docs/operating.md" in msg
+    msg = text(checks.unit_exposure_problem("", "Unit piper-tts.service not found.", UNIT, 2.0))
+    assert "Unit piper-tts.service not found." in msg
+
+
+# --- the performance script ------------------------------------------------------------------------------
+
+PERF = "/usr/local/bin/piper-tts-perf"
+PERF_OUT = "/var/lib/piper-tts/perf.json"
+PERF_JSON = {"voice": "en_US-joe-medium", "service_provider": CUDA, "runs": 1,
+             "sizes": {"medium": {"chars": 148, "service_median_ms": 61.0, "cpu_median_ms": 338.0, "speedup": 5.5}}}
+
+
+def test_performance_script_runs_and_writes_json_both_ways():
+    import json
+    line = json.dumps(PERF_JSON)
+    assert checks.perf_run_problem(0, f"medium: 61.0 ms\n{line}\n", "", PERF) is None
+    msg = text(checks.perf_run_problem(1, "", "urllib.error.URLError: <urlopen error [Errno 111] Connection refused>",
+                                       PERF))
+    assert f"{PERF} failed: urllib.error.URLError" in msg and "start the service" in msg
+    assert "printed no JSON result" in text(checks.perf_run_problem(0, "", "", PERF))
+    assert checks.perf_results_problem(line, PERF_JSON, PERF_OUT) is None
+    msg = text(checks.perf_results_problem(None, PERF_JSON, PERF_OUT))
+    assert f"{PERF_OUT}: missing" in msg and "results JSON on the host" in msg
+    assert f"{PERF_OUT}: no medians" in text(checks.perf_results_problem("{}", PERF_JSON, PERF_OUT))
+    no_cpu = {**PERF_JSON, "sizes": {"medium": {**PERF_JSON["sizes"]["medium"], "cpu_median_ms": 0}}}
+    assert "a CPU median" in text(checks.perf_results_problem(line, no_cpu, PERF_OUT))
+
+
+# --- the guard: no check without a proof that it fails ------------------------------------------------
+
+VERIFY = Path(__file__).parents[2] / "verify"
+PROBLEMS = sorted(n for n, f in vars(checks).items()
+                  if n.endswith("_problem") and not n.startswith("_") and callable(f) and f.__module__ == checks.__name__)
+
+
+def _checks_call(node) -> str | None:
+    """NAME when ``node`` is a call checks.NAME(...)."""
+    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "checks"):
+        return node.func.attr
+    return None
+
+
+def _proofs() -> tuple[set, set]:
+    """The checks functions this file calls on an answer they must pass (``checks.X(...) is None``) and on one
+    they must fail (``text(checks.X(...))``, which asserts a problem, or ``checks.X(...) is not None``)."""
+    passing, failing = set(), set()
+    for node in ast.walk(ast.parse(Path(__file__).read_text())):
+        if (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.comparators[0], ast.Constant)
+                and node.comparators[0].value is None and _checks_call(node.left)):
+            (passing if isinstance(node.ops[0], ast.Is) else failing).add(_checks_call(node.left))
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "text" and node.args
+                and _checks_call(node.args[0])):
+            failing.add(_checks_call(node.args[0]))
+    return passing, failing
+
+
+PASSING, FAILING = _proofs()
+
+
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_every_problem_check_is_proven_both_ways_here(name):
+    """Each decision in verify/checks.py is called here on an answer it must pass and on one it must fail:
+    a check added without a test proving it fails is a defect."""
+    assert name in PASSING, f"no `assert checks.{name}(...) is None` on a healthy host's answer"
+    assert name in FAILING, f"no `text(checks.{name}(...))` on the fault it exists for"
+
+
+def test_the_gpu_gate_is_proven_here():
+    assert "checks.gpu_gate(" in Path(__file__).read_text()  # and both ways in test_verify_gate.py
+
+
+def _functions(path: Path) -> dict[str, ast.FunctionDef]:
+    return {n.name: n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
+
+
+def _decisions(fn: ast.FunctionDef, helpers: dict, seen: set) -> set[str]:
+    """The checks functions a verify check calls, itself or through the helpers of its module and conftest."""
+    found = set()
+    for node in ast.walk(fn):
+        if _checks_call(node):
+            found.add(_checks_call(node))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in helpers
+              and node.func.id not in seen):
+            seen.add(node.func.id)
+            found |= _decisions(helpers[node.func.id], helpers, seen)
+    return found
+
+
+VERIFY_CHECKS = sorted((path.name, name) for path in VERIFY.glob("test_*.py")
+                       for name in _functions(path) if name.startswith("test_"))
+
+
+@pytest.mark.parametrize("module,check", VERIFY_CHECKS, ids=[f"{m}::{c}" for m, c in VERIFY_CHECKS])
+def test_every_verify_check_decides_through_a_proven_function(module, check):
+    """Each check in verify/ decides through verify/checks.py, and every *_problem function it calls is
+    proven here both ways (the testinfra check only gathers the host's answers)."""
+    helpers = {**_functions(VERIFY / "conftest.py"), **_functions(VERIFY / module)}
+    decisions = _decisions(helpers[check], helpers, {check})
+    assert decisions, f"verify/{module}::{check} calls no checks function: move its decision into verify/checks.py"
+    unproven = [n for n in decisions if n.endswith("_problem") and not (n in PASSING and n in FAILING)]
+    assert not unproven, f"verify/{module}::{check} decides through {unproven}, not proven both ways here"
+    assert any(n.endswith("_problem") or n == "gpu_gate" for n in decisions), decisions
