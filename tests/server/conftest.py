@@ -1,0 +1,24 @@
+"""The server's tests run its voices on the CPU and say so (X-Provider, /health, the bounds measured on
+the CPU): the test venv holds the CPU onnxruntime that piper-tts brings. Where someone has put
+onnxruntime-gpu with a working CUDA provider into it, the voices would run on the GPU and those
+assertions be wrong, not the server: the tests skip, naming why. (A GPU in the machine does not matter:
+with the CPU onnxruntime every voice still runs on the CPU; the tests compare GPU names with the
+machine's own.)"""
+
+import pytest
+
+
+def _cuda_in_the_test_venv() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+def pytest_collection_modifyitems(config, items):
+    if not _cuda_in_the_test_venv():
+        return
+    skip = pytest.mark.skip(reason="the test venv's onnxruntime has the CUDA provider (onnxruntime-gpu): these tests "
+                                   "assert voices on the CPU; run them in a venv with the CPU onnxruntime (scripts/bootstrap)")
+    for item in items:
+        if "tests/server/" in str(item.fspath).replace("\\", "/"):
+            item.add_marker(skip)
