@@ -680,7 +680,8 @@ def parse_ss_listening(text: str) -> set[tuple[str, int]]:
 
 def service_listens_problem(rc: int, ss: str, stderr: str, address: str, port: int) -> Problem | None:
     """Something listens on address:port, or on [::]:port (every address, both families), as testinfra's
-    socket(...).is_listening decides."""
+    socket(...).is_listening decides. Unlike testinfra, no fallback to netstat where ss is missing: the
+    deploy installs iproute2 (a base package), so a host without ss is itself a fault, named here."""
     listening = parse_ss_listening(ss) if rc == 0 else set()
     if ("::", int(port)) in listening or (address, int(port)) in listening:
         return None
@@ -802,7 +803,8 @@ def service_writes_problem(rc: int, probe: str, stderr: str, wanted: dict, unit:
     wrong = {d: ("writable" if have.get(d) else "not writable") for d, w in wanted.items() if have.get(d) != w}
     if rc == 0 and not wrong:
         return None
-    return Problem(f"as the service: {wrong or stderr.strip()}", "writes only to its log directory and /var/lib/piper-tts",
+    found = ", ".join(filter(None, [str(wrong) if wrong else "", f"the probe failed ({rc}): {stderr.strip()[-300:]}" if rc else ""]))
+    return Problem(f"as the service: {found}", "writes only to its log directory and /var/lib/piper-tts",
                    f"re-run the deploy (ProtectSystem=strict, ProtectHome=read-only, ReadWritePaths= in {unit}); "
                    f"systemctl cat {unit}")
 

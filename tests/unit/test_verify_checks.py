@@ -771,6 +771,7 @@ def test_service_can_write_only_its_log_and_state_both_ways():
     msg = text(checks.service_writes_problem(1, "", "nsenter: cannot open /proc/0/ns/mnt: No such file or directory",
                                              WRITES, UNIT))
     assert "'/etc': 'not writable'" in msg  # nothing probed: every directory unanswered
+    assert "the probe failed (1): nsenter: cannot open /proc/0/ns/mnt" in msg  # and why
 
 
 SECURITY = """\
