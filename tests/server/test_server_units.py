@@ -282,21 +282,22 @@ def test_a_synthesis_that_fails_mid_stream_cuts_the_stream_without_logging_its_m
 
 
 def test_a_write_the_client_does_not_take_times_out():
-    """app.Writer: without audio, a write that never completes ends after write_timeout; with audio,
-    the writes together may wait write_timeout plus the audio sent, however it is spread over them."""
+    """app.Writer: without audio, writes that never complete end after write_timeout; with audio, the
+    writes together may wait write_timeout plus the audio sent, however it is spread over them, the
+    credit of audio not yet waited for capped at Writer.AHEAD bytes' worth."""
     async def never(message):
         await asyncio.Event().wait()
 
     async def slow(message):
         await asyncio.sleep(0.1)
 
-    async def run(send, data, rate):
-        out = Writer(send, 0.5, bytes_per_second=rate)
+    async def run(send, data, rate, timeout=0.5):
+        out = Writer(send, timeout, bytes_per_second=rate)
         await out.start(200, [])
         await out.body(data, more=False)
 
     started = time.monotonic()
-    with pytest.raises(WriteTimeout, match=r"a write waited 0.5 s \(write_timeout\)"):
+    with pytest.raises(WriteTimeout, match=r"its writes waited write_timeout \(0.5 s\) in all"):
         asyncio.run(run(never, b"x" * 10, None))
     assert 0.5 <= time.monotonic() - started < 5
     started = time.monotonic()
@@ -305,7 +306,7 @@ def test_a_write_the_client_does_not_take_times_out():
     assert 0.5 <= time.monotonic() - started < 5
     with pytest.raises(WriteTimeout, match="plus the seconds of audio sent, in all"):
         asyncio.run(run(slow, b"x" * Writer.CHUNK * 10, Writer.CHUNK * 100))  # 11 writes of 0.1 s against 0.5 + 0.1 s
-    asyncio.run(run(slow, b"x" * Writer.CHUNK, Writer.CHUNK * 100))  # two writes of 0.1 s: within 0.5 + 0.01 s
+    asyncio.run(run(slow, b"x" * Writer.CHUNK, Writer.CHUNK * 100, timeout=5))  # two writes of 0.1 s: within 5 s
     # a write may wait longer than write_timeout where audio sent before it credits the time
     calls = []
 
@@ -315,6 +316,20 @@ def test_a_write_the_client_does_not_take_times_out():
             await asyncio.sleep(0.8)
 
     asyncio.run(run(stalls_once, b"x" * Writer.CHUNK * 2, Writer.CHUNK))  # 2 s of audio: 0.8 s of waiting is within
+    # the credit is capped: a client that took much audio at once, then stops, is dropped within
+    # write_timeout plus AHEAD's worth of audio, not plus all it took
+    taken = []
+
+    async def takes_then_stops(message):
+        taken.append(message)
+        if len(taken) > 40:
+            await asyncio.Event().wait()
+
+    rate = Writer.AHEAD  # AHEAD is one second of this audio; 40 chunks are over 3 s of it
+    started = time.monotonic()
+    with pytest.raises(WriteTimeout):
+        asyncio.run(run(takes_then_stops, b"x" * Writer.CHUNK * 60, rate))
+    assert time.monotonic() - started < 0.5 + 1 + 2, "the credit of all the audio taken was kept"
 
 
 def test_chunked_body_parts_are_joined(app):

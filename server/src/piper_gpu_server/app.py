@@ -73,17 +73,24 @@ class Receiver:
         return message
 
 
+#: the kernel send buffer of each accepted connection (serve.LimitedListener sets it; Linux doubles it)
+SEND_BUFFER = 256 * 1024
+
+
 class Writer:
     """The ASGI ``send`` of one answer, with deadlines. The body goes in chunks of ``CHUNK`` bytes.
-    An answer without audio: each write must be taken by the client within ``write_timeout`` seconds.
-    An answer with audio: all of its writes together may wait at most ``write_timeout`` plus the
-    seconds of audio sent, so a client must read at least as fast as the audio plays. (No deadline per
-    audio chunk: a client reading at the audio's pace can leave one write waiting until the kernel
-    has half of its send buffer free again, several seconds of audio.) A write past its deadline
-    raises WriteTimeout. A client that stops reading is so dropped within ``write_timeout`` plus the
-    seconds of audio that the sockets' buffers took (``serve.LimitedListener.SEND_BUFFER``)."""
+    An answer without audio: its writes together may wait at most ``write_timeout``. An answer with
+    audio: its writes together may wait at most ``write_timeout`` plus the seconds of audio sent, so a
+    client must read at least as fast as the audio plays; the credit of audio not yet waited for is
+    capped at ``AHEAD`` bytes' worth, what the buffers between server and client hold (the kernel's
+    send buffer, asyncio's 64 KiB of write buffer and the chunk being written), so a client that read
+    fast and then stops is dropped within ``write_timeout`` plus that (14.9 s of 22.05 kHz audio) of
+    stopping, like one that never read. There is no deadline per audio chunk: a client reading at
+    the audio's pace can leave one write waiting several seconds, until the kernel has half its send
+    buffer free again. A write past its deadline raises WriteTimeout."""
 
     CHUNK = 64 * 1024
+    AHEAD = 2 * SEND_BUFFER + 2 * CHUNK
 
     def __init__(self, send, write_timeout: float, bytes_per_second: int | None = None):
         """``bytes_per_second``: of the audio the answer carries; None for an answer without audio."""
@@ -92,14 +99,14 @@ class Writer:
 
     async def _write(self, message: dict) -> None:
         loop = asyncio.get_running_loop()
-        wait = max(0.0, self.budget if self.rate else min(self.timeout, self.budget))
+        wait = max(0.0, self.budget)
         started = loop.time()
         try:
             await asyncio.wait_for(self._send(message), wait)
         except asyncio.TimeoutError:
             raise WriteTimeout(f"its writes waited write_timeout ({self.timeout:g} s) plus the seconds of audio "
                                "sent, in all" if self.rate else
-                               f"a write waited {self.timeout:g} s (write_timeout)") from None
+                               f"its writes waited write_timeout ({self.timeout:g} s) in all") from None
         self.budget -= loop.time() - started
 
     async def start(self, status: int, headers: list) -> None:
@@ -109,7 +116,8 @@ class Writer:
         """``data`` in chunks, each crediting the writes with its seconds of audio."""
         for at in range(0, len(data), self.CHUNK):
             chunk = data[at:at + self.CHUNK]
-            self.budget += len(chunk) / self.rate if self.rate else 0.0
+            if self.rate:
+                self.budget = min(self.budget + len(chunk) / self.rate, self.timeout + self.AHEAD / self.rate)
             await self._write({"type": "http.response.body", "body": chunk,
                                "more_body": more or at + self.CHUNK < len(data)})
         if not data:
@@ -333,7 +341,6 @@ class App:
                 self.reading -= 1
             request = self.parse(raw)
             voice = request.voice
-            await self._check_audio(request)
             if self.pending >= self.config.max_pending:
                 raise RequestError(HTTPStatus.SERVICE_UNAVAILABLE,
                                    f"busy: {self.config.max_pending} requests in progress; retry shortly",
@@ -341,10 +348,11 @@ class App:
         except RequestError as exc:
             self.metrics.record(voice.name if voice else "", exc.status)
             raise
-        self.pending += 1
+        self.pending += 1  # taken before the phoneme count, so that at most max_pending requests count at once
         watcher = asyncio.create_task(self._watch_disconnect(receive, request))
         out = Writer(send, self.config.write_timeout, 2 * voice.sample_rate)
         try:
+            await self._check_audio(request)
             if request.stream:
                 await self._stream(request, out)
             else:
@@ -353,8 +361,8 @@ class App:
             self.metrics.record(voice.name, exc.status)
             raise
         except WriteTimeout as exc:
-            LOG.warning("tts voice=%s: the client is not reading its answer (%s); connection dropped, the rest "
-                        "is not synthesised", voice.name, exc)
+            LOG.warning("tts voice=%s: the client is not reading its answer (%s); connection dropped%s", voice.name,
+                        exc, ", the rest is not synthesised" if request.stream else "")
             self.metrics.record(voice.name, CLIENT_GONE)
             self.abort(scope)
             raise ClientGone() from exc
@@ -468,9 +476,13 @@ class App:
 
     async def _check_audio(self, request: TtsRequest) -> None:
         """413 for a text whose audio would be over ``audio_limit``: its phonemes (Piper's own, counted in
-        a thread, not on the event loop) times its ``length_scale`` where that is over 1."""
+        the request's synthesis thread, not on the event loop, once it holds a place) times its
+        ``length_scale`` where that is over 1."""
         loop = asyncio.get_running_loop()
-        phonemes = await loop.run_in_executor(None, request.voice.count_phonemes, request.text)
+        try:
+            phonemes = await loop.run_in_executor(self.executor, request.voice.count_phonemes, request.text)
+        except Exception as exc:  # noqa: BLE001 - the phonemizer failing: as a synthesis would, without its message
+            raise synthesis_failed(request.voice, exc) from exc
         scale = max(1.0, request.scale)
         limit = self.audio_limit()
         if phonemes * scale > limit:

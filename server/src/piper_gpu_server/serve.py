@@ -18,6 +18,7 @@ import sys
 import time
 
 from piper_gpu_server import installed, version
+from piper_gpu_server.app import SEND_BUFFER
 from piper_gpu_server.config import ConfigError, ServerConfig, config_file, cuda_options, load
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
 from piper_gpu_server.voices import Voice, VoiceLoadError
@@ -47,7 +48,7 @@ class LimitedListener(socket.socket):
     memory a client that stops reading holds, and can be dropped at once by its peer address
     (``abort``)."""
 
-    SEND_BUFFER = 256 * 1024
+    SEND_BUFFER = SEND_BUFFER  # app.Writer counts on it for what an answer may run ahead of its client
     limit = 256
     open = 0
     refused = 0
@@ -157,7 +158,9 @@ def end_paused_connections() -> bool:
             pass
 
     async def _maybe_recycle(self):
-        # closed unless both sides are ready for the next request (Hypercorn's own test, before it)
+        # the stream closed first (Hypercorn's own first step, which may wait, then a no-op there): then
+        # closed unless both sides are ready for the next request, as Hypercorn decides right after
+        await self._close_stream()
         recycle = (not self.context.terminated.is_set() and self.connection.our_state is h11.DONE
                    and self.connection.their_state is h11.DONE)
         if not recycle:
