@@ -19,7 +19,7 @@ import requests
 from piper_gpu_server.app import Writer
 from piper_gpu_server.config import ServerConfig
 
-from tests.server.test_server_http import TEXTS, VOICE, pending, post, start_server, until
+from tests.server.test_server_http import TEXTS, VOICE, health, pending, post, start_server, until
 
 READ_TIMEOUT = 2.0
 #: Hypercorn's idle timer: it also ends a connection whose request headers stop coming
@@ -199,7 +199,7 @@ def test_a_chunked_body_over_the_limit_gets_413(hostile):
 
 
 def memory_releases(url) -> int:
-    return requests.get(url + "/health", timeout=10).json()["voices"][VOICE]["memory_releases"]
+    return health(url)["voices"][VOICE]["memory_releases"]
 
 
 def test_long_unpunctuated_text_keeps_memory_bounded_and_the_voice_shared(hostile):
@@ -268,7 +268,7 @@ def test_streaming_sends_audio_after_the_first_piece(hostile):
 
 
 def voice_pieces(url) -> int:
-    return requests.get(url + "/health", timeout=10).json()["voices"][VOICE]["pieces"]
+    return health(url)["voices"][VOICE]["pieces"]
 
 
 def test_a_client_that_hangs_up_mid_stream_stops_its_synthesis(hostile):
@@ -367,7 +367,7 @@ def gone_count(url) -> float:
 
 
 def reading(url) -> int:
-    return requests.get(url + "/health", timeout=10).json()["reading"]
+    return health(url)["reading"]
 
 
 def test_a_trickled_body_holds_no_slot_and_gets_408_after_body_timeout(tight, tmp_path):
@@ -456,7 +456,7 @@ def test_a_client_that_does_not_read_is_dropped_and_frees_its_slot(tight, stream
     finally:
         stop.set()
     assert gone_count(url) == gone + len(hogs), "both hogs counted as 499"
-    assert requests.get(url + "/health", timeout=10).json()["pending"] == 0
+    assert pending(url) == 0
     assert log.read_text().count("the client is not reading its answer") >= len(hogs)
     if stream:  # the hogs' pieces, less the one of the client served (served_after: one 200, 503s synthesise nothing)
         synthesised = voice_pieces(url) - before - 1
@@ -531,7 +531,7 @@ def test_a_refused_body_is_read_and_dropped_and_leaves_nothing_behind(tmp_path):
         # every connection but the one asking (kept alive) is closed, within keep_alive_timeout of its
         # client closing it (Hypercorn's idle timer): none is left waiting on its body
         with requests.Session() as asking:
-            until(lambda: asking.get(url + "/health", timeout=10).json()["connections"] == 1, 30,
+            until(lambda: health(url, asking)["connections"] == 1, 30,
                   "the refused requests' connections closed", 0.5)
         stops_at_once(proc, "a connection left behind")
     finally:
@@ -612,7 +612,7 @@ def test_slow_speech_keeps_memory_bounded_by_audio(tmp_path):
         # at length_scale 10 each is about ten times as long as at the normal pace (over 40 s)
         seconds = [float(answers[i].headers["X-Audio-Seconds"]) for i in range(8)]
         assert all(s > 40 for s in seconds), seconds
-        longest = requests.get(url + "/health", timeout=10).json()["voices"][VOICE]["longest_run"]
+        longest = health(url)["voices"][VOICE]["longest_run"]
         print(f"peak RSS {peak} MiB, longest run {longest} phonemes at the normal pace, audio {seconds} s")
         assert 0 < longest <= PHONEMES_PER_CHAR * 200, f"a model run of {longest} phonemes at the normal pace"
         assert peak <= PEAK_RSS_BOUND_MIB, f"peak RSS {peak} MiB over the bound {PEAK_RSS_BOUND_MIB} MiB"

@@ -115,8 +115,12 @@ def until(condition, limit: float, what: str, every: float = 0.02):
         time.sleep(every)
 
 
+def health(url, session=requests) -> dict:
+    return session.get(url + "/health", timeout=10).json()
+
+
 def pending(url) -> int:
-    return requests.get(url + "/health", timeout=10).json()["pending"]
+    return health(url)["pending"]
 
 
 def settled(url) -> None:

@@ -460,7 +460,7 @@ class App:
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise RequestError(HTTPStatus.BAD_REQUEST, "'stream' must be true or false")
-        scale = voice.config.length_scale if length_scale is None else length_scale
+        scale = voice.pace(length_scale)
         pieces = texts.split(text, self.piece_limit(scale))
         if not pieces:
             raise RequestError(HTTPStatus.UNPROCESSABLE_ENTITY,

@@ -226,14 +226,7 @@ class Voice:
             raise VoiceLoadError(model_path, f"not a Piper voice model: its inputs are {', '.join(inputs)}, a Piper "
                                              f"voice's are {', '.join(sorted(PIPER_INPUTS))} (and sid with several speakers)")
         piper = PiperVoice(session=session, config=self.config)
-        unlocked = piper.phonemize
-
-        def phonemize(text: str):
-            with _PHONEMIZE_LOCK:
-                sentences = unlocked(text)
-            return self._runs(sentences)
-
-        piper.phonemize = phonemize  # PiperVoice.synthesize calls self.phonemize
+        piper.phonemize = lambda text: self._runs(self._phonemes(text))  # PiperVoice.synthesize calls it
         return piper
 
     def _load_stable(self, model_path: str, providers: list, intra_op_threads: int, phoneme_buckets,
@@ -316,11 +309,22 @@ class Voice:
     def sessions(self) -> int:
         return 1 if self.concurrent is None else 2
 
+    def _phonemes(self, text: str) -> list[list[str]]:
+        """Piper's own phonemes of ``text`` for this voice, a list per sentence, phonemized under the
+        process-wide lock (every session of the voice has the same config, so the main one serves)."""
+        from piper import PiperVoice
+
+        with _PHONEMIZE_LOCK:
+            return PiperVoice.phonemize(self.piper, text)
+
     def count_phonemes(self, text: str) -> int:
         """The phonemes Piper makes of ``text`` for this voice (its sentences' together), without
         synthesising; the model runs' bound (``longest_run``) is not touched."""
-        with _PHONEMIZE_LOCK:
-            return sum(len(sentence) for sentence in type(self.piper).phonemize(self.piper, text))
+        return sum(len(sentence) for sentence in self._phonemes(text))
+
+    def pace(self, length_scale: float | None) -> float:
+        """The length_scale a piece is spoken at: the request's, else the voice's own."""
+        return self.config.length_scale if length_scale is None else length_scale
 
     def _runs(self, sentences: list[list[str]]) -> list[list[str]]:
         """A piece's phonemes, a list per sentence, as the model runs them: each cut to at most this
@@ -344,7 +348,7 @@ class Voice:
 
         config = SynthesisConfig(speaker_id=speaker_id, length_scale=length_scale)
         self._run.max_phonemes = max_phonemes
-        self._run.scale = max(1.0, self.config.length_scale if length_scale is None else length_scale)
+        self._run.scale = max(1.0, self.pace(length_scale))
         with self.slots:
             with self._state:
                 piper = self.piper if self.running == 0 or self.concurrent is None else self.concurrent
