@@ -261,6 +261,7 @@ def test_streaming_sends_audio_after_the_first_piece(hostile):
     assert received[:4] == b"RIFF" and received[8:16] == b"WAVEfmt " and received[36:40] == b"data"
     with wave.open(io.BytesIO(whole.content)) as w:
         whole_audio = w.getnframes() / w.getframerate()
+    print(f"the long text ({len(text)} characters): {whole_audio:.1f} s of audio")  # docs/server.md cites it
     streamed_audio = (len(received) - 44) / (2 * 22050)
     assert abs(streamed_audio - whole_audio) / whole_audio < 0.15, (streamed_audio, whole_audio)
     assert voice_pieces(url) - before == planned

@@ -328,13 +328,19 @@ def test_cut_phonemes_cuts_at_word_breaks():
 
 def test_digits_and_hanzi_outgrow_their_characters():
     """Why pieces are also cut by phonemes: Piper's espeak-ng gives an English voice many times more
-    phonemes per character for digits and hanzi than for words (PHONEMES_PER_CHAR's note)."""
+    phonemes per character for digits and hanzi than for words (PHONEMES_PER_CHAR's note). The figures
+    in text.py and docs/server.md: .venv/bin/python -m pytest tests/server/test_text_split.py -k outgrow -s"""
     espeak = pytest.importorskip("piper.phonemize_espeak")
     phonemizer = espeak.EspeakPhonemizer()
 
-    def per_char(text: str) -> float:
-        return sum(len(s) for s in phonemizer.phonemize("en-us", text)) / len(text)
+    def phonemes(text: str, voice: str = "en-us") -> int:
+        count = sum(len(s) for s in phonemizer.phonemize(voice, text))
+        print(f"{voice} {text[:24]!r}: {count} phonemes, {count / len(text):.2f} per character")
+        return count
 
-    assert per_char(SHARED["en_medium"]) <= texts.PHONEMES_PER_CHAR
-    assert per_char("12345678901234567890") > 3 * texts.PHONEMES_PER_CHAR
-    assert per_char("中文语音合成测试") > 3 * texts.PHONEMES_PER_CHAR
+    digits, hanzi = "12345678901234567890", "中文语音合成测试"
+    assert phonemes(SHARED["en_medium"]) / len(SHARED["en_medium"]) <= texts.PHONEMES_PER_CHAR
+    assert phonemes(SHARED["en_long"]) / len(SHARED["en_long"]) <= texts.PHONEMES_PER_CHAR
+    assert phonemes(digits) / len(digits) > 3 * texts.PHONEMES_PER_CHAR
+    assert phonemes(hanzi) / len(hanzi) > 3 * texts.PHONEMES_PER_CHAR
+    assert phonemes(hanzi, "cmn") < phonemes(hanzi)  # a voice for the script reads it as words

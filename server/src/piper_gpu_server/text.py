@@ -53,7 +53,7 @@ WIDE_WEIGHT = 5
 #: phonemes one model run may hold per character of the piece bound (``sentence_max_chars``): English
 #: text gives 1.13 phonemes per character with Piper's espeak-ng (the measurement above), so a piece of
 #: ordinary English at the bound is never cut again; digits (10.9 per digit of "12345678901234567890")
-#: and hanzi read by an English voice (14.9) are
+#: and hanzi read by an English voice (14.9) are (tests/server/test_text_split.py -k outgrow -s prints them)
 PHONEMES_PER_CHAR = 1.5
 #: the fewest phonemes a run is cut to, however slow the speech or small the bound
 MIN_RUN_PHONEMES = 10
