@@ -32,12 +32,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from functools import cmp_to_key
 from pathlib import Path
 
-from piper_gpu import openpgp, sources
+from piper_gpu import openpgp, progress, sources
 from piper_gpu import locks, platforms, server_wheel
 from piper_gpu.naming import BUNDLE_CUDA_REPOS, BUNDLE_WHEELS, bundle_cudnn_file, bundle_voice_dir
 from piper_gpu.settings import Settings, SettingsError, cli_data, data_key, settings_from
@@ -70,11 +69,8 @@ def download(url: str, dest: Path, sha256: str | None = None) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     try:
-        if "://" not in url:
-            shutil.copyfile(url, part)
-        else:
-            with urllib.request.urlopen(url, timeout=60) as resp, open(part, "wb") as out:
-                shutil.copyfileobj(resp, out, 1 << 20)
+        with open(part, "wb") as out:
+            progress.fetch(url, out.write, dest.name)  # a bar on a terminal, else one line when done
     except OSError as exc:
         part.unlink(missing_ok=True)
         raise BundleError(f"download failed: {url}: {exc}") from exc
@@ -243,15 +239,27 @@ def collect_cuda_repo(s: Settings, repo_path: str, arch: str, out: Path) -> dict
 # Wheels, voices, cuDNN files
 # ------------------------------------------------------------------------------------------
 
+def _stderr_fd() -> int:
+    try:
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # replaced by an object with no descriptor
+        return 2
+
+
 def collect_wheels(s: Settings, python: str, out: Path) -> list[str]:
     dest = out / BUNDLE_WHEELS
     dest.mkdir(parents=True, exist_ok=True)
     specs = [f"{n}=={v}" for n, v in sorted(s.python_requirements().items())]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", *wheel_download_args(python), *s.pip_source_args(),
            "-d", str(dest), *specs]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    # pip's own output (its progress bar on a terminal, a line per wheel otherwise) goes to our stderr as it comes;
+    # its stderr is kept for the error
+    sys.stderr.flush()
+    res = subprocess.run(cmd, stdout=_stderr_fd(), stderr=subprocess.PIPE, text=True)
     if res.returncode != 0:
         raise BundleError(f"pip download failed ({' '.join(cmd)}):\n{res.stderr.strip()[-2000:]}")
+    if res.stderr.strip():
+        print(res.stderr.rstrip(), file=sys.stderr)  # pip's warnings
     wheel = server_wheel.build()  # not on PyPI: built from server/, beside the others
     for old in dest.glob(f"{server_wheel.MODULE}-*.whl"):
         old.unlink()

@@ -20,10 +20,11 @@ from piper_gpu.settings import DATA_DEFAULTS, data_key, settings_from, unprefixe
 from piper_gpu.steps.base import base_system
 from piper_gpu.steps.cuda import apt_sources_checked, cuda_environment, cuda_repository, cuda_toolkit
 from piper_gpu.steps.cudnn import cudnn, cudnn_sources, library_dirs
+from piper_gpu.steps.old_server import old_server, old_server_files_kept
 from piper_gpu.steps.piper import piper_venv, voices
 from piper_gpu.steps.preflight import inspect_host, preflight
 from piper_gpu.steps.service import piper_server, piper_service, record_settings
-from piper_gpu.steps.undeploy import remove_environment, remove_files, remove_service, remove_system
+from piper_gpu.steps.undeploy import remove_environment, remove_files, remove_service, remove_system, restore_moved_aside
 
 
 def _settings():
@@ -41,6 +42,7 @@ def deploy_piper_gpu():
     target = preflight(settings)  # 1. WSL2? no Linux driver there; distro in the platform table; Python lock; driver
     settings = target.settings  # the sources and lock for this platform and its Python (platforms.py)
     base_system(target)  # curl, python3-venv, the service user
+    old_server_files_kept(target)  # a copy of each of the user's files the run edits for the old server, as it is
     cuda_ops = []
     if settings.cuda.cuda_source == "apt":  # (cuda_source="pip": NVIDIA's wheels go into the venv, step 5)
         sources = cuda_repository(target)  # 2. cuda-keyring (key fingerprint checked) + apt source at the mirror
@@ -53,7 +55,8 @@ def deploy_piper_gpu():
     cuda_environment(target, library_dirs(target), library_ops)  # 3. PATH for shells, ld.so.conf.d + ldconfig
     voice_ops = voices(target)  # 6. voices, sha256 verified
     server_ops = piper_server(target)  # 7. the server's settings (the server itself: a package in the venv, 5.)
-    piper_service(target, [*library_ops, *voice_ops, *server_ops])  # 8. unit or profile start; restarted on change
+    old_server(target)  # 6 of the plan (pkill): the old CPU server stopped, its autostart off, its script kept aside
+    piper_service(target, [*library_ops, *voice_ops, *server_ops])  # 8. unit or profile start, proven; on change
     record_settings(target)  # what verify/ reads back: applied settings, resolved paths, installed files
 
 
@@ -62,7 +65,8 @@ def undeploy_piper_gpu():
     settings = settings_from(host.data)
     target = inspect_host(settings, checks=False)  # no GPU needed to remove things
     remove_service(target)  # 8. stop it; unit or control script and autostart gone
-    remove_files(target)  # 5-7. venv, server, logs, /etc/piper-gpu, tools (voices with piper_gpu_undeploy_voices)
+    remove_files(target)  # 5-7. what it created: venv, server, logs, /etc/piper-gpu, tools (voices when asked)
     remove_environment(target)  # 2-3. linker config + ldconfig, profile, ~/.bashrc block, apt source, keyring
+    restore_moved_aside(target)  # the old server's script and autostart, and files the deploy replaced, put back
     if settings.undeploy.undeploy_system:
-        remove_system(target)  # 3-4. CUDA/cuDNN packages, base packages and the user the deploy added
+        remove_system(target)  # 3-4. the CUDA/cuDNN and base packages, holds and user the deploy added

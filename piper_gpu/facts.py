@@ -174,11 +174,13 @@ class VenvState(FactBase):
 
 
 class PidAlive(FactBase):
-    """True when the pid file exists and names a live process."""
+    """True when the pid file names a live process that runs the server (a pid file left by a server that
+    died before a reboot may name another process now)."""
 
     def command(self, pidfile: str) -> str:
         q = shlex.quote(pidfile)
-        return f"if [ -s {q} ] && kill -0 \"$(cat {q})\" 2>/dev/null; then echo yes; else echo no; fi"
+        return (f"p=$(cat {q} 2>/dev/null); if [ -n \"$p\" ] && grep -q -a piper_gpu_server /proc/$p/cmdline 2>/dev/null; "
+                "then echo yes; else echo no; fi")
 
     def process(self, output):
         return bool(output) and output[0].strip() == "yes"
@@ -261,3 +263,174 @@ class PathKinds(FactBase):
 
     def process(self, output):
         return [line.strip() for line in output]
+
+
+def _unmatched_regex(text: str) -> str:
+    """An extended regex matching ``text`` literally whose own spelling does not match it (the first
+    character in brackets), so that a search of every process's command line for it does not find the
+    shell that runs the search."""
+    if not text:
+        return ""
+    first, rest = text[0], text[1:]
+    esc = re.sub(r"([][.^$*+?(){}|\\])", r"\\\1", rest)
+    # a bracket of one character, spelled so that grep -E and Python's re both read it ("^" alone would negate)
+    bracket = {"]": "[]]", "^": "[_^]", "\\": "[\\\\]"}.get(first, f"[{first}]")
+    return bracket + esc
+
+
+#: What marks a command line or a file as a Piper HTTP server: the users' script, Piper's own server
+#: module (python -m piper.http_server) and this deploy's server module.
+OLD_SERVER_NAMES = ("piper_http_server", "piper.http_server", "piper_gpu_server")
+
+
+class ManualSetup(FactBase):
+    """What a manual setup of the CPU server left on the host, read before anything changes:
+
+    - ``listeners``: every listening TCP socket (address, port, inode) of the host's network namespace
+      (``/proc/net/tcp``, ``/proc/net/tcp6``: no ``ss`` needed before the base packages are in);
+    - ``processes``: {pid: {user, cwd, root, cmdline, sockets}} for the holders of ``port`` and every
+      process whose command line names a Piper server or one of ``scripts``; ``root`` is "same" when the
+      process's root directory is the host's own (device and inode: a chroot's ``readlink`` shows "/" for a
+      root outside it), else that root's device:inode, or "?";
+    - ``scripts``: [(path, ours)] of ``piper_http_server*.py`` under ``home`` (not in site-packages or
+      caches), the paths in ``scripts``, and the script each such process runs; ``ours``: the file
+      carries the marker of an earlier release of this deploy ("Rendered by piper-gpu-deploy");
+    - ``autostart``: [(file, line number, line)] of ``home``'s shell start-up files and ``user``'s
+      crontab that name one of them (comments included: the caller decides);
+    - ``units``: [(unit file, enabled)] of systemd units that run one (this deploy's own unit left out);
+    - ``our_pids``: the service's pid (pid file) and the unit's MainPID;
+    - ``record``: what an earlier run recorded when it migrated an old server (``record_path``).
+    """
+
+    def command(self, port: int, home: str, user: str, scripts: tuple[str, ...], pid_file: str, unit: str,
+                record_path: str) -> str:
+        q = shlex.quote
+        names = list(OLD_SERVER_NAMES) + [s.rsplit("/", 1)[-1] for s in scripts]
+        pattern = "|".join(_unmatched_regex(n) for n in dict.fromkeys(names))
+        wanted = " ".join(q(s if not s.startswith("~/") else home + s[1:]) for s in scripts)
+        home_q, user_q = q(home), q(user)
+        return f"""set +e
+pat={q(pattern)}
+for f in /proc/net/tcp /proc/net/tcp6; do
+  [ -r "$f" ] && awk 'NR > 1 && $4 == "0A" {{ split($2, a, ":"); print "lsock=" a[1] " " a[2] " " $10 }}' "$f"
+done
+hex=$(printf '%04X' {int(port)})
+inodes=$(for f in /proc/net/tcp /proc/net/tcp6; do [ -r "$f" ] && awk -v p="$hex" \\
+  'NR > 1 && $4 == "0A" {{ split($2, a, ":"); if (a[2] == p) print $10 }}' "$f"; done)
+set --
+for i in $inodes; do set -- "$@" -o -lname "socket:\\[$i\\]"; done
+holders=""
+if [ $# -gt 0 ]; then
+  shift
+  holders=$(find /proc/[0-9]*/fd -maxdepth 1 \\( "$@" \\) -printf '%h\\n' 2>/dev/null | cut -d/ -f3 | sort -u)
+fi
+named=$(grep -l -a -E "$pat" /proc/[0-9]*/cmdline 2>/dev/null | cut -d/ -f3)
+me=$(stat -L -c '%d:%i' / 2>/dev/null)
+for p in $(printf '%s\\n' $holders $named | sort -un); do
+  [ "$p" = "$$" ] && continue
+  [ -r /proc/$p/cmdline ] || continue
+  # its root: this host's when it is the same directory as ours (a chroot's readlink shows "/" for any root
+  # outside it, so the device and inode decide); "?" when it cannot be read
+  r=$(stat -L -c '%d:%i' /proc/$p/root 2>/dev/null); [ -n "$r" ] || r="?"
+  [ "$r" = "$me" ] && r=same
+  echo "proc=$p	$(stat -c %U /proc/$p 2>/dev/null)	$(readlink /proc/$p/cwd 2>/dev/null)	$r	$(tr '\\000\\n\\t' '\\037\\036\\035' < /proc/$p/cmdline)"
+  find /proc/$p/fd -maxdepth 1 -lname 'socket:*' -printf "psock=$p %l\\n" 2>/dev/null
+  cwd=$(readlink /proc/$p/cwd 2>/dev/null)
+  tr '\\000' '\\n' < /proc/$p/cmdline | grep -E '\\.py$' | while IFS= read -r a; do
+    case "$a" in /*) s="$a" ;; *) s="$cwd/$a" ;; esac
+    [ -f "$s" ] && echo "runs=$p	$s"
+  done
+done
+{{ find {home_q} -maxdepth 4 \\( -name site-packages -o -name node_modules -o -name .cache -o -name .git \\) -prune \\
+    -o -type f -name 'piper_http_server*.py' -print 2>/dev/null; for s in {wanted}; do [ -f "$s" ] && echo "$s"; done; }} |
+  sort -u | while IFS= read -r s; do
+    if head -c 4096 "$s" 2>/dev/null | grep -q 'Rendered by piper-gpu-deploy'; then echo "script=ours	$s"; else echo "script=theirs	$s"; fi
+  done
+for f in {home_q}/.bashrc {home_q}/.profile {home_q}/.bash_profile {home_q}/.bash_login /var/spool/cron/crontabs/{user_q}; do
+  [ -f "$f" ] && grep -n -E "$pat" "$f" 2>/dev/null | sed "s|^|autostart=$f	|"
+done
+for u in /etc/systemd/system/*.service /lib/systemd/system/*.service /usr/lib/systemd/system/*.service \\
+    {home_q}/.config/systemd/user/*.service; do
+  [ -f "$u" ] || continue
+  grep -q -E "$pat" "$u" 2>/dev/null || continue
+  head -n 3 "$u" | grep -q 'Managed by piper-gpu-deploy' && continue
+  n=$(basename "$u")
+  case "$u" in {home_q}/*) if ls {home_q}/.config/systemd/user/*.wants/"$n" >/dev/null 2>&1; then e=enabled; else e=disabled; fi ;;
+    *) if ls /etc/systemd/system/*.wants/"$n" >/dev/null 2>&1; then e=enabled; else e=disabled; fi ;; esac
+  echo "unit=$e	$u"
+done
+p=$(cat {q(pid_file)} 2>/dev/null); [ -n "$p" ] && grep -q -a piper_gpu_server /proc/$p/cmdline 2>/dev/null && echo "ours=$p"
+[ -d /run/systemd/system ] && echo "ours=$(systemctl show -p MainPID --value {q(unit)} 2>/dev/null)"
+[ -s {q(record_path)} ] && echo "record=$(tr -d '\\n' < {q(record_path)})"
+true"""
+
+    def process(self, output):
+        out = {"listeners": [], "processes": {}, "scripts": [], "runs": {}, "autostart": [], "units": [],
+               "our_pids": [], "record": None}
+        sockets: dict[int, list[str]] = {}
+        for line in output:
+            key, _, value = line.partition("=")
+            if key == "lsock":
+                addr, port, inode = value.split()
+                out["listeners"].append({"address": _proc_net_address(addr), "port": int(port, 16), "inode": inode})
+            elif key == "proc":
+                pid, user, cwd, root, cmd = (value.split("\t", 4) + ["", "", "", "", ""])[:5]
+                args = [a.replace("\x1e", "\n").replace("\x1d", "\t") for a in cmd.rstrip("\x1f").split("\x1f")]
+                out["processes"][int(pid)] = {"pid": int(pid), "user": user, "cwd": cwd, "root": root,
+                                              "cmdline": args if cmd else [], "sockets": []}
+            elif key == "psock":
+                pid, link = value.split(" ", 1)
+                sockets.setdefault(int(pid), []).append(link.strip()[len("socket:["):-1])
+            elif key == "runs":
+                pid, path = value.split("\t", 1)
+                out["runs"].setdefault(int(pid), []).append(path)
+            elif key == "script":
+                kind, path = value.split("\t", 1)
+                out["scripts"].append([path, kind == "ours"])
+            elif key == "autostart":
+                path, rest = value.split("\t", 1)
+                number, _, text = rest.partition(":")
+                out["autostart"].append([path, int(number), text])
+            elif key == "unit":
+                state, path = value.split("\t", 1)
+                out["units"].append([path, state == "enabled"])
+            elif key == "ours" and value.strip().isdigit() and int(value) > 0:
+                out["our_pids"].append(int(value))
+            elif key == "record":
+                try:
+                    out["record"] = json.loads(value)
+                except ValueError:
+                    out["record"] = None
+        by_inode = {listener["inode"]: listener for listener in out["listeners"]}
+        for pid, inodes in sockets.items():
+            if pid in out["processes"]:
+                out["processes"][pid]["sockets"] = [f"{by_inode[i]['address']}:{by_inode[i]['port']}"
+                                                    for i in inodes if i in by_inode]
+        return out
+
+
+def _proc_net_address(hexaddr: str) -> str:
+    """/proc/net/tcp's address (the kernel's words, each in host byte order) as text."""
+    import ipaddress
+    import struct
+
+    raw = bytes.fromhex(hexaddr)
+    words = b"".join(struct.pack("<I", struct.unpack(">I", raw[i:i + 4])[0]) for i in range(0, len(raw), 4))
+    address = ipaddress.ip_address(words)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, an IPv4 client of an IPv6 socket
+    return str(mapped or address)
+
+
+class FileMark(FactBase):
+    """None when ``path`` is not a file; else {"ours": its first KiB holds ``marker``, "sha256": ...}:
+    whether a file the deploy is about to write is one it wrote before (its marker), or someone else's."""
+
+    def command(self, path: str, marker: str) -> str:
+        q = shlex.quote(path)
+        return (f"if [ -f {q} ]; then if head -c 1024 {q} | grep -q -F -- {shlex.quote(marker)}; then echo ours; "
+                f"else echo theirs; fi; sha256sum {q} | cut -d' ' -f1; else echo absent; fi")
+
+    def process(self, output):
+        if not output or output[0].strip() == "absent":
+            return None
+        return {"ours": output[0].strip() == "ours", "sha256": output[1].strip() if len(output) > 1 else ""}

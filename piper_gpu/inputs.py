@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from piper_gpu import naming, sources
+from piper_gpu import host_names, naming, sources
 from piper_gpu.errors import SettingsError
 from piper_gpu.matrix import CUDA_WHEELS_12_4, DEFAULT_ORT_GPU
 
@@ -153,6 +153,9 @@ class Cuda(_Group):
             if not cond:
                 problems.append(msg)
 
+        for name in host_names.VERSION_FORMS:
+            if hasattr(self, name):
+                problems.append(host_names.version_problem(name, getattr(self, name)) or "")
         check(self.cuda_install in CUDA_INSTALLS, f"cuda_install={self.cuda_install!r}: use 'auto', 'toolkit', 'compiler' or 'runtime'")
         check(self.cudnn_source in CUDNN_SOURCES,
               f"cudnn_source={self.cudnn_source!r}: use one of {', '.join(repr(c) for c in CUDNN_SOURCES)}")
@@ -169,11 +172,12 @@ class Cuda(_Group):
                   f"{self.cuda_version} release: set cuda_wheels to NVIDIA's CUDA {self.cuda_version} wheels")
             wrong = sorted(n for n in self.cuda_wheels if not n.endswith(f"-cu{major}"))
             check(not wrong, f"cuda_wheels: {wrong} are not CUDA {major} wheels (-cu{major})")
-        for name in naming.cuda_packages(self.cuda_version, self.cuda_install):
-            for pat in WSL_FORBIDDEN_PACKAGE_PATTERNS:
-                check(not re.match(pat, name),
-                      f"package {name} pulls in a Linux NVIDIA driver; use cuda-toolkit-X-Y or cuda-libraries-X-Y")
-        return problems
+        if not any(p.startswith("cuda_version=") for p in problems):
+            for name in naming.cuda_packages(self.cuda_version, self.cuda_install):
+                for pat in WSL_FORBIDDEN_PACKAGE_PATTERNS:
+                    check(not re.match(pat, name),
+                          f"package {name} pulls in a Linux NVIDIA driver; use cuda-toolkit-X-Y or cuda-libraries-X-Y")
+        return [p for p in problems if p]
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,9 @@ class Sources(_Group):
     pip_no_index: bool = False
 
     def problems(self) -> list[str]:
-        return _source_problems(self)
+        found = [host_names.repo_path_problem("cuda_repo_path", self.cuda_repo_path),
+                 host_names.version_problem("cuda_keyring_version", self.cuda_keyring_version)]
+        return [p for p in found if p] + _source_problems(self)
 
 
 @dataclass(frozen=True)
@@ -230,7 +236,9 @@ class Venv(_Group):
     venv_dir: str = "~/piper_env/.venv"
 
     def problems(self) -> list[str]:
-        return []  # the versions are checked against CUDA's in the version matrix (settings.py)
+        # the versions are checked against CUDA's in the version matrix (settings.py)
+        found = [host_names.host_dir_problem(name, getattr(self, name)) for name in ("piper_dir", "venv_dir")]
+        return [p for p in found if p]
 
 
 @dataclass(frozen=True)
@@ -243,8 +251,11 @@ class Voices(_Group):
     models_dir: str = "~/piper_models"
 
     def problems(self) -> list[str]:
-        problems = _source_problems(self)
+        problems = [host_names.host_dir_problem("models_dir", self.models_dir) or "", *_source_problems(self)]
         for v in self.voices:
+            problems.append(host_names.component_problem("voice name", v.name) or "")
+            if v.lang is not None:
+                problems.append(host_names.component_problem(f"voice {v.name}: lang", v.lang) or "")
             if v.url is not None:
                 problems.append(sources.problem(f"voice {v.name}: url", v.url, "dir") or "")
         names = [v.name for v in self.voices]
@@ -267,6 +278,16 @@ class Voices(_Group):
         return [p for p in problems if p]
 
 
+def _ip_address(value: Any) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
 def _positive_seconds(value: Any) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
@@ -285,12 +306,14 @@ class Service(_Group):
     #: Create ``service_user`` if missing (a WSL2 login user already exists).
     create_service_user: bool = True
     port: int = 5005
-    bind_address: str = "127.0.0.1"
+    #: The address the service listens on: an IP address (127.0.0.1: this machine only; 0.0.0.0: every
+    #: address), or "auto": the address the old CPU server found on this host listened on (carried over,
+    #: said in the run's output), else 127.0.0.1.
+    bind_address: str = "auto"
     #: "auto" (systemd when it runs as PID 1, else profile), "systemd" or "profile".
     service_mode: str = "auto"
     use_gpu: bool = True
-    #: Longest text in characters (413 beyond); its audio is bounded too: at most 1.5 x this many phonemes
-    #: at the normal pace (docs/server.md "Bounds under any client").
+    #: The server's max_text_chars (written to server.toml).
     max_text_chars: int = 2000
     #: Warm-up synthesis per voice at start (first request otherwise pays for CUDA init).
     warmup: bool = True
@@ -301,22 +324,20 @@ class Service(_Group):
     max_pending: int = 8
     #: Syntheses one voice runs at once on its ONNX session; 0: 8 on CUDA, 4 on the CPU (docs/results.md: "On a GPU").
     syntheses_per_voice: int = 0
-    #: Longest piece of a text synthesised in one go (longer sentences are cut at a clause break or space);
-    #: each model run holds at most 1.5 x this many phonemes at the normal pace.
+    #: The server's sentence_max_chars (written to server.toml).
     sentence_max_chars: int = 200
-    #: Seconds a client may stall while sending a request body before it is dropped.
+    #: The server's read_timeout (written to server.toml).
     read_timeout: float = 10.0
-    #: Seconds a whole request body may take, however slowly it comes (408 after); it is read before
-    #: the request takes one of the max_pending places.
+    #: The server's body_timeout (written to server.toml).
     body_timeout: float = 30.0
-    #: Seconds an answer's writes may wait for a client that reads slowly: each 64 KiB at most this,
-    #: all together this plus the audio's seconds; a client that reads slower is dropped.
+    #: The server's write_timeout (written to server.toml).
     write_timeout: float = 10.0
-    #: Seconds an idle kept-alive connection (or one whose request headers stop coming) stays open.
+    #: The server's keep_alive_timeout (written to server.toml).
     keep_alive_timeout: float = 5.0
     #: Open connections at most; more are closed as they are accepted.
     max_connections: int = 256
-    #: Seconds a stop (SIGTERM) waits for requests in progress (the unit's TimeoutStopSec is above it).
+    #: The server's graceful_timeout (written to server.toml). A stop of the service, by the systemd
+    #: unit (TimeoutStopSec) or by piper-tts-ctl, sends SIGKILL graceful_timeout + 30 s after SIGTERM.
     graceful_timeout: float = 60.0
     #: ONNX Runtime's CPU memory arena: buffers kept between pieces (faster on the CPU), handed back
     #: after ``memory_release_idle`` idle seconds; off, they go back after every piece.
@@ -344,6 +365,10 @@ class Service(_Group):
             if not cond:
                 problems.append(msg)
 
+        problems.append(host_names.user_name_problem("service_user", self.service_user) or "")
+        check(self.bind_address == "auto" or _ip_address(self.bind_address),
+              f"bind_address={self.bind_address!r}: use 'auto', or an IP address such as 127.0.0.1 (this machine "
+              "only) or 0.0.0.0 (every address)")
         check(self.service_mode in ("auto", "systemd", "profile"),
               f"service_mode={self.service_mode!r}: use 'auto', 'systemd' or 'profile'")
         check(isinstance(self.port, int) and 0 < self.port < 65536, f"port={self.port!r} is not a TCP port")
@@ -375,6 +400,36 @@ class Service(_Group):
                                        and self.api_key == self.api_key.strip()),
               "api_key must be at least 16 characters, without leading or trailing whitespace (an empty key file "
               "would stop the server; e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(24))')")
+        return [p for p in problems if p]
+
+
+OLD_SERVER_MODES = ("migrate", "refuse")
+
+
+@dataclass(frozen=True)
+class Migration(_Group):
+    """What the deploy does with the CPU server the manual setup left on the host (docs/migrate.md)."""
+
+    # --- the old CPU server --------------------------------------------------------------
+    #: "migrate": stop the old server (SIGTERM), turn its autostart lines and units off and move its
+    #: script to a dated backup, each named in the run's output and put back by undeploy; "refuse": stop
+    #: the run before any change when one is found. Anything on ``port`` that is not a Piper server
+    #: stops the run either way.
+    old_server: str = "migrate"
+    #: More paths of the old server's script (absolute or ~/...), besides piper_http_server.py under the
+    #: service user's home and the script a running old server was started with.
+    old_server_scripts: tuple[str, ...] = ()
+
+    def problems(self) -> list[str]:
+        problems = []
+        if self.old_server not in OLD_SERVER_MODES:
+            problems.append(f"old_server={self.old_server!r}: use 'migrate' (stop it, keep its files aside) or "
+                            "'refuse' (stop the run when one is found)")
+        scripts = self.old_server_scripts
+        if isinstance(scripts, str) or not isinstance(scripts, (list, tuple)):
+            problems.append(f"old_server_scripts={scripts!r}: give a list of paths, e.g. [\"~/tts/piper_http_server.py\"]")
+        else:
+            problems += [p for p in (host_names.script_path_problem("old_server_scripts", v) for v in scripts) if p]
         return problems
 
 
@@ -411,5 +466,5 @@ class Checks(_Group):
 #: The groups in the order of the reference (docs/settings.md): the ``Settings`` attribute of each, its class.
 GROUPS: tuple[tuple[str, type], ...] = (
     ("cuda", Cuda), ("sources", Sources), ("venv", Venv), ("models", Voices), ("service", Service),
-    ("undeploy", Undeploy), ("checks", Checks),
+    ("migration", Migration), ("undeploy", Undeploy), ("checks", Checks),
 )

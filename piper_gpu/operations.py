@@ -293,3 +293,151 @@ def ini_option(path: str, section: str, key: str, value: str, mode: str = "644")
         return
     yield FileUploadCommand(StringIO(wanted), path)
     yield StringCommand("chmod", mode, QuoteString(path))
+
+
+# --- what the deploy moves aside, turns off or replaces, and undeploy puts back -------------------
+
+def _ledger_line(ledger: str, *fields: str) -> str:
+    """The command that appends one tab-separated line to the ledger (target.MOVED_ASIDE)."""
+    q = shlex.quote
+    return (f"mkdir -p {q(ledger.rsplit('/', 1)[0])} && printf '%s\\n' {q(chr(9).join(fields))} >> {q(ledger)}")
+
+
+def _copy_to(path: str, backup: str) -> str:
+    q = shlex.quote
+    return f"mkdir -p {q(backup.rsplit('/', 1)[0])} && cp -p -- {q(path)} {q(backup)}"
+
+
+@operation()
+def lines_disabled(path: str, lines: list[tuple[int, str]], prefix: str, backup: str, ledger: str,
+                   shell_syntax: bool = True):
+    """The numbered ``lines`` of ``path`` (a shell start-up file, a crontab) become comments that start with
+    ``prefix``. The file as it was is at ``backup`` (copied now unless an earlier operation of the run did),
+    and the ledger says so for undeploy, before the file changes. A line already commented is left alone
+    (sed's address skips it), so a re-run changes nothing. With ``shell_syntax``, a file that ``bash -n`` no
+    longer parses (the line was part of an if or a loop) is put back and the run stops, naming the lines."""
+    if not lines:
+        host.noop(f"{path}: nothing to turn off")
+        return
+    q = shlex.quote
+    yield f"[ -e {q(backup)} ] || {{ {_copy_to(path, backup)}; }}"
+    yield _ledger_line(ledger, "lines", path, backup)
+    # GNU sed -i keeps the file's owner and mode, --follow-symlinks edits a symlinked dotfile where it lives;
+    # the prefix holds no sed metacharacter of s|||
+    script = " ".join(f"-e {q(f'{n}{{/^#/!s|^|{prefix}|}}')}" for n, _ in lines)
+    yield f"sed -i --follow-symlinks {script} {q(path)}"
+    if shell_syntax:
+        numbers = ", ".join(str(n) for n, _ in lines)
+        message = (f"turning off line {numbers} of {path} would break the file's shell syntax (the line is part of "
+                   "an if, a loop or a longer command): the file is as it was; turn the old server's autostart off "
+                   "there by hand, then run the deploy again")
+        undo = " ".join(f"-e {q(f'{n}s|^{prefix}||')}" for n, _ in lines)
+        yield (f"if command -v bash >/dev/null && ! bash -n {q(path)} 2>/dev/null; then sed -i --follow-symlinks "
+               f"{undo} {q(path)}; {_drop(ledger, chr(9).join(['lines', path, backup]))}; "
+               f"echo {q(message)} >&2; exit 1; fi")
+
+
+def _drop(ledger: str, entry: str) -> str:
+    """The command that removes ``entry`` from the ledger (and the ledger once it is empty)."""
+    q = shlex.quote
+    return (f"grep -vxF -- {q(entry)} {q(ledger)} > {q(ledger)}.tmp; mv -f {q(ledger)}.tmp {q(ledger)}; "
+            f"[ -s {q(ledger)} ] || rm -f {q(ledger)}")
+
+
+@operation()
+def copies_kept(paths: list[str], backups: list[str]):
+    """Each of ``paths`` copied to its backup (owner, mode and times kept), as it is now: before the run
+    changes it."""
+    for path, backup in zip(paths, backups):
+        yield _copy_to(path, backup)
+
+
+@operation()
+def unit_disabled(unit_file: str, enabled: bool, systemd_running: bool, ledger: str):
+    """A systemd unit that is not the deploy's (it runs the old server) stopped where systemd runs, and
+    disabled when it was enabled; the ledger says so for undeploy (which enables it again)."""
+    name = unit_file.rsplit("/", 1)[-1]
+    if enabled:
+        yield _ledger_line(ledger, "unit", unit_file)
+        yield StringCommand("systemctl disable", "--now" if systemd_running else "", QuoteString(name))
+    elif systemd_running:
+        yield StringCommand("systemctl stop", QuoteString(name))
+
+
+@operation()
+def processes_stopped(processes: list, wait_s: int, record: str, record_text: str, port: int | None = None):
+    """Each of ``processes`` (migration.Process) gets SIGTERM, if it still runs the same command line (a
+    pid taken by another process since the plan is left alone); the operation waits up to ``wait_s``
+    seconds for those it signalled to exit and fails naming each survivor and how to stop it. With ``port``
+    (the old server held the service's port), the port must then be free: something that started a server
+    there again (a unit, a supervisor, a loop) is named. ``record_text`` goes to ``record`` once they are gone."""
+    q = shlex.quote
+    lines = ["signalled=''"]
+    for p in processes:
+        expected = " ".join(p.cmdline) + " "
+        lines.append(f"if [ \"$(tr '\\000' ' ' < /proc/{p.pid}/cmdline 2>/dev/null)\" = {q(expected)} ] && "
+                     f"kill -TERM {p.pid} 2>/dev/null; then signalled=\"$signalled {p.pid}\"; fi")
+    described = {str(p.pid): p.describe() for p in processes}
+    survivors = "; ".join(f"[ $p = {pid} ] && echo {q('  ' + text)} >&2" for pid, text in described.items())
+    lines.append(f"n=0; while [ $n -lt {int(wait_s) * 5} ]; do alive=''; for p in $signalled; do "
+                 "kill -0 $p 2>/dev/null && ! grep -q '^State:.*zombie' /proc/$p/status 2>/dev/null && "
+                 "alive=\"$alive $p\"; done; [ -z \"$alive\" ] && break; sleep 0.2; "
+                 "n=$((n + 1)); done")
+    lines.append(f"if [ -n \"$alive\" ]; then echo \"the old server did not stop within {int(wait_s)} s of SIGTERM:\" >&2; "
+                 f"for p in $alive; do {survivors}; done; echo '  stop it yourself (kill -9 PID; if a systemd unit or a "
+                 "supervisor restarts it, stop that), then run the deploy again' >&2; exit 1; fi")
+    yield "; ".join(lines)
+    if port:
+        yield (f"sleep 1; held=$(ss -Hltnp 'sport = :{int(port)}' 2>/dev/null | head -n 1); if [ -n \"$held\" ]; then "
+               f"echo \"the old server stopped, but port {int(port)} is held again: $held. Something starts it again "
+               "(a systemd unit, a supervisor, a loop, a cron job): stop that, then run the deploy again\" >&2; exit 1; fi")
+    yield f"mkdir -p {q(record.rsplit('/', 1)[0])} && printf '%s\\n' {q(record_text)} > {q(record)}"
+
+
+@operation()
+def moved_aside(path: str, backup: str, ledger: str):
+    """``path`` (a file the deploy did not write) moved to ``backup``, owner, mode and times kept; the
+    ledger says so for undeploy (which moves it back)."""
+    q = shlex.quote
+    yield _ledger_line(ledger, "file", path, backup)
+    yield f"mkdir -p {q(backup.rsplit('/', 1)[0])} && mv -- {q(path)} {q(backup)}"
+
+
+@operation()
+def kept_aside(path: str, backup: str, ledger: str):
+    """A copy of ``path`` (a file the deploy did not write, which it is about to replace) at ``backup``;
+    the ledger says so for undeploy (which puts it back in place of the deploy's file)."""
+    yield _ledger_line(ledger, "copy", path, backup)
+    yield _copy_to(path, backup)
+
+
+def _prune(directory: str, stop_at: str) -> str:
+    """The command that removes ``directory`` and its parents up to ``stop_at`` (excluded) while empty."""
+    q = shlex.quote
+    return (f"d={q(directory)}; while [ \"$d\" != {q(stop_at)} ] && [ \"$d\" != / ] && rmdir \"$d\" 2>/dev/null; "
+            "do d=$(dirname \"$d\"); done")
+
+
+@operation()
+def put_back(entry: str, ledger: str, prefix: str, backups: str):
+    """Undo one ledger line (target.MOVED_ASIDE) and drop it from the ledger: a file moved aside or
+    replaced goes back where it was (unless something is there now: then its backup and its line stay and
+    the run says where), lines turned into comments are turned back, a unit is enabled again."""
+    q = shlex.quote
+    kind, *fields = entry.split("\t")
+    drop = _drop(ledger, entry)
+    if kind in ("file", "copy") and len(fields) == 2:
+        original, backup = fields
+        yield (f"if [ ! -e {q(backup)} ]; then echo {q(f'backup {backup} of {original} is gone: nothing to put back')}; "
+               f"{drop}; elif [ -e {q(original)} ]; then echo {q(f'{original} exists: its backup stays at {backup}')} >&2; "
+               f"else mkdir -p {q(original.rsplit('/', 1)[0])} && mv -- {q(backup)} {q(original)} && {{ {drop}; "
+               f"{_prune(backup.rsplit('/', 1)[0], backups)}; }}; fi; true")
+    elif kind == "lines" and len(fields) == 2:
+        path, backup = fields
+        yield (f"if [ ! -f {q(path)} ]; then echo {q(f'{path} is gone: its copy stays at {backup}')} >&2; "
+               f"elif sed -i --follow-symlinks -e {q('s|^' + prefix + '||')} {q(path)}; then rm -f -- {q(backup)}; "
+               f"{drop}; {_prune(backup.rsplit('/', 1)[0], backups)}; fi; true")
+    elif kind == "unit" and len(fields) == 1:
+        yield f"systemctl enable {q(fields[0].rsplit('/', 1)[-1])} && {{ {drop}; }}"
+    else:
+        yield f"echo {q(f'{ledger}: a line this release does not know, left as it is: {entry!r}')} >&2"

@@ -21,9 +21,9 @@ import pprint
 import re
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 
+from piper_gpu import progress
 from piper_gpu.settings import Settings, SettingsError, Voice, cli_data, data_key, settings_from
 
 BEGIN = "# BEGIN piper-gpu pin-voices (python -m piper_gpu pin-voices)"
@@ -35,16 +35,10 @@ class PinError(RuntimeError):
 
 
 def sha256_of(url: str) -> str:
+    """The sha256 of what ``url`` (http(s)://, file:// or a path) serves; the progress on stderr."""
     h = hashlib.sha256()
     try:
-        if "://" not in url:
-            with open(url, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-        else:
-            with urllib.request.urlopen(url, timeout=60) as resp:
-                for block in iter(lambda: resp.read(1 << 20), b""):
-                    h.update(block)
+        progress.fetch(url, h.update)
     except OSError as exc:
         raise PinError(f"cannot fetch {url}: {exc}") from exc
     return h.hexdigest()

@@ -21,8 +21,8 @@ from piper_gpu import derived, matrix, platforms
 from piper_gpu import sources as source_forms
 from piper_gpu.errors import SettingsError  # noqa: F401 - imported from here by the CLI and the tests
 from piper_gpu.inputs import (  # noqa: F401 - the inputs' names, imported from here by the steps and the tests
-    CUDNN_SOURCES, DATA_PREFIX, GROUPS, WSL_FORBIDDEN_PACKAGE_PATTERNS, Checks, Cuda, Service, Sources, Undeploy,
-    Venv, Voice, Voices, data_key, raise_problems)
+    CUDNN_SOURCES, DATA_PREFIX, GROUPS, WSL_FORBIDDEN_PACKAGE_PATTERNS, Checks, Cuda, Migration, Service, Sources,
+    Undeploy, Venv, Voice, Voices, data_key, raise_problems)
 from piper_gpu.matrix import ONNXRUNTIME_DISTRIBUTIONS
 from piper_gpu.sources import DEFAULT_AUTOMOUNT_ROOT
 
@@ -41,6 +41,7 @@ class Settings:
     venv: Venv = field(default_factory=Venv)
     models: Voices = field(default_factory=Voices)
     service: Service = field(default_factory=Service)
+    migration: Migration = field(default_factory=Migration)
     undeploy: Undeploy = field(default_factory=Undeploy)
     checks: Checks = field(default_factory=Checks)
 
@@ -251,6 +252,10 @@ def from_fields(values: Mapping[str, Any], validate: bool = True) -> Settings:
             value = tuple(Voice.parse(v) for v in value)
         elif name in ("python_lock", "cuda_wheels"):
             value = dict(json.loads(value) if isinstance(value, str) else value)
+        elif name == "old_server_scripts":
+            if isinstance(value, str):  # --data piper_gpu_old_server_scripts='["~/a.py"]' or a,b
+                value = json.loads(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            value = tuple(value) if isinstance(value, list) else value
         else:
             value = _coerce(data_key(name), value, default_values[name])
         overrides[name] = value

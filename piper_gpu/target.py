@@ -5,6 +5,7 @@ depend on it (the service user's home, the venv's Python)."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass, field
 
 from piper_gpu.settings import Settings
@@ -31,6 +32,22 @@ TOOLS = "/usr/local/lib/piper-gpu"
 STATE = "/var/lib/piper-gpu"
 ADDED_PACKAGES = f"{STATE}/added-packages"
 ADDED_USER = f"{STATE}/added-user"
+#: Packages the deploy put on hold (undeploy lifts these holds, no other).
+HELD_PACKAGES = f"{STATE}/held-packages"
+#: Directories the deploy created (one a line): undeploy removes these, and of the others only its own files.
+ADDED_PATHS = f"{STATE}/added-paths"
+#: What the deploy moved aside, turned off or replaced and undeploy puts back, one tab-separated line
+#: each: ``file ORIGINAL BACKUP`` (moved), ``copy ORIGINAL BACKUP`` (replaced by the deploy's own file),
+#: ``lines FILE BACKUP`` (lines turned into comments; BACKUP: the file before), ``unit UNIT_FILE`` (disabled).
+MOVED_ASIDE = f"{STATE}/moved-aside.tsv"
+#: Dated backups of those files, each at its original path under BACKUPS/<date>/.
+BACKUPS = f"{STATE}/backups"
+#: The old CPU server the deploy stopped (its address carries over to bind_address="auto").
+OLD_SERVER_RECORD = f"{STATE}/old-server.json"
+#: What a venv the deploy did not create held before it changed it (pip freeze).
+VENV_BEFORE = f"{STATE}/venv-before.txt"
+#: The marker every file the deploy writes carries in its first lines; a file without it is not the deploy's.
+MARKER = "Managed by piper-gpu-deploy"
 UNIT = "piper-tts.service"
 CTL = "/usr/local/bin/piper-tts-ctl"
 PERF = "/usr/local/bin/piper-tts-perf"
@@ -57,6 +74,14 @@ class Target:
     platform: str = ""  # key in the platform table (piper_gpu/platforms.py)
     #: Files the deploy writes from templates: host path -> sha256 of the content (verify compares).
     installed: dict[str, str] = field(default_factory=dict)
+    #: The old CPU server found on the host and what the run does with it (migration.Migration).
+    migration: object = None
+    #: This run's date, naming its backups: BACKUPS/<stamp>/<original path>.
+    stamp: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
+
+    def backup_path(self, original: str) -> str:
+        """Where this run keeps a copy of ``original`` (a file it moves aside or replaces)."""
+        return f"{BACKUPS}/{self.stamp}{original}"
 
     def path(self, value: str) -> str:
         """Expand a leading ~ to the service user's home."""
@@ -79,13 +104,18 @@ class Target:
         return f"{self.venv_dir}/bin/python"
 
     @property
-    def legacy_server_path(self) -> str:
-        """Where releases before the server package rendered it (removed by the deploy)."""
-        return f"{self.piper_dir}/piper_http_server.py"
-
-    @property
     def run_dir(self) -> str:
         return f"{self.piper_dir}/run"
+
+    @property
+    def lock_file(self) -> str:
+        """The venv's lock, as the deploy installs it."""
+        return f"{self.piper_dir}/requirements.lock"
+
+    @property
+    def pid_file(self) -> str:
+        """The profile-mode service's pid file."""
+        return f"{self.run_dir}/piper-tts.pid"
 
     @property
     def log_dir(self) -> str:

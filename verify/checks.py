@@ -678,16 +678,47 @@ def parse_ss_listening(text: str) -> set[tuple[str, int]]:
     return found
 
 
-def service_listens_problem(rc: int, ss: str, stderr: str, address: str, port: int) -> Problem | None:
-    """Something listens on address:port, or on [::]:port (every address, both families), as testinfra's
-    socket(...).is_listening decides. Unlike testinfra, no fallback to netstat where ss is missing: the
-    deploy installs iproute2 (a base package), so a host without ss is itself a fault, named here."""
-    listening = parse_ss_listening(ss) if rc == 0 else set()
-    if ("::", int(port)) in listening or (address, int(port)) in listening:
+def parse_ss_processes(text: str) -> dict[tuple[str, int], set[int]]:
+    """`ss --numeric --listening --tcp --processes` -> {(address, port): {pid, ...}} of the listening
+    sockets whose process ss shows (users:(("python",pid=123,fd=3)); none without root)."""
+    found: dict[tuple[str, int], set[int]] = {}
+    for line in text.splitlines():
+        pids = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        sockets = parse_ss_listening(line)
+        for socket in sockets:
+            found.setdefault(socket, set()).update(pids)
+    return found
+
+
+def service_listens_problem(rc: int, ss: str, stderr: str, address: str, port: int,
+                            service_pid: str = "", pid_source: str = "") -> Problem | None:
+    """The service's own process listens on address:port, or on [::]:port (every address, both
+    families): a socket there as testinfra's socket(...).is_listening decides it, held by
+    ``service_pid`` (the pid file's or the unit's MainPID, named by ``pid_source``) as `ss --processes`
+    shows it, so that another process answering the port (an old server, another host's service) fails
+    here. Unlike testinfra, no fallback to netstat where ss is missing: the deploy installs iproute2 (a
+    base package), so a host without ss is itself a fault, named here."""
+    holders = parse_ss_processes(ss) if rc == 0 else {}
+    socket = next((s for s in ((address, int(port)), ("::", int(port))) if s in holders), None)
+    if socket is None:
+        return Problem(f"nothing listens on {address}:{port}" + (f" (ss fails: {stderr.strip()[-200:]})" if rc else ""),
+                       f"the service on {address}:{port}",
+                       "start the service (see test_service_running); check the port is not taken")
+    pids = holders[socket]
+    where = f"{socket[0]}:{socket[1]}"
+    if not pids:
+        return Problem(f"{where} listens, but ss shows no process for it (run verify as root: --sudo)",
+                       f"the service's process ({pid_source}) holding {where}", "run verify with --sudo")
+    if not service_pid.strip().isdigit() or int(service_pid) == 0:
+        return Problem(f"{where} is held by pid {', '.join(map(str, sorted(pids)))}, and the service has no pid "
+                       f"({pid_source}: {service_pid.strip() or 'empty'})", f"the service's process holding {where}",
+                       "start the service (see test_service_running); free the port from the other process")
+    if int(service_pid) in pids:
         return None
-    return Problem(f"nothing listens on {address}:{port}" + (f" (ss fails: {stderr.strip()[-200:]})" if rc else ""),
-                   f"the service on {address}:{port}",
-                   "start the service (see test_service_running); check the port is not taken")
+    return Problem(f"{where} is held by pid {', '.join(map(str, sorted(pids)))}, not by the service (pid {service_pid.strip()}, "
+                   f"{pid_source})", f"the service's process holding {where}",
+                   "stop the other process (an old server? `ss -ltnp` names it), then restart the service; or set "
+                   "piper_gpu_port to a free port and re-run the deploy")
 
 
 def health_names_a_provider_problem(health: dict | None, url: str, voices: list[str]) -> Problem | None:

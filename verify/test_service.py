@@ -66,16 +66,19 @@ def test_service_running(host, target):
                                                       autostart.content_string if autostart.exists else None))
 
 
-def test_service_listens(host, applied):
-    """What testinfra's host.socket(...).is_listening runs and decides: `ss` lists a listening socket on the
-    bound address (or on every address, [::]) and the port."""
+def test_service_listens(host, applied, target):
+    """What testinfra's host.socket(...).is_listening runs and decides (`ss` lists a listening socket on the
+    bound address, or on every address, [::], and the port), and that the socket is the service's own:
+    its process is the pid file's (or the unit's MainPID), not an old server's or another host's."""
     addr = applied.bind_address if applied.bind_address not in ("", "0.0.0.0") else "0.0.0.0"
     try:
         command = host.find_command("ss")
     except ValueError:
         command = "ss"  # not found: the check names the failure
-    ss = host.run(f"{command} --numeric --listening --tcp")
-    report(checks.service_listens_problem(ss.rc, ss.stdout, ss.stderr, addr, applied.port))
+    ss = host.run(f"{command} --numeric --listening --tcp --processes")
+    source = f"MainPID of {target['unit']}" if target["service_mode"] == "systemd" else f"pid file {target['pid_file']}"
+    report(checks.service_listens_problem(ss.rc, ss.stdout, ss.stderr, addr, applied.port, server_pid(host, target),
+                                          source))
 
 
 def test_health_names_a_provider_per_voice(service_env, base_url, applied):

@@ -17,6 +17,7 @@ and paste what it prints here.
 #     },
 # ]
 # piper_gpu_port = 5005
-# piper_gpu_bind_address = "127.0.0.1"
+# piper_gpu_bind_address = "auto"   # where your old CPU server listened (docs/migrate.md), else 127.0.0.1
+# piper_gpu_old_server = "migrate"  # or "refuse": stop before any change when the old server is found
 # piper_gpu_cuda_repo_url = "https://developer.download.nvidia.com/compute/cuda/repos"   # or your mirror
 # piper_gpu_voices_base_url = "https://huggingface.co/rhasspy/piper-voices/resolve/v1.0.0"

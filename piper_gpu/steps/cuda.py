@@ -4,13 +4,12 @@ toolkit (or compiler and libraries, or runtime libraries only), and CUDA on PATH
 from __future__ import annotations
 
 import shlex
-from io import StringIO
 
 from pyinfra.api import deploy
 from pyinfra.operations import apt, files, server
 
 from piper_gpu.operations import apt_sources_offer, deb_file_installed, fetch
-from piper_gpu.steps.base import missing_packages, template_file
+from piper_gpu.steps.base import missing_packages, put_file, record_added, template_file
 from piper_gpu.target import CACHE, KEYRING, LINKER_CONF, PROFILE_SNIPPET, TOOLS, Target
 
 def repo_base(target: Target) -> str:
@@ -32,6 +31,7 @@ def cuda_repository(target: Target):
         f"dpkg-deb --fsys-tarfile {deb} | tar -xO .{KEYRING} > {CACHE}/cuda-keyring.check.gpg && "
         f"python3 {TOOLS}/openpgp.py {CACHE}/cuda-keyring.check.gpg --expect {shlex.quote(src.cuda_repo_key_fingerprint)}"
     )
+    record_added(missing_packages(["cuda-keyring"]))
     keyring = deb_file_installed(
         name=f"Install cuda-keyring {src.cuda_keyring_version} (key {src.cuda_repo_key_fingerprint[-8:]} checked)",
         package="cuda-keyring",
@@ -41,11 +41,13 @@ def cuda_repository(target: Target):
     )
     # The keyring ships this same file pointing at NVIDIA's server; we own its content so the
     # host has exactly one CUDA source: the configured URL or mirror.
-    source = files.put(
-        name=f"Point the CUDA apt source at {src.cuda_repo_url}",
-        src=StringIO(f"deb [signed-by={KEYRING}] {repo_base(target)}/ /\n"),
-        dest=target.cuda_source_list,
-        mode="644",
+    source = put_file(
+        target,
+        f"Point the CUDA apt source at {src.cuda_repo_url}",
+        f"# Managed by piper-gpu-deploy: the one CUDA apt source (cuda_repo_url)\n"
+        f"deb [signed-by={KEYRING}] {repo_base(target)}/ /\n",
+        target.cuda_source_list,
+        "644",
     )
     return [keyring, source]
 
@@ -91,6 +93,7 @@ def cuda_toolkit(target: Target):
     s = target.settings
     what = {"toolkit": "toolkit (nvcc included)", "compiler": "compiler and runtime libraries (no profilers)",
             "runtime": "runtime libraries only"}.get(s.cuda.cuda_install, s.cuda.cuda_install)
+    record_added(missing_packages(s.cuda_packages))
     return apt.packages(
         name=f"Install CUDA {s.cuda.cuda_version} {what}: {', '.join(s.cuda_packages)}",
         packages=s.cuda_packages,

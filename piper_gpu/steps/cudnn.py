@@ -11,11 +11,13 @@ import shlex
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.facts.files import FileContents
-from pyinfra.operations import apt, server
+from pyinfra.operations import apt, files, server
 
 from piper_gpu import naming
 from piper_gpu.operations import deb_file_installed, fetch, held, keyrings_installed
-from piper_gpu.target import CACHE, Target
+from piper_gpu.steps.base import missing_packages, record_added, replaced_versions
+from piper_gpu.facts import HeldPackages
+from piper_gpu.target import CACHE, HELD_PACKAGES, Target
 
 
 def cudnn_lib_dirs(target: Target) -> list[str]:
@@ -61,6 +63,7 @@ def cudnn_sources(target: Target) -> list:
           sha256=s.sources.cudnn_local_repo_sha256)
     file = naming.file_name(s.sources.cudnn_local_repo_url)
     version = file.split("_")[1] if "_" in file else None
+    record_added(missing_packages([name]))
     installer = deb_file_installed(name=f"Install {name} (a file:// apt repository in {repo_dir})", package=name,
                                    version=version, deb_path=deb, use_dpkg=True)
     keyring = keyrings_installed(name=f"Keyring of {name} into /usr/share/keyrings",
@@ -76,13 +79,14 @@ def cudnn(target: Target):
     if s.cuda.cudnn_source == "wheel":
         return None  # nvidia-cudnn-cu12 is in the venv lock (step 5)
     if s.cudnn_apt_installed:
+        record_added(missing_packages([pkg]))
         op = apt.packages(
-            name=f"Install {label} ({pkg}={ver})",
+            name=f"Install {label} ({pkg}={ver})" + replaced_versions({pkg: ver}),
             packages=[f"{pkg}={ver}"],
             no_recommends=True,
             extra_install_args="--allow-downgrades --allow-change-held-packages",
         )
-        held(name=f"Hold {pkg} at {ver}", packages=[pkg])
+        hold(pkg, ver)
         return op
     if s.cuda.cudnn_source == "local-repo":  # extract the library .deb nested in the installer's repository
         _, repo_dir = local_repo(target)
@@ -91,8 +95,10 @@ def cudnn(target: Target):
         deb = f"{CACHE}/{pkg}_{ver}.deb"
         fetch(name=f"Fetch {label} .deb", src=s.sources.cudnn_deb_url, dest=deb, sha256=s.sources.cudnn_deb_sha256)
         if not s.cuda.cudnn_deb_extract:
-            op = deb_file_installed(name=f"Install {label} from {deb}", package=pkg, version=ver, deb_path=deb)
-            held(name=f"Hold {pkg} at {ver}", packages=[pkg])
+            record_added(missing_packages([pkg]))
+            op = deb_file_installed(name=f"Install {label} from {deb}" + replaced_versions({pkg: ver}), package=pkg,
+                                    version=ver, deb_path=deb)
+            hold(pkg, ver)
             return op
         return _extract_deb(target, deb, s.sources.cudnn_deb_sha256, label)
     url, digest = s.cudnn_archive
@@ -101,6 +107,13 @@ def cudnn(target: Target):
           sha256=digest)
     return _unpacked(target, f"tar -xJf {archive} -C {{tmp}} --strip-components=1", digest,
                      f"Unpack {label} archive into {target.cudnn_extract_dir}")
+
+
+def hold(pkg: str, ver: str) -> None:
+    """apt-mark hold, recorded when this deploy sets it (undeploy lifts only its own holds)."""
+    if pkg not in host.get_fact(HeldPackages):
+        files.line(name=f"Record that this deploy holds {pkg} ({HELD_PACKAGES})", path=HELD_PACKAGES, line=pkg)
+    held(name=f"Hold {pkg} at {ver}", packages=[pkg])
 
 
 def _extract_deb(target: Target, deb: str, digest: str, label: str):

@@ -5,12 +5,29 @@ from __future__ import annotations
 
 from io import StringIO
 
+from pyinfra import host
 from pyinfra.api import deploy
+from pyinfra.facts.files import Directory, File, FileContents
 from pyinfra.operations import files, pip
 
 from piper_gpu import server_wheel
 from piper_gpu.operations import as_user, fetch, pip_debris_removed, venv_changes, venv_locked, venv_owned, venv_state
-from piper_gpu.target import SERVER_WHEELS, Target
+from piper_gpu.steps.base import put_file
+from piper_gpu.target import ADDED_PATHS, SERVER_WHEELS, VENV_BEFORE, Target
+
+
+def recorded_paths() -> list[str]:
+    """The directories the deploy created, as recorded (target.ADDED_PATHS)."""
+    return [line.strip() for line in host.get_fact(FileContents, path=ADDED_PATHS) or [] if line.strip()]
+
+
+def directories(paths: list[str], user: str) -> None:
+    """Each directory present and the service user's; one the host did not have is recorded first as the
+    deploy's (undeploy removes those, and in the others only the deploy's own files)."""
+    for path in paths:
+        if not host.get_fact(Directory, path=path):
+            files.line(name=f"Record that this deploy creates {path} ({ADDED_PATHS})", path=ADDED_PATHS, line=path)
+        files.directory(name=f"Directory {path}", path=path, user=user, group=user, mode="750")
 
 
 def server_package() -> server_wheel.ServerWheel:
@@ -32,20 +49,29 @@ def server_package() -> server_wheel.ServerWheel:
 def piper_venv(target: Target):
     s = target.settings
     user = s.service.service_user
-    for path in (target.piper_dir, target.run_dir, target.log_dir, target.models_dir):
-        files.directory(name=f"Directory {path}", path=path, user=user, group=user, mode="750")
+    directories([target.piper_dir, target.run_dir, target.log_dir, target.models_dir], user)
+    state = venv_state(target.venv_python, user)
+    theirs = state is not None and target.venv_dir not in recorded_paths()
+    if state is None and not host.get_fact(Directory, path=target.venv_dir):
+        files.line(name=f"Record that this deploy creates {target.venv_dir} ({ADDED_PATHS})", path=ADDED_PATHS,
+                   line=target.venv_dir)
+    elif theirs and not host.get_fact(File, path=VENV_BEFORE):
+        files.put(name=f"Record what your venv {target.venv_dir} (made before this deploy) holds, in {VENV_BEFORE}",
+                  src=StringIO("".join(f"{n}=={v}\n" for n, v in sorted(state["distributions"].items()))),
+                  dest=VENV_BEFORE, mode="644")
     pip.venv(name=f"Create venv {target.venv_dir}", path=target.venv_dir, python="python3", **as_user(user))
     wheel = server_package()
     wanted = s.venv_requirements()  # the server pinned at the version of the wheel just built
-    files.put(
-        name="Record the venv lock (requirements.lock)",
-        src=StringIO("".join(f"{n}=={v}\n" for n, v in sorted(wanted.items()))),
-        dest=f"{target.piper_dir}/requirements.lock",
+    put_file(
+        target,
+        "Record the venv lock (requirements.lock)",
+        "# Managed by piper-gpu-deploy: the venv's lock (pip install --no-deps -r)\n"
+        + "".join(f"{n}=={v}\n" for n, v in sorted(wanted.items())),
+        target.lock_file,
+        "640",
         user=user,
         group=user,
-        mode="640",
     )
-    state = venv_state(target.venv_python, user)
     foreign = (state or {}).get("foreign_owned") or []
     venv_owned(
         name=f"Venv files owned by {user}" + (f" ({state['foreign_owned_count']} were not, e.g. {foreign[0]}: "
@@ -63,7 +89,8 @@ def piper_venv(target: Target):
     return venv_locked(
         name=f"Venv holds piper-tts {s.venv.piper_tts_version}, only onnxruntime-gpu {s.venv.onnxruntime_gpu_version}"
              f" and {server_wheel.DIST} {wheel.version}"
-             + (f": {changes.describe()}" if changes else ""),
+             + (f": {changes.describe()}" if changes else "")
+             + (f" (in your venv, made before this deploy: what it held is in {VENV_BEFORE})" if changes and theirs else ""),
         venv_dir=target.venv_dir,
         wanted=wanted,
         pip_args=[*s.pip_source_args(), "--find-links", SERVER_WHEELS],
@@ -79,7 +106,7 @@ def voices(target: Target):
     for voice in s.models.voices:
         vdir = target.voice_dir(voice)
         user = s.service.service_user
-        files.directory(name=f"Directory {vdir}", path=vdir, user=user, group=user, mode="750")
+        directories([vdir.rsplit("/", 1)[0], vdir], user)
         for suffix, digest in ((".onnx", voice.onnx_sha256), (".onnx.json", voice.json_sha256)):
             changed.append(
                 fetch(

@@ -6,6 +6,7 @@ Linux NVIDIA driver from ever being installed there.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 
@@ -14,16 +15,15 @@ from pyinfra.api import deploy
 from pyinfra.api.exceptions import PyinfraError
 from pyinfra.facts.deb import DebArch, DebPackages
 from pyinfra.facts.server import OsRelease
-from pyinfra.operations import files
 
 from pyinfra.facts.files import FileContents
 
-from piper_gpu import locks, platforms, sources
-from piper_gpu.facts import NvidiaDriver, PathKinds, PythonVersion, SystemdRunning, WslInfo
+from piper_gpu import locks, migration, platforms, sources
+from piper_gpu.facts import ManualSetup, NvidiaDriver, PathKinds, PythonVersion, SystemdRunning, WslInfo
 from piper_gpu.naming import major_minor as _major_minor
 from piper_gpu.settings import WSL_FORBIDDEN_PACKAGE_PATTERNS, Settings, SettingsError
-from piper_gpu.steps.base import user_home
-from piper_gpu.target import WSL_DRIVER_PIN_FILE, Target
+from piper_gpu.steps.base import put_file, user_home
+from piper_gpu.target import OLD_SERVER_RECORD, UNIT, WSL_DRIVER_PIN_FILE, Target
 
 DEB_ARCH_TO_NVIDIA = {"amd64": "x86_64", "arm64": "sbsa"}
 
@@ -177,7 +177,7 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
     home = user_home(user) or ("/root" if user == "root" else f"/home/{user}")
     apt_repo_path = platform.repo_path if settings.cuda.cuda_source == "apt" else ""
     repo_path = settings.sources.cuda_repo_path or apt_repo_path or ""
-    return Target(
+    target = Target(
         settings=settings,
         is_wsl=is_wsl,
         arch=arch,
@@ -190,18 +190,69 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
         python_version=python_version,
         platform=platform.key,
     )
+    if not checks:  # undeploy: where the service listened does not matter
+        address = migration.DEFAULT_BIND if settings.service.bind_address == "auto" else settings.service.bind_address
+        return dataclasses.replace(target, settings=settings.replace(bind_address=address))
+    found = find_old_server(target)
+    address, why = migration.bind_address(settings.service.bind_address, found)
+    target = dataclasses.replace(target, settings=settings.replace(bind_address=address), migration=found)
+    report_old_server(target, address, why)
+    return target
+
+
+def find_old_server(target: Target) -> migration.Migration:
+    """What a manual setup of the CPU server left on the host, and what the run will do with it; stops
+    the run (PreflightError) before any change when the port is someone else's, or when old_server is
+    'refuse' and one is found."""
+    s = target.settings.service
+    scripts = tuple(target.settings.migration.old_server_scripts)
+    facts = host.get_fact(ManualSetup, port=s.port, home=target.home, user=s.service_user, scripts=scripts,
+                          pid_file=target.pid_file, unit=UNIT, record_path=OLD_SERVER_RECORD)
+    try:
+        return migration.plan(facts, s.port, target.settings.migration.old_server, scripts, target.home,
+                              s.bind_address)
+    except migration.Refused as exc:
+        raise PreflightError(str(exc)) from None
+
+
+def report_old_server(target: Target, address: str, why: str) -> None:
+    """Say what was found of the old setup and what the run will do with each (also under --dry, where
+    pyinfra lists the operations only with its change detection)."""
+    found = target.migration
+    lines = found.found()
+    if lines:
+        logger.warning(f"[{host.name}] found the CPU server of a manual setup:\n    " + "\n    ".join(lines))
+    plan = planned_actions(target)
+    if plan:
+        logger.warning(f"[{host.name}] what the run does with it, just before the service starts (undeploy puts back "
+                       "what it moves or turns off):\n    " + "\n    ".join(plan))
+    for note in [*found.notes, migration.exposure_note(address, why)]:
+        if note:
+            logger.warning(f"[{host.name}] {note}")
+
+
+def planned_actions(target: Target) -> list[str]:
+    """One line per thing the run will do to the old setup (steps/old_server.py does them)."""
+    from piper_gpu.steps.old_server import STOP_WAIT, will_start
+
+    m = target.migration
+    if not will_start(target):
+        return ["nothing yet: this run stops before the service (WSL2 must restart to run systemd)"] if m else []
+    out = [f"turn off {f} line {n} (a comment that starts with '{migration.DISABLED.strip()}'; the file as it is now "
+           f"kept at {target.backup_path(f)})" for f, n, _ in m.autostart]
+    out += [f"{'disable and stop' if e else 'stop'} the systemd unit {u}" for u, e in m.units if e or m.stop]
+    out += [f"stop pid {p.pid} with SIGTERM ({p.command}), waiting up to {STOP_WAIT} s" for p in m.stop]
+    out += [f"move {s} to {target.backup_path(s)}" for s in m.scripts]
+    out += [f"remove {s} (an earlier release of this deploy rendered it)" for s in m.own_scripts]
+    return out
 
 
 @deploy("Preflight: WSL2, distro, NVIDIA driver")
 def preflight(settings: Settings) -> Target:
     target = inspect_host(settings, checks=True)
     if target.is_wsl:
-        files.put(
-            name="Forbid Linux NVIDIA driver packages inside WSL2 (apt pin)",
-            src=_as_file(WSL_DRIVER_PIN),
-            dest=WSL_DRIVER_PIN_FILE,
-            mode="644",
-        )
+        put_file(target, "Forbid Linux NVIDIA driver packages inside WSL2 (apt pin)", WSL_DRIVER_PIN,
+                 WSL_DRIVER_PIN_FILE, "644")
     return target
 
 
@@ -213,8 +264,3 @@ WSL_DRIVER_PIN = (
     "Pin: release *\nPin-Priority: -1\n"
 )
 
-
-def _as_file(text: str):
-    from io import StringIO
-
-    return StringIO(text)

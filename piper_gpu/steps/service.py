@@ -4,20 +4,24 @@ the shell profile. Restarted only when one of its inputs changed (or it is not r
 
 from __future__ import annotations
 
+import shlex
 from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
 from pyinfra.api.command import QuoteString, StringCommand
+from pyinfra.facts.files import FileContents
+from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
 
 from piper_gpu import server_wheel
-from piper_gpu.facts import PidAlive
-from piper_gpu.operations import ini_option
+from piper_gpu.facts import FileMark, PidAlive
+from piper_gpu.operations import copies_kept, ini_option, ini_with_option
 from piper_gpu.resources import TEXTS_JSON
 from piper_gpu.steps.base import template_file
 from piper_gpu.steps.cudnn import library_dirs
-from piper_gpu.target import (API_KEY_FILE, AUTOSTART, CTL, ENV_FILE, ETC, PERF, SERVER_CONFIG, SERVER_MODULE,
+from piper_gpu.steps.old_server import restart_hint
+from piper_gpu.target import (MARKER, API_KEY_FILE, AUTOSTART, CTL, ENV_FILE, ETC, PERF, SERVER_CONFIG, SERVER_MODULE,
                               SERVER_WHEELS, SETTINGS_FILE, TARGET_FILE, TEXTS_FILE, UNIT, UNIT_FILE, WSL_CONF, Target)
 
 
@@ -30,6 +34,7 @@ def server_config(target: Target) -> dict:
     """The server's settings, as its config file holds them (keys of piper_gpu_server.config.ServerConfig).
     The API key itself is never written there: the server reads ``api_key_file``."""
     s = target.settings.service  # the service and server group: server.toml is made of it
+    assert s.bind_address != "auto", "bind_address is resolved by preflight (migration.bind_address)"
     return {
         "host": s.bind_address,
         "port": s.port,
@@ -82,7 +87,7 @@ def target_record(target: Target) -> dict:
         "server_version": server_wheel.source_version(),
         "server_wheels": SERVER_WHEELS,
         "log_path": target.log_path,
-        "pid_file": f"{target.run_dir}/piper-tts.pid",
+        "pid_file": target.pid_file,
         "cuda_lib_dir": target.cuda_lib_dir,
         "lib_dirs": library_dirs(target),
         "voice_files": target.voice_models,
@@ -132,11 +137,6 @@ def piper_server(target: Target):
         path=SERVER_CONFIG,
         **server_config(target),
     )
-    files.file(
-        name=f"No server script from an earlier release ({target.legacy_server_path})",
-        path=target.legacy_server_path,
-        present=False,
-    )
     files.put(
         name=f"Performance test texts {TEXTS_FILE}",
         src=str(TEXTS_JSON),
@@ -160,22 +160,100 @@ def piper_server(target: Target):
     return [env, key, config]
 
 
+#: Seconds a start may take (voices loaded and warmed up) before it counts as failed: the unit's
+#: TimeoutStartSec and piper-tts-ctl's wait for the server's identity.
+START_TIMEOUT = 300
+#: Seconds after graceful_timeout that a stop waits before SIGKILL (the unit's TimeoutStopSec and
+#: piper-tts-ctl's stop both wait graceful_timeout plus this).
+STOP_MARGIN = 30
+
+
 @deploy("Service: piper-tts")
 def piper_service(target: Target, input_ops: list):
     """``input_ops``: the operations whose change means the service must restart (libraries, venv,
-    voices, server files); decided when the plan is built, so --dry shows the restart or its absence."""
+    voices, server files); decided when the plan is built, so --dry shows the restart or its absence.
+    Either way it is (re)started by piper-tts-ctl, which succeeds only once the server answers /health as
+    the process it started (its pid and start token), never because something else answers the port."""
     inputs_change = any(op.will_change for op in input_ops)
-    if target.service_mode == "systemd":
-        _systemd_service(target, inputs_change)
-    else:
-        _profile_service(target, inputs_change)
-
-
-def _systemd_service(target: Target, inputs_change: bool):
-    s = target.settings
-    if target.is_wsl and not target.systemd_running:
-        _wsl_enable_systemd()
+    if target.service_mode == "systemd" and target.is_wsl and not target.systemd_running:
+        _wsl_enable_systemd(target)
         return
+    ctl = _control_script(target)
+    switched = _other_mode_stopped(target)
+    if target.service_mode == "systemd":
+        changed = _systemd_unit(target)
+        running = bool(host.get_fact(SystemdStatus, services=[UNIT]).get(UNIT)) and not switched
+    else:
+        _profile_autostart(target)
+        changed = False
+        running = host.get_fact(PidAlive, pidfile=target.pid_file) and not switched
+    stopped = bool(target.migration and target.migration.stop)
+    if not running or ctl.will_change or changed or inputs_change:
+        why = ("the old server is stopped" if stopped and not running else "not running" if not running
+               else "its files change")
+        hint = restart_hint(target)
+        command = f"{CTL} restart" + (f" || {{ echo {shlex.quote(hint)} >&2; exit 1; }}" if hint else "")
+        server.shell(name=f"(Re)start piper-tts ({why}) and prove it answers {health_url(target)} as itself",
+                     commands=[command])
+
+
+def _other_mode_stopped(target: Target) -> bool:
+    """A service_mode that changed: the server the other mode runs is stopped first (it holds the port), and
+    that mode's start-up is removed. True when one was running."""
+    s = target.settings.service
+    if target.service_mode == "systemd":
+        running = host.get_fact(PidAlive, pidfile=target.pid_file)
+        if running:
+            q = shlex.quote(target.pid_file)
+            server.shell(name=f"Stop piper-tts started without systemd (pid file {target.pid_file}): the unit takes over",
+                         commands=[f"p=$(cat {q}); kill $p; for i in $(seq 1 {2 * (int(s.graceful_timeout) + STOP_MARGIN)}); "
+                                   f"do kill -0 $p 2>/dev/null || break; sleep 0.5; done; kill -9 $p 2>/dev/null; rm -f {q}"])
+        if host.get_fact(FileMark, path=AUTOSTART, marker=MARKER):
+            files.file(name=f"Remove {AUTOSTART}: the unit starts piper-tts now", path=AUTOSTART, present=False)
+        return bool(running)
+    mark = host.get_fact(FileMark, path=UNIT_FILE, marker=MARKER)
+    if not (mark and mark["ours"]):
+        return False
+    active = target.systemd_running and bool(host.get_fact(SystemdStatus, services=[UNIT]).get(UNIT))
+    if target.systemd_running:
+        server.shell(name=f"Stop and disable {UNIT}: service_mode is profile now",
+                     commands=[f"systemctl disable --now {UNIT}"])
+    files.file(name=f"Remove {UNIT_FILE}: service_mode is profile now", path=UNIT_FILE, present=False)
+    return active
+
+
+def health_url(target: Target) -> str:
+    s = target.settings.service
+    return f"http://{client_host(s.bind_address)}:{s.port}/health"
+
+
+def _control_script(target: Target):
+    s = target.settings
+    return template_file(
+        target,
+        name=f"Service control script {CTL} (start/stop/restart/status; a start waits for the server's own answer)",
+        template="piper-tts-ctl.sh.j2",
+        dest=CTL,
+        mode="755",
+        service_mode=target.service_mode,
+        unit=UNIT,
+        service_user=s.service.service_user,
+        pid_file=target.pid_file,
+        log_path=target.log_path,
+        command=server_command(target),
+        python=target.venv_python,
+        piper_dir=target.piper_dir,
+        env_file=ENV_FILE,
+        port=s.service.port,
+        start_timeout=START_TIMEOUT,
+        stop_timeout=int(s.service.graceful_timeout) + STOP_MARGIN,
+        health_url=health_url(target),
+    )
+
+
+def _systemd_unit(target: Target) -> bool:
+    """The unit written and enabled; True when it changed (the service then restarts)."""
+    s = target.settings
     unit = template_file(
         target,
         name=f"systemd unit {UNIT}",
@@ -187,23 +265,32 @@ def _systemd_service(target: Target, inputs_change: bool):
         command=server_command(target),
         env_file=ENV_FILE,
         log_dir=target.log_dir,
-        graceful_timeout=s.service.graceful_timeout,
+        start_timeout=START_TIMEOUT,
+        stop_timeout=int(s.service.graceful_timeout) + STOP_MARGIN,
     )
     systemd.service(
-        name=f"{UNIT} enabled and running (restarted when its files changed)",
+        name=f"{UNIT} enabled at boot" + (" (systemd reloads the changed unit)" if unit.will_change else ""),
         service=UNIT,
-        running=True,
+        running=None,  # started by piper-tts-ctl below, which waits for the server's own answer
         enabled=True,
-        restarted=unit.will_change or inputs_change,
         daemon_reload=unit.will_change,
     )
+    return unit.will_change
 
 
-def _wsl_enable_systemd():
-    """WSL2 started without systemd: enable it in /etc/wsl.conf (the file's other settings kept), then
-    stop the run with the one thing left to do, which only Windows can: restart the WSL2 VM."""
+def _wsl_enable_systemd(target: Target):
+    """WSL2 started without systemd: enable it in /etc/wsl.conf (the file's other settings kept, the file as
+    it was copied first), then stop the run with the one thing left to do, which only Windows can: restart
+    the WSL2 VM."""
+    lines = host.get_fact(FileContents, path=WSL_CONF)
+    text = "\n".join(lines) + "\n" if lines else ""
+    kept = ""
+    if lines is not None and ini_with_option(text, "boot", "systemd", "true") != text:
+        copies_kept(name=f"Keep a copy of {WSL_CONF} as it is at {target.backup_path(WSL_CONF)}",
+                    paths=[WSL_CONF], backups=[target.backup_path(WSL_CONF)])
+        kept = f"; the file as it was: {target.backup_path(WSL_CONF)}"
     conf = ini_option(
-        name=f"Enable systemd in {WSL_CONF} ([boot] systemd=true; the file's other settings kept)",
+        name=f"Enable systemd in {WSL_CONF} ([boot] systemd=true; the file's other settings kept{kept})",
         path=WSL_CONF,
         section="boot",
         key="systemd",
@@ -218,37 +305,16 @@ def _wsl_enable_systemd():
                  commands=[StringCommand("echo", QuoteString(message), ">&2; exit 1")])
 
 
-def _profile_service(target: Target, inputs_change: bool):
-    s = target.settings
-    pid_file = f"{target.run_dir}/piper-tts.pid"
-    ctl = template_file(
-        target,
-        name=f"Service control script {CTL} (start/stop/restart/status, pid file)",
-        template="piper-tts-ctl.sh.j2",
-        dest=CTL,
-        mode="755",
-        service_user=s.service.service_user,
-        pid_file=pid_file,
-        log_path=target.log_path,
-        command=server_command(target),
-        piper_dir=target.piper_dir,
-        env_file=ENV_FILE,
-        graceful_timeout=s.service.graceful_timeout,
-        health_url=f"http://{client_host(s.service.bind_address)}:{s.service.port}/health",
-    )
+def _profile_autostart(target: Target):
     template_file(
         target,
         name="Start piper-tts from the shell profile when it is not running",
         template="piper-tts-autostart.sh.j2",
         dest=AUTOSTART,
         mode="644",
-        service_user=s.service.service_user,
+        service_user=target.settings.service.service_user,
         ctl=CTL,
     )
-    running = host.get_fact(PidAlive, pidfile=pid_file)
-    if not running or ctl.will_change or inputs_change:
-        why = "not running" if not running else "its files change"
-        server.shell(name=f"(Re)start piper-tts ({why})", commands=[f"{CTL} restart"])
 
 
 def client_host(bind: str) -> str:

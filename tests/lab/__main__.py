@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tests.lab.personas import DEMO_PORTS
 from tests.lab.sandbox import Sandbox, provision, stop_mirror, up
 
 #: The booted demo's service port: the container shares this machine's loopback with the other
-#: demo hosts, whose services listen on the default 5005.
+#: demo hosts, whose services listen on their own ports (personas.DEMO_PORTS).
 BOOTED_DEMO_PORT = 5015
 
 
@@ -34,7 +35,8 @@ def main(argv=None) -> int:
             Sandbox(args.name).destroy()
         stop_mirror()
         return 0
-    extra = {"service_mode": "systemd", "port": BOOTED_DEMO_PORT} if args.booted else None
+    extra = ({"service_mode": "systemd", "port": BOOTED_DEMO_PORT} if args.booted
+             else {"port": DEMO_PORTS.get(args.persona, 5005)})
     box, url = up(args.name, extra=extra, persona=args.persona, booted=args.booted)
     if args.command == "up":
         print(f"SANDBOX_ROOT={box.root}\nPIPER_MIRROR_URL={url}\nPIPER_SANDBOX_DATA={box.data_file}")

@@ -32,6 +32,11 @@ UBUNTU_ARCHIVE_KEY = "F6ECB3762474EDA9D21B7022871920D1991BC93C"
 UBUNTU_KEYRING_DEB = "pool/main/u/ubuntu-keyring/ubuntu-keyring_2021.03.26_all.deb"
 #: persona -> debootstrap suite
 PERSONAS = {"debian12": "bookworm", "wsl2-ubuntu2204": "jammy", "wsl2-ubuntu2404": "noble"}
+#: persona -> the service port of its demo host (scripts/demo). The sandboxes share this machine's network,
+#: so demo hosts that run at once each need their own port: on one port, the second host's deploy would
+#: find the first one's server there (another root's process) and refuse. The deploy's own default stays
+#: 5005; the booted systemd demo uses tests/lab/__main__.py's BOOTED_DEMO_PORT.
+DEMO_PORTS = {"debian12": 5005, "wsl2-ubuntu2204": 5006, "wsl2-ubuntu2404": 5007}
 UBUNTU_SUITES = ("jammy", "noble")
 WSL_KERNEL = "5.15.153.1-microsoft-standard-WSL2"
 WSL_PROC_VERSION = (f"Linux version {WSL_KERNEL} (root@941d701f84f1) (gcc (GCC) 11.2.0, GNU ld (GNU Binutils) 2.37) "

@@ -62,6 +62,15 @@ class Lab:
             self.deploy()
         return self
 
+    def deploy_with(self, check: bool = False, **settings):
+        """One run with these settings changed, the host's data put back afterwards."""
+        before = json.loads(self.box.data_file.read_text())
+        self.set_data(**settings)
+        try:
+            return self.deploy(check=check)
+        finally:
+            self.box.data_file.write_text(json.dumps(before, indent=2))
+
     def set_data(self, **settings):
         """Change this host's inventory data (None removes a key)."""
         data = json.loads(self.box.data_file.read_text())

@@ -37,7 +37,7 @@ def test_dry_run_lists_exactly_what_a_changed_pin_changes(lab):
         f"Venv holds piper-tts 1.3.0, only onnxruntime-gpu 1.20.2 and piper-gpu-server {source_version()}: "
         "install piper-tts==1.3.0 (was 1.8.0)",
         "Rebuild the linker cache (ldconfig): the libraries or their directories change",
-        "(Re)start piper-tts (its files change)",
+        f"(Re)start piper-tts (its files change) and prove it answers http://127.0.0.1:{lab.port}/health as itself",
         "Applied settings /etc/piper-gpu/settings.json",
     ]), dry.output[-6000:]
     assert [name for name, (_, conditional) in rows.items() if conditional != "-"] == []

@@ -6,11 +6,14 @@ sandbox is measured (as the service: what it can write; `systemd-analyze securit
 import json
 import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
 from conftest import Lab, record
+from tests.lab import users
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scenario("systemd")]
 
@@ -58,7 +61,7 @@ def answers(lab, seconds: float = 60) -> dict:
 def test_converges_over_ssh_as_a_systemd_unit_and_a_second_run_changes_nothing(booted):
     first = booted.deploy()
     assert "[127.0.0.1] Connected" in first.output and first.changes > 20
-    assert f"{UNIT} enabled and running" in first.output
+    assert f"{UNIT} enabled at boot" in first.output
     second = booted.deploy()
     assert second.changes == 0, second.output[-3000:]
     record("systemd", converge={"seconds": round(first.seconds, 1), "changes": first.changes},
@@ -74,6 +77,36 @@ def test_unit_enabled_active_listening_and_answering(booted):
     wav = booted.sh(f"curl -sf -o /tmp/a.wav -w '%{{http_code}} %{{content_type}}' -X POST "
                     f"http://127.0.0.1:{PORT}/tts -d '{{\"text\": \"Hello from systemd.\"}}' && head -c 4 /tmp/a.wav")
     assert wav.stdout == "200 audio/wavRIFF", wav.stdout
+
+
+def test_what_answers_is_the_units_own_process_and_run(booted):
+    """/health names the unit's MainPID and this run of the unit (its InvocationID, systemd's start token);
+    piper-tts-ctl drives the unit (Type=notify: a start is over once the server listens)."""
+    unit = show(booted, "MainPID", "InvocationID", "Type")
+    health = answers(booted)
+    assert unit["Type"] == "notify" and str(health["pid"]) == unit["MainPID"]
+    assert health["start_token"] == unit["InvocationID"] and len(unit["InvocationID"]) == 32
+    assert booted.sh("/usr/local/bin/piper-tts-ctl status").stdout.strip() == f"piper-tts running (pid {unit['MainPID']})"
+
+
+def test_a_start_that_cannot_bind_fails_systemctl_and_the_run(booted):
+    """Another process takes the port while the unit restarts (here: one of this machine's, as the container
+    shares its network): the server exits before it tells systemd it is ready, `systemctl start` fails, and
+    so does the run, with the server's own log line."""
+    grabber = subprocess.Popen([sys.executable, "-c", users.PORT_GRABBER, str(PORT), "/dev/null"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    booted.set_data(max_pending=9)  # a server setting: the run restarts the unit
+    try:
+        run = booted.deploy(check=False)
+        assert run.returncode != 0, run.output[-4000:]
+        assert f"systemctl start {UNIT} failed" in run.output, run.output[-4000:]
+        assert f"cannot listen on 127.0.0.1:{PORT}: [Errno 98] Address already in use" in run.output, run.output[-4000:]
+    finally:
+        grabber.kill()
+        grabber.wait()
+        booted.set_data(max_pending=None)
+    assert booted.deploy().changes >= 1 and answers(booted)
+    assert booted.deploy().changes == 0
 
 
 def test_start_up_lines_are_in_the_journal(booted):

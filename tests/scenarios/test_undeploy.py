@@ -1,10 +1,13 @@
-"""undeploy.py removes what deploy.py added and leaves the host as it was before."""
+"""undeploy.py removes what deploy.py added and leaves the host as it was before: a host with the basics
+and the users' CPU server running (no autostart line), whose script the deploy moves aside and undeploy
+puts back."""
 
 import pytest
 
 from tests.lab.sandbox import provision
 
 from conftest import Lab, record
+from tests.lab import users
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scenario("undeploy")]
 EVERYTHING = ["--data", "piper_gpu_undeploy_voices=true", "--data", "piper_gpu_undeploy_system=true"]
@@ -21,6 +24,8 @@ def box():
     # A machine that already has the basics (curl, python3-venv, ...), as users' machines do.
     lab.sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "
            "ca-certificates curl python3 python3-venv procps iproute2 >/dev/null")
+    # their CPU server, started by hand as root from /root/piper_env, on this host's port
+    lab.users = users.manual_setup(lab.box, "root", lab.port, host="127.0.0.1", venv=False)
     yield lab
     lab.box.destroy()
 
@@ -43,7 +48,12 @@ def undeploy(lab, args):
 
 def test_undeploy_everything_leaves_the_host_as_before(box):
     before = snapshot(box)
-    box.deploy()
+    script = box.users["script"]
+    assert f"{script}" in before["tree"]
+    deployed = box.deploy()
+    assert f"Move the old server's script {script} to /var/lib/piper-gpu/backups/" in deployed.output
+    assert box.sh(f"kill -0 {box.users['pid']}", check=False).returncode != 0  # stopped
+    assert not (box.root / script.lstrip("/")).exists()
     assert diff(before, snapshot(box))  # the deploy did change the host
     removed = undeploy(box, EVERYTHING)
     assert removed.changes > 10

@@ -1,8 +1,12 @@
 """The users' own host: WSL2 Ubuntu 22.04 (a real jammy userland, Python 3.10, presented as WSL2),
 NVIDIA's wsl-ubuntu repository as it is (CUDA 12.4, no cuDNN), cuDNN from the users' local-repo
-installer at a /mnt/c/... path. Converge, idempotence, verify; the source check stops a deploy that
-would take cuDNN from wsl-ubuntu; a Linux driver package is refused and fails verify; mixed cuDNN
-sub-libraries fail verify."""
+installer at a /mnt/c/... path, and their manual setup running: their CPU server (their script in
+~/piper_env, their venv with the CPU onnxruntime) on 0.0.0.0 and a line in ~/.bashrc that starts it.
+--dry lists it; old_server='refuse' stops before any change; runs that fail before the service step leave it
+running; the converge stops it, keeps its script and its .bashrc, carries 0.0.0.0 over and proves what answers
+is ours; idempotence, verify; the source check stops a deploy that would take cuDNN from wsl-ubuntu; a Linux
+driver package is refused and fails verify; mixed cuDNN sub-libraries fail verify; undeploy puts their
+script and autostart back, and their server starts again from it."""
 
 import glob
 import json
@@ -13,19 +17,67 @@ import zipfile
 import pytest
 
 from conftest import Lab, record
+from piper_gpu.migration import DISABLED
+from tests.lab import users
 from tests.lab.mirror import CACHE
 from tests.lab.personas import WSL_USER, fake_linux_driver_deb
+from tests.lab.sandbox import provision
 
 pytestmark = [pytest.mark.e2e, pytest.mark.scenario("wsl2-ubuntu2204")]
 VENV = f"/home/{WSL_USER}/piper_env/.venv"
 OPS_LIB = "/usr/lib/x86_64-linux-gnu/libcudnn_ops.so.9.1.1"
 
 
+PORT = 15013
+SCRIPT = f"/home/{WSL_USER}/piper_env/piper_http_server.py"
+BASHRC = f"/home/{WSL_USER}/.bashrc"
+MOVED = "/var/lib/piper-gpu/moved-aside.tsv"
+
+
 @pytest.fixture(scope="module")
 def wsl():
-    lab = Lab("e2e-wsl2", 15013, persona="wsl2-ubuntu2204")
+    lab = Lab("e2e-wsl2", PORT, persona="wsl2-ubuntu2204")
+    lab.users = users.manual_setup(lab.box, WSL_USER, PORT, host="0.0.0.0", autostart=True, venv=True)
+    lab.users["script_bytes"] = (lab.root / SCRIPT.lstrip("/")).read_bytes()
     yield lab
     lab.box.destroy()
+
+
+def their_server_runs(wsl) -> bool:
+    h = users.health(wsl.box, PORT)
+    return bool(h) and h.get("server") == "users-cpu" and h["pid"] == wsl.users["pid"]
+
+
+def test_the_users_cpu_server_runs_as_their_plan_left_it(wsl):
+    assert their_server_runs(wsl)
+    assert users.autostart_line(PORT) in wsl.users["bashrc"]
+    venv = {d["name"].lower() for d in json.loads(wsl.sh(f"{VENV}/bin/python -m pip list --format=json").stdout)}
+    assert "onnxruntime" in venv and "onnxruntime-gpu" not in venv
+
+
+def test_dry_run_lists_the_old_server_and_what_the_run_does_with_it(wsl):
+    before = host_state(wsl)
+    run = provision(wsl.box, wsl.mirror_url, ["--dry"], echo=False)
+    out = run.output
+    assert run.returncode == 0, out[-4000:]
+    assert "found the CPU server of a manual setup" in out, out[-4000:]
+    assert (f"old server running: pid {wsl.users['pid']} ({WSL_USER}: .venv/bin/python piper_http_server.py --host "
+            f"0.0.0.0 --port {PORT}, in /home/{WSL_USER}/piper_env, listening on 0.0.0.0:{PORT})") in out
+    assert f"old server script: {SCRIPT}" in out and f"starts it: {BASHRC}:" in out
+    assert "the service listens on 0.0.0.0 (every address: carried over from the old server" in out
+    for planned in (f"stop pid {wsl.users['pid']} with SIGTERM (.venv/bin/python piper_http_server.py",
+                    f"move {SCRIPT} to /var/lib/piper-gpu/backups/", f"turn off {BASHRC} line "):
+        assert planned in out, planned
+    assert host_state(wsl) == before and their_server_runs(wsl)
+
+
+def test_refuse_mode_stops_before_any_change_naming_what_it_found(wsl):
+    before = host_state(wsl)
+    run = wsl.deploy_with(old_server="refuse")
+    assert run.returncode != 0
+    assert "old_server='refuse' and the CPU server of a manual setup is on this host; nothing was changed" in run.output
+    assert f"old server script: {SCRIPT}" in run.output and "piper_gpu_old_server='migrate'" in run.output
+    assert host_state(wsl) == before and their_server_runs(wsl)
 
 
 def test_the_host_is_wsl2_ubuntu_2204(wsl):
@@ -79,6 +131,7 @@ def test_a_windows_path_to_a_missing_installer_stops_before_anything_changes(wsl
             in run.output), run.output[-3000:]
     assert "nothing was changed" in run.output and "Copy as path" in run.output
     assert host_state(wsl) == before
+    assert their_server_runs(wsl)  # a run stopped before the service step leaves the old server serving
 
 
 def test_converge_from_the_users_installer(wsl):
@@ -89,6 +142,32 @@ def test_converge_from_the_users_installer(wsl):
     wsl.set_data(cudnn_local_repo_url=as_windows(folder + "/" + real.rsplit("/", 1)[1]))
     first = wsl.deploy()
     assert first.changes and first.changes > 20, first.output[-3000:]
+    wsl.first = first
+
+
+def test_the_converge_migrated_their_server_and_what_answers_is_ours(wsl):
+    out = wsl.first.output
+    assert f"Stop the old server (SIGTERM, as the plan's pkill does): pid {wsl.users['pid']}" in out
+    assert wsl.sh(f"kill -0 {wsl.users['pid']}", check=False).returncode != 0
+    # their script: moved to a dated backup, byte for byte
+    backup = re.search(rf"Move the old server's script {SCRIPT} to (\S+) ", out).group(1)
+    assert (wsl.root / backup.lstrip("/")).read_bytes() == wsl.users["script_bytes"]
+    assert not (wsl.root / SCRIPT.lstrip("/")).exists()
+    # their autostart: the line turned into a comment undeploy can take off, the file as it was kept
+    bashrc = (wsl.root / BASHRC.lstrip("/")).read_text()
+    assert DISABLED + users.autostart_line(PORT) + "\n" in bashrc
+    kept = re.search(rf"Turn off the old server's autostart in {BASHRC} \(line \d+: .*?; the file as it was: (\S+)\)",
+                     out).group(1)
+    assert (wsl.root / kept.lstrip("/")).read_text() == wsl.users["bashrc"]
+    # their venv: the CPU onnxruntime replaced, what it held recorded
+    assert "in your venv, made before this deploy" in out and "remove onnxruntime" in out
+    assert f"onnxruntime=={users.CPU_ONNXRUNTIME}" in (wsl.root / "var/lib/piper-gpu/venv-before.txt").read_text()
+    # their address carried over, said plainly; what answers on it is the service's own process
+    assert "the service listens on 0.0.0.0 (every address: carried over from the old server" in out
+    assert f"0.0.0.0:{PORT}" in wsl.sh("ss -Hltn").stdout
+    pid = (wsl.root / f"home/{WSL_USER}/piper_env/run/piper-tts.pid").read_text().strip()
+    health = users.health(wsl.box, PORT)
+    assert str(health["pid"]) == pid and health["start_token"] and "server" in health and health["server"] != "users-cpu"
 
 
 def test_second_run_changes_nothing(wsl):
@@ -193,3 +272,26 @@ def test_systemd_mode_enables_it_in_wsl_conf_keeping_the_users_settings(wsl):
     finally:
         wsl.set_data(service_mode=None)
     assert wsl.deploy().changes == 0
+
+
+def test_undeploy_puts_their_script_and_autostart_back_and_their_server_starts_again(wsl):
+    """Undeploy removes what the deploy made and puts back what it moved aside: their script where it was,
+    their .bashrc as it was before the deploy (the autostart line on again, the CUDA block gone); their venv
+    stays (the deploy did not create it). Their server then starts from their own .bashrc line."""
+    result = provision(wsl.box, wsl.mirror_url, [], echo=False, deploy_file="undeploy.py")
+    assert result.returncode == 0, result.output[-4000:]
+    assert (wsl.root / SCRIPT.lstrip("/")).read_bytes() == wsl.users["script_bytes"]
+    assert (wsl.root / BASHRC.lstrip("/")).read_text() == wsl.users["bashrc"]
+    assert f"{VENV} stays: this deploy did not create it" in result.output
+    assert not (wsl.root / MOVED.lstrip("/")).exists()
+    assert f":{PORT}" not in wsl.sh("ss -Hltn").stdout  # the service is gone
+    assert "the old server this deploy stopped is not started again" in result.output
+    again = provision(wsl.box, wsl.mirror_url, [], echo=False, deploy_file="undeploy.py")
+    assert again.returncode == 0 and again.changes == 0, again.output[-3000:]
+    # their own line, back on, starts it again as it did before the deploy (run as their shell runs it)
+    line = next(l for l in (wsl.root / BASHRC.lstrip("/")).read_text().splitlines() if "piper_http_server" in l
+                and not l.startswith("#"))
+    # (from a file: on a command line of its own, the line's `pgrep -f piper_http_server` would find itself)
+    (wsl.root / "tmp/autostart.sh").write_text(f"cd ~ && {line}\n")
+    wsl.sh(f"runuser -u {WSL_USER} -- bash /tmp/autostart.sh </dev/null >/dev/null 2>&1")
+    assert users.answering_pid(wsl.box, PORT) and users.health(wsl.box, PORT)["server"] == "users-cpu"

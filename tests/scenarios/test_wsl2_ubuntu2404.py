@@ -42,11 +42,7 @@ def test_the_host_is_wsl2_ubuntu_2404_with_its_own_sources(noble):
 def test_the_whole_toolkit_stops_at_apts_simulation_before_any_cuda_package(noble):
     """cuda_install='toolkit' on 24.04: every package is offered, but apt cannot install Nsight Systems
     (libtinfo5 is not in noble). The deploy stops with apt's reason and the setting that fixes it."""
-    noble.set_data(cuda_install="toolkit")
-    try:
-        run = noble.deploy(check=False)
-    finally:
-        noble.set_data(cuda_install=None)
+    run = noble.deploy_with(cuda_install="toolkit")
     assert run.returncode != 0
     out = run.output
     assert "apt-get install --simulate of what this deploy pins fails" in out, out[-4000:]

@@ -463,3 +463,50 @@ def test_bench_with_varied_texts_reports_start_up_first_request_and_each_length(
     assert load["concurrency"] == 1 and load["failed"] == 0
     assert set(load["p50_ms_by_chars"]) == {str(len(t)) for t in posted}
     assert all(ms > 0 for ms in load["p50_ms_by_chars"].values())
+
+
+def test_every_address_takes_both_families():
+    """A server carried over from "::" (the old server listened there, reachable over IPv4 and IPv6) must not
+    become IPv6 only: Python's create_server sets IPV6_V6ONLY unless asked for both."""
+    import socket
+
+    sock = listen("::", 0, 10)
+    try:
+        port = sock.getsockname()[1]
+        for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+            with socket.socket(family) as client:
+                client.settimeout(5)
+                client.connect((address, port))
+    finally:
+        sock.close()
+
+
+def test_the_start_is_identified_by_the_token_it_was_given(monkeypatch):
+    from piper_gpu_server import serve
+
+    monkeypatch.delenv("PIPER_TTS_START_TOKEN", raising=False)
+    monkeypatch.delenv("INVOCATION_ID", raising=False)
+    assert serve.start_token() is None
+    monkeypatch.setenv("INVOCATION_ID", "0123abcd" * 4)  # systemd's, for a unit's run
+    assert serve.start_token() == "0123abcd" * 4
+    monkeypatch.setenv("PIPER_TTS_START_TOKEN", "from-piper-tts-ctl")  # the control script's, first
+    assert serve.start_token() == "from-piper-tts-ctl"
+
+
+def test_ready_is_told_to_systemd_on_its_notify_socket(monkeypatch, tmp_path):
+    import socket
+
+    from piper_gpu_server import serve
+
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        serve.notify_ready()
+        systemd.settimeout(5)
+        message = systemd.recv(1024).decode()
+    import os
+
+    assert message.splitlines() == ["READY=1", f"MAINPID={os.getpid()}"]
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    serve.notify_ready()  # no socket: nothing to tell, no error

@@ -25,7 +25,7 @@ def test_defaults_are_the_users_plan():
     assert s.cudnn_package == "libcudnn9-cuda-12" and s.cudnn_apt_version == "9.1.1.17-1"
     assert s.venv.onnxruntime_gpu_version == "1.20.2"
     assert (s.venv.venv_dir, s.models.models_dir, s.service.port, s.service.bind_address) == (
-        "~/piper_env/.venv", "~/piper_models", 5005, "127.0.0.1")
+        "~/piper_env/.venv", "~/piper_models", 5005, "auto")
     assert s.cuda_lib_dir() == "/usr/local/cuda-12.4/targets/x86_64-linux/lib"
 
 
@@ -133,7 +133,7 @@ def test_json_round_trip_is_what_verify_reads():
 
 #: Python types of the annotations Settings uses (a new kind of annotation fails the test below)
 ANNOTATED = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "str | None": (str, type(None)),
-             "dict[str, str]": (dict,), "tuple[Voice, ...]": (tuple,)}
+             "dict[str, str]": (dict,), "tuple[Voice, ...]": (tuple,), "tuple[str, ...]": (tuple,)}
 
 
 def test_every_default_has_its_annotated_type():

@@ -11,7 +11,7 @@ from piper_gpu.settings import from_fields
 from piper_gpu.target import Target
 from piper_gpu_server.config import ServerConfig, load_file
 
-from piper_gpu.steps.service import ENV_FILE, SERVER_CONFIG, server_command, server_config
+from piper_gpu.steps.service import ENV_FILE, SERVER_CONFIG, START_TIMEOUT, STOP_MARGIN, server_command, server_config
 
 SHA = "b" * 64
 
@@ -19,7 +19,7 @@ SHA = "b" * 64
 @pytest.fixture
 def target():
     s = from_fields({"voices": [{"name": "zh_CN-huayan-medium", "onnx_sha256": SHA, "json_sha256": SHA}],
-                       "service_user": "alice", "port": 6006})
+                       "service_user": "alice", "port": 6006, "bind_address": "127.0.0.1"})
     return Target(settings=s, is_wsl=True, arch="x86_64", repo_path="wsl-ubuntu", home="/home/alice",
                   service_mode="systemd", systemd_running=True, gpu=None)
 
@@ -50,19 +50,24 @@ def test_server_config_with_api_key_file_and_odd_names(target, tmp_path):
 
 def test_systemd_unit(target):
     text = render("piper-tts.service.j2", service_user="alice", piper_dir=target.piper_dir,
-                  command=server_command(target), env_file=ENV_FILE, log_dir=target.log_dir, graceful_timeout=60.0)
+                  command=server_command(target), env_file=ENV_FILE, log_dir=target.log_dir,
+                  start_timeout=START_TIMEOUT, stop_timeout=60 + STOP_MARGIN)
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.read_string(text)
     assert unit["Service"]["ExecStart"] == ("/home/alice/piper_env/.venv/bin/python -m piper_gpu_server "
                                             "--config /etc/piper-gpu/server.toml")
-    assert unit["Service"]["TimeoutStopSec"] == "90"
+    # a start is over when the server says it listens (sd_notify READY=1), or failed when it exits first
+    assert (unit["Service"]["Type"], unit["Service"]["NotifyAccess"]) == ("notify", "main")
+    assert unit["Service"]["TimeoutStopSec"] == "90" and unit["Service"]["TimeoutStartSec"] == "300"
     assert unit["Service"]["User"] == "alice" and unit["Install"]["WantedBy"] == "multi-user.target"
     assert unit["Service"]["ReadWritePaths"] == "/home/alice/piper_env/logs"
 
 
 @pytest.mark.parametrize("name,context", [
-    ("piper-tts-ctl.sh.j2", dict(service_user="alice", pid_file="/p.pid", log_path="/l.log", command="/py -m piper_gpu_server --config /c.toml",
-                                 piper_dir="/p", env_file=ENV_FILE, graceful_timeout=60.0, health_url="http://127.0.0.1:6006/health")),
+    *[("piper-tts-ctl.sh.j2", dict(service_mode=mode, unit="piper-tts.service", service_user="alice", pid_file="/p.pid",
+                                   log_path="/l.log", command="/py -m piper_gpu_server --config /c.toml", python="/py",
+                                   piper_dir="/p", env_file=ENV_FILE, port=6006, start_timeout=300, stop_timeout=90,
+                                   health_url="http://127.0.0.1:6006/health")) for mode in ("profile", "systemd")],
     ("piper-tts-autostart.sh.j2", dict(service_user="alice", ctl="/usr/local/bin/piper-tts-ctl")),
     ("cuda-profile.sh.j2", dict(cuda_home="/usr/local/cuda-12.4", lib_dirs=["/a/lib", "/b/lib"])),
 ])

@@ -641,14 +641,39 @@ def test_ss_listening_sockets_are_read():
     assert checks.parse_ss_listening(SS_OLD) == {("0.0.0.0", 5005), ("::", 5005)}
 
 
+#: `ss --numeric --listening --tcp --processes` as root (iproute2 6.1)
+SS_LTNP = """\
+State  Recv-Q Send-Q Local Address:Port  Peer Address:PortProcess
+LISTEN 0      128          0.0.0.0:5005       0.0.0.0:*    users:(("python",pid=4242,fd=7))
+LISTEN 0      128        127.0.0.1:631        0.0.0.0:*    users:(("cupsd",pid=900,fd=7),("cupsd",pid=901,fd=7))
+LISTEN 0      4096            [::]:22            [::]:*    users:(("sshd",pid=611,fd=4))
+LISTEN 0      128        127.0.0.1:15005      0.0.0.0:*
+"""
+
+
+def test_ss_processes_are_read():
+    assert checks.parse_ss_processes(SS_LTNP) == {("0.0.0.0", 5005): {4242}, ("127.0.0.1", 631): {900, 901},
+                                                  ("::", 22): {611}, ("127.0.0.1", 15005): set()}
+
+
 def test_service_listens_both_ways():
-    assert checks.service_listens_problem(0, SS_LTN, "", "0.0.0.0", 5005) is None
-    assert checks.service_listens_problem(0, SS_LTN, "", "0.0.0.0", 22) is None  # [::] takes both families
-    msg = text(checks.service_listens_problem(0, SS_LTN, "", "127.0.0.1", 5005))
+    pid = "pid file /home/piper/piper_env/run/piper-tts.pid"
+    assert checks.service_listens_problem(0, SS_LTNP, "", "0.0.0.0", 5005, "4242\n", pid) is None
+    assert checks.service_listens_problem(0, SS_LTNP, "", "0.0.0.0", 22, "611", pid) is None  # [::]: both families
+    msg = text(checks.service_listens_problem(0, SS_LTNP, "", "127.0.0.1", 5005, "4242", pid))
     assert "nothing listens on 127.0.0.1:5005" in msg and "check the port is not taken" in msg
-    assert "nothing listens on 0.0.0.0:5006" in text(checks.service_listens_problem(0, SS_LTN, "", "0.0.0.0", 5006))
-    msg = text(checks.service_listens_problem(127, "", "sh: 1: ss: not found", "0.0.0.0", 5005))
+    assert "nothing listens on 0.0.0.0:5006" in text(checks.service_listens_problem(0, SS_LTNP, "", "0.0.0.0", 5006,
+                                                                                    "4242", pid))
+    msg = text(checks.service_listens_problem(127, "", "sh: 1: ss: not found", "0.0.0.0", 5005, "4242", pid))
     assert "ss fails: sh: 1: ss: not found" in msg
+    # something listens, but it is not the service: an old server kept the port, ours died at bind
+    msg = text(checks.service_listens_problem(0, SS_LTNP, "", "0.0.0.0", 5005, "5151", "MainPID of piper-tts.service"))
+    assert "0.0.0.0:5005 is held by pid 4242, not by the service (pid 5151, MainPID of piper-tts.service)" in msg
+    assert "ss -ltnp" in msg
+    msg = text(checks.service_listens_problem(0, SS_LTNP, "", "0.0.0.0", 5005, "", pid))
+    assert "held by pid 4242, and the service has no pid" in msg
+    msg = text(checks.service_listens_problem(0, SS_LTNP, "", "127.0.0.1", 15005, "4242", pid))
+    assert "ss shows no process for it" in msg and "--sudo" in msg
 
 
 def health_json(**kw):

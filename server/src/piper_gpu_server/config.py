@@ -49,8 +49,9 @@ class ServerConfig:
     log_file: str | None = None
     #: file holding the key POST /tts requires; none: open
     api_key_file: str | None = None
-    #: longest text, in characters (413 beyond); a request's audio is bounded too: at most 1.5 x this
-    #: many phonemes at the normal pace (text.PHONEMES_PER_CHAR; its length_scale above 1 counts), 413 beyond
+    #: longest text, in characters (code points, each counting 1 whatever its script; 413 beyond); a
+    #: request's audio is bounded too: at most 1.5 x this many phonemes at the normal pace
+    #: (text.PHONEMES_PER_CHAR; its length_scale above 1 counts), 413 beyond
     max_text_chars: int = 2000
     #: POST /tts requests synthesising or waiting at once; more get 503 + Retry-After
     max_pending: int = 8
@@ -70,11 +71,15 @@ class ServerConfig:
     cpu_memory_arena: bool = True
     #: seconds a voice stays idle before its arena and the freed heap go back to the system; 0: never
     memory_release_idle: float = 30.0
-    #: longest piece of text synthesised in one go: longer sentences are split at a clause break,
-    #: a space or, failing both, at this length (bounds the time a voice is held); each model run of a
-    #: piece holds at most 1.5 x this many phonemes at the normal pace (bounds its memory)
+    #: heaviest piece of text synthesised in one go, as a weight, not a count of characters: a wide
+    #: (CJK, fullwidth) character weighs 5, any other 1 (text.weight); above a length_scale of 1 the
+    #: bound is this divided by it. A heavier sentence is cut at its last clause break, else its last
+    #: space, else at the bound (bounds the time a voice is held); each model run of a piece holds at
+    #: most 1.5 x this many phonemes at the normal pace (bounds its memory)
     sentence_max_chars: int = 200
-    #: seconds a client may stay silent while sending a request (headers or body) before it is dropped
+    #: seconds a request body may stall between two of its parts (then 408 and the connection closes).
+    #: The body only: stalled request headers are keep_alive_timeout's, and a client waiting for its
+    #: answer has no read deadline
     read_timeout: float = 10.0
     #: seconds the whole request body may take, however it trickles (then 408); it is read before the
     #: request takes one of the max_pending places, so a slow sender holds none
@@ -83,7 +88,9 @@ class ServerConfig:
     #: all together at most this plus the seconds of audio sent. A client that reads slower is
     #: dropped, and its synthesis stops
     write_timeout: float = 10.0
-    #: seconds an idle kept-alive connection stays open
+    #: seconds a connection may go without a complete request head, from its opening and from the end
+    #: of each answer (Hypercorn's idle timer); then it is closed without an answer. It ends an idle
+    #: kept-alive connection and one whose request headers stall or trickle
     keep_alive_timeout: float = 5.0
     #: open connections at most; more are closed at once
     max_connections: int = 256

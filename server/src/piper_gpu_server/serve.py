@@ -91,7 +91,10 @@ class LimitedListener(socket.socket):
 
 def listen(host: str, port: int, limit: int, backlog: int = 128) -> LimitedListener:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    plain = socket.create_server((host, port), family=family, backlog=backlog)
+    # "::" is every address of both families, as a server that listened there (carried over) took it; Python
+    # would make it IPv6 only (IPV6_V6ONLY)
+    dual = host == "::" and socket.has_dualstack_ipv6()
+    plain = socket.create_server((host, port), family=family, backlog=backlog, dualstack_ipv6=dual)
     sock = LimitedListener(plain.family, plain.type, plain.proto, fileno=plain.detach())
     sock.limit = limit
     sock.conns = {}
@@ -311,6 +314,30 @@ async def serve(app, config: ServerConfig, sock: socket.socket) -> None:
     LOG.info("stopped")
 
 
+#: The environment variables that identify a start: the token piper-tts-ctl gives the process it starts,
+#: else systemd's InvocationID of the unit's run (systemd sets INVOCATION_ID for every service process).
+START_TOKEN_VARIABLES = ("PIPER_TTS_START_TOKEN", "INVOCATION_ID")
+
+
+def start_token() -> str | None:
+    """What /health reports beside the pid, so that whoever started this process knows it answers the port."""
+    return next((os.environ[v] for v in START_TOKEN_VARIABLES if os.environ.get(v)), None)
+
+
+def notify_ready() -> None:
+    """Tell systemd the service is up (Type=notify: `systemctl start` returns now, or fails if the
+    process exits before): sd_notify's READY=1 on $NOTIFY_SOCKET, when there is one."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    address = "\0" + path[1:] if path.startswith("@") else path  # "@...": an abstract socket
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendto(f"READY=1\nMAINPID={os.getpid()}".encode(), address)
+    except OSError as exc:
+        LOG.warning("cannot tell systemd the service is ready (NOTIFY_SOCKET=%s): %s", path, exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = argv if argv is not None else sys.argv[1:]
     try:
@@ -326,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     available = onnxruntime.get_available_providers()
     gpu = Gpu()
     config_path = config_file(args)
-    info = {"server": version(), "gpu": gpu.name, "onnxruntime": onnxruntime.__version__,
-            "piper_tts": installed("piper-tts"), "available_providers": available}
+    info = {"server": version(), "pid": os.getpid(), "start_token": start_token(), "gpu": gpu.name,
+            "onnxruntime": onnxruntime.__version__, "piper_tts": installed("piper-tts"), "available_providers": available}
     LOG.info("start: pid=%d server=%s onnxruntime=%s piper-tts=%s available_providers=%s config=%s",
              os.getpid(), info["server"], info["onnxruntime"], info["piper_tts"], available, config_path or "(flags)")
     LOG.info("GPU detection: %s (%s); use_gpu=%s", gpu.name or "none", gpu.how, config.use_gpu)
@@ -357,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         LOG.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         return 2
+    notify_ready()
     app = App(config, voices, info=info, gpu_sample=gpu.sample, api_key=api_key, config_file=config_path,
               abort=lambda scope: sock.abort(scope.get("client")), connections=lambda: sock.open)
     LOG.info("listening on http://%s:%d (POST /tts, GET /health, GET /voices, GET /metrics); API key %s; "
