@@ -297,15 +297,20 @@ def ini_option(path: str, section: str, key: str, value: str, mode: str = "644")
 
 # --- what the deploy moves aside, turns off or replaces, and undeploy puts back -------------------
 
+def _parent_made(path: str) -> str:
+    """The command that makes the directory ``path`` goes in."""
+    return f"mkdir -p {shlex.quote(path.rsplit('/', 1)[0])}"
+
+
 def _ledger_line(ledger: str, *fields: str) -> str:
     """The command that appends one tab-separated line to the ledger (target.MOVED_ASIDE)."""
     q = shlex.quote
-    return (f"mkdir -p {q(ledger.rsplit('/', 1)[0])} && printf '%s\\n' {q(chr(9).join(fields))} >> {q(ledger)}")
+    return f"{_parent_made(ledger)} && printf '%s\\n' {q(chr(9).join(fields))} >> {q(ledger)}"
 
 
 def _copy_to(path: str, backup: str) -> str:
     q = shlex.quote
-    return f"mkdir -p {q(backup.rsplit('/', 1)[0])} && cp -p -- {q(path)} {q(backup)}"
+    return f"{_parent_made(backup)} && cp -p -- {q(path)} {q(backup)}"
 
 
 @operation()
@@ -391,7 +396,7 @@ def processes_stopped(processes: list, wait_s: int, record: str, record_text: st
         yield (f"sleep 1; held=$(ss -Hltnp 'sport = :{int(port)}' 2>/dev/null | head -n 1); if [ -n \"$held\" ]; then "
                f"echo \"the old server stopped, but port {int(port)} is held again: $held. Something starts it again "
                "(a systemd unit, a supervisor, a loop, a cron job): stop that, then run the deploy again\" >&2; exit 1; fi")
-    yield f"mkdir -p {q(record.rsplit('/', 1)[0])} && printf '%s\\n' {q(record_text)} > {q(record)}"
+    yield f"{_parent_made(record)} && printf '%s\\n' {q(record_text)} > {q(record)}"
 
 
 @operation()
@@ -400,7 +405,7 @@ def moved_aside(path: str, backup: str, ledger: str):
     ledger says so for undeploy (which moves it back)."""
     q = shlex.quote
     yield _ledger_line(ledger, "file", path, backup)
-    yield f"mkdir -p {q(backup.rsplit('/', 1)[0])} && mv -- {q(path)} {q(backup)}"
+    yield f"{_parent_made(backup)} && mv -- {q(path)} {q(backup)}"
 
 
 @operation()
@@ -430,7 +435,7 @@ def put_back(entry: str, ledger: str, prefix: str, backups: str):
         original, backup = fields
         yield (f"if [ ! -e {q(backup)} ]; then echo {q(f'backup {backup} of {original} is gone: nothing to put back')}; "
                f"{drop}; elif [ -e {q(original)} ]; then echo {q(f'{original} exists: its backup stays at {backup}')} >&2; "
-               f"else mkdir -p {q(original.rsplit('/', 1)[0])} && mv -- {q(backup)} {q(original)} && {{ {drop}; "
+               f"else {_parent_made(original)} && mv -- {q(backup)} {q(original)} && {{ {drop}; "
                f"{_prune(backup.rsplit('/', 1)[0], backups)}; }}; fi; true")
     elif kind == "lines" and len(fields) == 2:
         path, backup = fields

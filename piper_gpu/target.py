@@ -79,6 +79,12 @@ class Target:
     #: This run's date, naming its backups: BACKUPS/<stamp>/<original path>.
     stamp: str = field(default_factory=lambda: time.strftime("%Y%m%d-%H%M%S"))
 
+    @property
+    def wsl_needs_restart(self) -> bool:
+        """service_mode systemd on a WSL2 instance started without it: the run enables it in /etc/wsl.conf and
+        stops before the service (only a `wsl --shutdown` can start systemd); the old server keeps serving."""
+        return self.service_mode == "systemd" and self.is_wsl and not self.systemd_running
+
     def backup_path(self, original: str) -> str:
         """Where this run keeps a copy of ``original`` (a file it moves aside or replaces)."""
         return f"{BACKUPS}/{self.stamp}{original}"

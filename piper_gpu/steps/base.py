@@ -19,7 +19,7 @@ from piper_gpu.facts import DpkgInterrupted, FileMark
 from piper_gpu.operations import kept_aside
 from piper_gpu.render import render
 from piper_gpu.resources import OPENPGP_TOOL
-from piper_gpu.target import (ADDED_PACKAGES, ADDED_USER, APT_CONF_FILE, CACHE, ETC, MARKER, MOVED_ASIDE, STATE,
+from piper_gpu.target import (ADDED_PACKAGES, ADDED_PATHS, ADDED_USER, APT_CONF_FILE, CACHE, ETC, MARKER, MOVED_ASIDE, STATE,
                               TARGET_FILE, TOOLS, WSL_DRIVER_PIN_FILE, Target)
 
 #: sudo: steps run as the service user through pyinfra's _sudo_user (a chroot or a root login has no sudo).
@@ -33,11 +33,29 @@ def missing_packages(packages: list[str]) -> list[str]:
 
 
 def record_added(packages: list[str]) -> None:
-    """Record, before installing them, the packages this deploy adds (the host did not have them): undeploy's
-    undeploy_system purges exactly these, never a package that was there before."""
-    for package in packages:
+    """Record, before installing them, the packages of ``packages`` this deploy adds (the host does not have
+    them): undeploy's undeploy_system purges exactly these, never a package that was there before."""
+    for package in missing_packages(packages):
         files.line(name=f"Record that this deploy adds {package} ({ADDED_PACKAGES})", path=ADDED_PACKAGES,
                    line=package.split("=")[0])
+
+
+def record_created(path: str) -> None:
+    """Record, before creating it, a directory this deploy creates (undeploy removes those whole)."""
+    files.line(name=f"Record that this deploy creates {path} ({ADDED_PATHS})", path=ADDED_PATHS, line=path)
+
+
+def recorded(path: str, strip: bool = True) -> list[str]:
+    """The lines of one of the deploy's records on the host (target.STATE); ``strip=False`` keeps each line
+    as written (the ledger's entries are matched whole)."""
+    lines = host.get_fact(FileContents, path=path) or []
+    return [line.strip() if strip else line.rstrip("\n") for line in lines if line.strip()]
+
+
+def ours(target: Target, path: str) -> bool:
+    """``path`` is a file this deploy wrote: its marker, or an earlier release's as its target.json names it."""
+    mark = host.get_fact(FileMark, path=path, marker=MARKER)
+    return bool(mark) and (mark["ours"] or path in earlier_release_files(target))
 
 
 def replaced_versions(packages: dict[str, str]) -> str:
@@ -95,8 +113,7 @@ def put_file(target: Target, name: str, text: str, dest: str, mode: str, user: s
     assert MARKER in text[:1024], f"{dest}: the deploy's files carry its marker ({MARKER})"
     if not dest.startswith(tuple(d + "/" for d in OWN_DIRS)):
         mark = host.get_fact(FileMark, path=dest, marker=MARKER)
-        earlier = dest in earlier_release_files(target)
-        if mark and not mark["ours"] and not earlier and mark["sha256"] != hashlib.sha256(text.encode()).hexdigest():
+        if mark and not ours(target, dest) and mark["sha256"] != hashlib.sha256(text.encode()).hexdigest():
             backup = target.backup_path(dest)
             kept_aside(name=f"Keep a copy of {dest} (a file this deploy did not write) at {backup}, before replacing it",
                        path=dest, backup=backup, ledger=MOVED_ASIDE)
@@ -124,7 +141,7 @@ def base_system(target: Target):
     missing = missing_packages(BASE_PACKAGES)
     if missing:
         apt.update(name=f"Refresh apt lists: base packages missing ({', '.join(missing)})")
-    record_added(missing)
+    record_added(BASE_PACKAGES)
     apt.packages(name="Install base packages", packages=BASE_PACKAGES, no_recommends=True)
     if s.service.create_service_user:
         user_missing = user_home(s.service.service_user) is None

@@ -31,7 +31,7 @@ def cuda_repository(target: Target):
         f"dpkg-deb --fsys-tarfile {deb} | tar -xO .{KEYRING} > {CACHE}/cuda-keyring.check.gpg && "
         f"python3 {TOOLS}/openpgp.py {CACHE}/cuda-keyring.check.gpg --expect {shlex.quote(src.cuda_repo_key_fingerprint)}"
     )
-    record_added(missing_packages(["cuda-keyring"]))
+    record_added(["cuda-keyring"])
     keyring = deb_file_installed(
         name=f"Install cuda-keyring {src.cuda_keyring_version} (key {src.cuda_repo_key_fingerprint[-8:]} checked)",
         package="cuda-keyring",
@@ -93,7 +93,7 @@ def cuda_toolkit(target: Target):
     s = target.settings
     what = {"toolkit": "toolkit (nvcc included)", "compiler": "compiler and runtime libraries (no profilers)",
             "runtime": "runtime libraries only"}.get(s.cuda.cuda_install, s.cuda.cuda_install)
-    record_added(missing_packages(s.cuda_packages))
+    record_added(s.cuda_packages)
     return apt.packages(
         name=f"Install CUDA {s.cuda.cuda_version} {what}: {', '.join(s.cuda_packages)}",
         packages=s.cuda_packages,

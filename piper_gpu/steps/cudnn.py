@@ -15,7 +15,7 @@ from pyinfra.operations import apt, files, server
 
 from piper_gpu import naming
 from piper_gpu.operations import deb_file_installed, fetch, held, keyrings_installed
-from piper_gpu.steps.base import missing_packages, record_added, replaced_versions
+from piper_gpu.steps.base import record_added, replaced_versions
 from piper_gpu.facts import HeldPackages
 from piper_gpu.target import CACHE, HELD_PACKAGES, Target
 
@@ -63,7 +63,7 @@ def cudnn_sources(target: Target) -> list:
           sha256=s.sources.cudnn_local_repo_sha256)
     file = naming.file_name(s.sources.cudnn_local_repo_url)
     version = file.split("_")[1] if "_" in file else None
-    record_added(missing_packages([name]))
+    record_added([name])
     installer = deb_file_installed(name=f"Install {name} (a file:// apt repository in {repo_dir})", package=name,
                                    version=version, deb_path=deb, use_dpkg=True)
     keyring = keyrings_installed(name=f"Keyring of {name} into /usr/share/keyrings",
@@ -79,7 +79,7 @@ def cudnn(target: Target):
     if s.cuda.cudnn_source == "wheel":
         return None  # nvidia-cudnn-cu12 is in the venv lock (step 5)
     if s.cudnn_apt_installed:
-        record_added(missing_packages([pkg]))
+        record_added([pkg])
         op = apt.packages(
             name=f"Install {label} ({pkg}={ver})" + replaced_versions({pkg: ver}),
             packages=[f"{pkg}={ver}"],
@@ -95,7 +95,7 @@ def cudnn(target: Target):
         deb = f"{CACHE}/{pkg}_{ver}.deb"
         fetch(name=f"Fetch {label} .deb", src=s.sources.cudnn_deb_url, dest=deb, sha256=s.sources.cudnn_deb_sha256)
         if not s.cuda.cudnn_deb_extract:
-            record_added(missing_packages([pkg]))
+            record_added([pkg])
             op = deb_file_installed(name=f"Install {label} from {deb}" + replaced_versions({pkg: ver}), package=pkg,
                                     version=ver, deb_path=deb)
             hold(pkg, ver)

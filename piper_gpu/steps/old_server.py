@@ -27,10 +27,11 @@ def _autostart_files(m: Migration) -> dict[str, list[tuple[int, str]]]:
     return dict(sorted(by_file.items()))
 
 
-def will_start(target: Target) -> bool:
-    """The run goes on to start the service (not so on WSL2 asked for systemd without it: that run stops to
-    have WSL2 restarted, and the old server must keep serving meanwhile)."""
-    return not (target.service_mode == "systemd" and target.is_wsl and not target.systemd_running)
+def unit_actions(target: Target) -> list[tuple[str, bool]]:
+    """The old server's units the run acts on, (unit file, enabled): an enabled one is disabled and stopped;
+    a disabled one is stopped where systemd runs and the run stops its process."""
+    m: Migration = target.migration
+    return [(u, e) for u, e in m.units if e or (m.stop and target.systemd_running)]
 
 
 @deploy("The old CPU server: its files kept as they are")
@@ -38,7 +39,7 @@ def old_server_files_kept(target: Target):
     """Before the run edits anything: a copy of each shell start-up file or crontab whose lines start the
     old server (the run appends its CUDA block to ~/.bashrc later, and turns those lines off at the end)."""
     m: Migration | None = target.migration
-    files_ = list(_autostart_files(m)) if m and will_start(target) else []
+    files_ = list(_autostart_files(m)) if m and not target.wsl_needs_restart else []
     if files_:
         copies_kept(name=f"Keep a copy of {', '.join(files_)} as it is before this run (the old server's autostart "
                          "lines in it are turned off later in the run)",
@@ -48,7 +49,7 @@ def old_server_files_kept(target: Target):
 @deploy("The old CPU server: stopped, its autostart off, its script kept aside")
 def old_server(target: Target):
     m: Migration | None = target.migration
-    if m is None or not (m or m.own_scripts) or not will_start(target):
+    if m is None or not (m or m.own_scripts) or target.wsl_needs_restart:
         return
     for path, lines in _autostart_files(m).items():
         lines_disabled(
@@ -57,12 +58,11 @@ def old_server(target: Target):
             path=path, lines=lines, prefix=DISABLED, backup=target.backup_path(path), ledger=MOVED_ASIDE,
             shell_syntax="/var/spool/cron/" not in path,
         )
-    for unit_file, enabled in m.units:
-        if enabled or (m.stop and target.systemd_running):
-            unit_disabled(name=f"{'Disable and stop' if enabled else 'Stop'} the old server's systemd unit {unit_file}"
-                               + (" (undeploy enables it again)" if enabled else ""),
-                          unit_file=unit_file, enabled=enabled, systemd_running=target.systemd_running,
-                          ledger=MOVED_ASIDE)
+    for unit_file, enabled in unit_actions(target):
+        unit_disabled(name=f"{'Disable and stop' if enabled else 'Stop'} the old server's systemd unit {unit_file}"
+                           + (" (undeploy enables it again)" if enabled else ""),
+                      unit_file=unit_file, enabled=enabled, systemd_running=target.systemd_running,
+                      ledger=MOVED_ASIDE)
     if m.stop:
         port = target.settings.service.port
         on_port = any(s.rpartition(":")[2] == str(port) for p in m.stop for s in p.sockets)
@@ -87,7 +87,7 @@ def restart_hint(target: Target) -> str:
     """What to run to have the old server answer again, when the new one failed to start in the run that
     stopped it ("" when the run stops none)."""
     m: Migration | None = target.migration
-    if not m or not m.stop or not will_start(target):
+    if not m or not m.stop or target.wsl_needs_restart:
         return ""
     how = "; ".join(f"as {p.user}: cd {p.cwd} && {p.command}" for p in m.stop)
     moved = "".join(f" mv {target.backup_path(s)} {s};" for s in m.scripts)

@@ -7,18 +7,13 @@ from io import StringIO
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.facts.files import Directory, File, FileContents
+from pyinfra.facts.files import Directory, File
 from pyinfra.operations import files, pip
 
 from piper_gpu import server_wheel
 from piper_gpu.operations import as_user, fetch, pip_debris_removed, venv_changes, venv_locked, venv_owned, venv_state
-from piper_gpu.steps.base import put_file
+from piper_gpu.steps.base import put_file, record_created, recorded
 from piper_gpu.target import ADDED_PATHS, SERVER_WHEELS, VENV_BEFORE, Target
-
-
-def recorded_paths() -> list[str]:
-    """The directories the deploy created, as recorded (target.ADDED_PATHS)."""
-    return [line.strip() for line in host.get_fact(FileContents, path=ADDED_PATHS) or [] if line.strip()]
 
 
 def directories(paths: list[str], user: str) -> None:
@@ -26,7 +21,7 @@ def directories(paths: list[str], user: str) -> None:
     deploy's (undeploy removes those, and in the others only the deploy's own files)."""
     for path in paths:
         if not host.get_fact(Directory, path=path):
-            files.line(name=f"Record that this deploy creates {path} ({ADDED_PATHS})", path=ADDED_PATHS, line=path)
+            record_created(path)
         files.directory(name=f"Directory {path}", path=path, user=user, group=user, mode="750")
 
 
@@ -51,10 +46,9 @@ def piper_venv(target: Target):
     user = s.service.service_user
     directories([target.piper_dir, target.run_dir, target.log_dir, target.models_dir], user)
     state = venv_state(target.venv_python, user)
-    theirs = state is not None and target.venv_dir not in recorded_paths()
+    theirs = state is not None and target.venv_dir not in recorded(ADDED_PATHS)
     if state is None and not host.get_fact(Directory, path=target.venv_dir):
-        files.line(name=f"Record that this deploy creates {target.venv_dir} ({ADDED_PATHS})", path=ADDED_PATHS,
-                   line=target.venv_dir)
+        record_created(target.venv_dir)
     elif theirs and not host.get_fact(File, path=VENV_BEFORE):
         files.put(name=f"Record what your venv {target.venv_dir} (made before this deploy) holds, in {VENV_BEFORE}",
                   src=StringIO("".join(f"{n}=={v}\n" for n, v in sorted(state["distributions"].items()))),

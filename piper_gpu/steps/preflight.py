@@ -191,7 +191,7 @@ def inspect_host(settings: Settings, checks: bool) -> Target:
         platform=platform.key,
     )
     if not checks:  # undeploy: where the service listened does not matter
-        address = migration.DEFAULT_BIND if settings.service.bind_address == "auto" else settings.service.bind_address
+        address, _ = migration.bind_address(settings.service.bind_address, migration.Migration())
         return dataclasses.replace(target, settings=settings.replace(bind_address=address))
     found = find_old_server(target)
     address, why = migration.bind_address(settings.service.bind_address, found)
@@ -233,14 +233,14 @@ def report_old_server(target: Target, address: str, why: str) -> None:
 
 def planned_actions(target: Target) -> list[str]:
     """One line per thing the run will do to the old setup (steps/old_server.py does them)."""
-    from piper_gpu.steps.old_server import STOP_WAIT, will_start
+    from piper_gpu.steps.old_server import STOP_WAIT, unit_actions
 
     m = target.migration
-    if not will_start(target):
+    if target.wsl_needs_restart:
         return ["nothing yet: this run stops before the service (WSL2 must restart to run systemd)"] if m else []
     out = [f"turn off {f} line {n} (a comment that starts with '{migration.DISABLED.strip()}'; the file as it is now "
            f"kept at {target.backup_path(f)})" for f, n, _ in m.autostart]
-    out += [f"{'disable and stop' if e else 'stop'} the systemd unit {u}" for u, e in m.units if e or m.stop]
+    out += [f"{'disable and stop' if e else 'stop'} the systemd unit {u}" for u, e in unit_actions(target)]
     out += [f"stop pid {p.pid} with SIGTERM ({p.command}), waiting up to {STOP_WAIT} s" for p in m.stop]
     out += [f"move {s} to {target.backup_path(s)}" for s in m.scripts]
     out += [f"remove {s} (an earlier release of this deploy rendered it)" for s in m.own_scripts]

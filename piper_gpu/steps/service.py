@@ -15,13 +15,13 @@ from pyinfra.facts.systemd import SystemdStatus
 from pyinfra.operations import files, server, systemd
 
 from piper_gpu import server_wheel
-from piper_gpu.facts import FileMark, PidAlive
+from piper_gpu.facts import PidAlive
 from piper_gpu.operations import copies_kept, ini_option, ini_with_option
 from piper_gpu.resources import TEXTS_JSON
-from piper_gpu.steps.base import template_file
+from piper_gpu.steps.base import ours, template_file
 from piper_gpu.steps.cudnn import library_dirs
 from piper_gpu.steps.old_server import restart_hint
-from piper_gpu.target import (MARKER, API_KEY_FILE, AUTOSTART, CTL, ENV_FILE, ETC, PERF, SERVER_CONFIG, SERVER_MODULE,
+from piper_gpu.target import (API_KEY_FILE, AUTOSTART, CTL, ENV_FILE, ETC, PERF, SERVER_CONFIG, SERVER_MODULE,
                               SERVER_WHEELS, SETTINGS_FILE, TARGET_FILE, TEXTS_FILE, UNIT, UNIT_FILE, WSL_CONF, Target)
 
 
@@ -96,7 +96,7 @@ def target_record(target: Target) -> dict:
         "perf": PERF,
         "perf_out": target.perf_out,
         "unit": UNIT,
-        "base_url": f"http://{client_host(target.settings.service.bind_address)}:{target.settings.service.port}",
+        "base_url": base_url(target),
         "texts_file": TEXTS_FILE,
         "installed_files": dict(sorted(target.installed.items())),
     }
@@ -150,7 +150,7 @@ def piper_server(target: Target):
         dest=PERF,
         mode="755",
         python=target.venv_python,
-        base_url=f"http://{client_host(s.service.bind_address)}:{s.service.port}",
+        base_url=base_url(target),
         voices=target.voice_models,
         texts_file=TEXTS_FILE,
         out=target.perf_out,
@@ -175,7 +175,7 @@ def piper_service(target: Target, input_ops: list):
     Either way it is (re)started by piper-tts-ctl, which succeeds only once the server answers /health as
     the process it started (its pid and start token), never because something else answers the port."""
     inputs_change = any(op.will_change for op in input_ops)
-    if target.service_mode == "systemd" and target.is_wsl and not target.systemd_running:
+    if target.wsl_needs_restart:
         _wsl_enable_systemd(target)
         return
     ctl = _control_script(target)
@@ -200,19 +200,17 @@ def piper_service(target: Target, input_ops: list):
 def _other_mode_stopped(target: Target) -> bool:
     """A service_mode that changed: the server the other mode runs is stopped first (it holds the port), and
     that mode's start-up is removed. True when one was running."""
-    s = target.settings.service
     if target.service_mode == "systemd":
         running = host.get_fact(PidAlive, pidfile=target.pid_file)
         if running:
             q = shlex.quote(target.pid_file)
             server.shell(name=f"Stop piper-tts started without systemd (pid file {target.pid_file}): the unit takes over",
-                         commands=[f"p=$(cat {q}); kill $p; for i in $(seq 1 {2 * (int(s.graceful_timeout) + STOP_MARGIN)}); "
+                         commands=[f"p=$(cat {q}); kill $p; for i in $(seq 1 {2 * stop_timeout(target)}); "
                                    f"do kill -0 $p 2>/dev/null || break; sleep 0.5; done; kill -9 $p 2>/dev/null; rm -f {q}"])
-        if host.get_fact(FileMark, path=AUTOSTART, marker=MARKER):
+        if ours(target, AUTOSTART):
             files.file(name=f"Remove {AUTOSTART}: the unit starts piper-tts now", path=AUTOSTART, present=False)
         return bool(running)
-    mark = host.get_fact(FileMark, path=UNIT_FILE, marker=MARKER)
-    if not (mark and mark["ours"]):
+    if not ours(target, UNIT_FILE):
         return False
     active = target.systemd_running and bool(host.get_fact(SystemdStatus, services=[UNIT]).get(UNIT))
     if target.systemd_running:
@@ -222,9 +220,19 @@ def _other_mode_stopped(target: Target) -> bool:
     return active
 
 
-def health_url(target: Target) -> str:
+def base_url(target: Target) -> str:
+    """Where a client on the host reaches the service."""
     s = target.settings.service
-    return f"http://{client_host(s.bind_address)}:{s.port}/health"
+    return f"http://{client_host(s.bind_address)}:{s.port}"
+
+
+def health_url(target: Target) -> str:
+    return f"{base_url(target)}/health"
+
+
+def stop_timeout(target: Target) -> int:
+    """Seconds a stop waits after SIGTERM before SIGKILL (the unit's TimeoutStopSec, piper-tts-ctl's stop)."""
+    return int(target.settings.service.graceful_timeout) + STOP_MARGIN
 
 
 def _control_script(target: Target):
@@ -246,7 +254,7 @@ def _control_script(target: Target):
         env_file=ENV_FILE,
         port=s.service.port,
         start_timeout=START_TIMEOUT,
-        stop_timeout=int(s.service.graceful_timeout) + STOP_MARGIN,
+        stop_timeout=stop_timeout(target),
         health_url=health_url(target),
     )
 
@@ -266,7 +274,7 @@ def _systemd_unit(target: Target) -> bool:
         env_file=ENV_FILE,
         log_dir=target.log_dir,
         start_timeout=START_TIMEOUT,
-        stop_timeout=int(s.service.graceful_timeout) + STOP_MARGIN,
+        stop_timeout=stop_timeout(target),
     )
     systemd.service(
         name=f"{UNIT} enabled at boot" + (" (systemd reloads the changed unit)" if unit.will_change else ""),

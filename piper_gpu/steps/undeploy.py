@@ -15,10 +15,10 @@ from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.files import Directory, File, FileContents
 from pyinfra.operations import files, server
 
-from piper_gpu.facts import FileMark, HeldPackages, SystemdRunning
+from piper_gpu.facts import HeldPackages, SystemdRunning
 from piper_gpu.migration import DISABLED
 from piper_gpu.operations import put_back
-from piper_gpu.steps.base import earlier_release_files
+from piper_gpu.steps.base import ours, recorded
 from piper_gpu.steps.cudnn import local_repo
 from piper_gpu.target import (ADDED_PACKAGES, ADDED_PATHS, ADDED_USER, APT_CONF_FILE, AUTOSTART, BACKUPS, CACHE, CTL,
                               ETC, HELD_PACKAGES, KEYRING, LINKER_CONF, MARKER, MOVED_ASIDE, OLD_SERVER_RECORD, PERF,
@@ -26,14 +26,9 @@ from piper_gpu.target import (ADDED_PACKAGES, ADDED_PATHS, ADDED_USER, APT_CONF_
                               VENV_BEFORE, WSL_DRIVER_PIN_FILE, Target)
 
 
-def _recorded(path: str) -> list[str]:
-    return [line.strip() for line in (host.get_fact(FileContents, path=path) or []) if line.strip()]
-
-
-def ours(target: Target, path: str) -> bool:
-    """``path`` is a file this deploy wrote: its marker, or an earlier release's as its target.json names it."""
-    mark = host.get_fact(FileMark, path=path, marker=MARKER)
-    return bool(mark) and (mark["ours"] or path in earlier_release_files(target))
+def _under(path: str, dirs: list[str]) -> bool:
+    """``path`` is one of ``dirs`` or inside one."""
+    return any(path == d or path.startswith(d + "/") for d in dirs)
 
 
 def remove_own_file(target: Target, path: str, what: str = "") -> None:
@@ -65,28 +60,28 @@ def remove_service(target: Target):
 def remove_files(target: Target):
     """The directories the deploy created (ADDED_PATHS) go whole; in the others, only its own files."""
     s = target.settings
-    created = _recorded(ADDED_PATHS)
+    created = recorded(ADDED_PATHS)
     voices_too = s.undeploy.undeploy_voices
     models = target.models_dir.rstrip("/")
     in_models = [p for p in created if p == models or p.startswith(models + "/")]
     gone = [p for p in created if p not in in_models or voices_too]
     for path in sorted(gone, key=lambda p: -p.count("/")):
-        if not any(path.startswith(other + "/") for other in gone):
+        if not _under(path, [other for other in gone if other != path]):
             files.directory(name=f"Remove {path} (this deploy created it)", path=path, present=False)
     # its own files in directories that were there before
-    if not any(target.lock_file.startswith(d + "/") for d in gone):
+    if not _under(target.lock_file, gone):
         remove_own_file(target, target.lock_file)
     for path in (target.pid_file, target.perf_out):
-        if not any(path.startswith(d + "/") for d in gone):
+        if not _under(path, gone):
             files.file(name=f"Remove {path}", path=path, present=False)
-    if not any(target.log_dir.startswith(d + "/") for d in gone) and host.get_fact(File, path=target.log_path):
+    if not _under(target.log_path, gone) and host.get_fact(File, path=target.log_path):
         server.shell(name=f"Remove the service's logs {target.log_path}*",
                      commands=[f"rm -f {target.log_path} {target.log_path}.*"])
     if voices_too:
         for voice in s.models.voices:
             for suffix in (".onnx", ".onnx.json"):
                 path = f"{target.voice_dir(voice)}/{voice.name}{suffix}"
-                if not any(path.startswith(d + "/") for d in gone):
+                if not _under(path, gone):
                     files.file(name=f"Remove the voice file {path}", path=path, present=False)
     kept = [p for p in created if p not in gone]
     if created and kept != created:
@@ -123,7 +118,7 @@ def remove_environment(target: Target):
             marker="# {mark} piper-gpu-deploy CUDA environment",
             present=False,
         )
-    added = _recorded(ADDED_PACKAGES)
+    added = recorded(ADDED_PACKAGES)
     installed = host.get_fact(DebPackages)
     if "cuda-keyring" in added and "cuda-keyring" in installed:
         server.shell(name=f"Purge cuda-keyring ({KEYRING}): this deploy installed it", commands=["dpkg --purge cuda-keyring"])
@@ -143,7 +138,7 @@ def remove_environment(target: Target):
 def restore_moved_aside(target: Target):
     """Each line of the ledger, last first: the old server's script and the files the deploy replaced back
     in place, its autostart lines and units back on. Its process is not started again: the run says how."""
-    for entry in reversed(_recorded_raw(MOVED_ASIDE)):
+    for entry in reversed(recorded(MOVED_ASIDE, strip=False)):
         kind, *fields = entry.split("\t")
         what = {"file": "move back", "copy": "put back your", "lines": "turn back on the lines of",
                 "unit": "enable again"}.get(kind, kind)
@@ -160,19 +155,14 @@ def restore_moved_aside(target: Target):
                            f"{p.get('user')}: cd {p.get('cwd')} && {p.get('command')}")
 
 
-def _recorded_raw(path: str) -> list[str]:
-    """The ledger's lines (tab-separated fields kept)."""
-    return [line.rstrip("\n") for line in (host.get_fact(FileContents, path=path) or []) if line.strip()]
-
-
 @deploy("Undeploy: CUDA/cuDNN packages, and the base packages and user the deploy added")
 def remove_system(target: Target):
     installed = host.get_fact(DebPackages)
-    holds = [p for p in _recorded(HELD_PACKAGES) if p in host.get_fact(HeldPackages)]
+    holds = [p for p in recorded(HELD_PACKAGES) if p in host.get_fact(HeldPackages)]
     if holds:
         server.shell(name=f"Unhold {', '.join(holds)} (this deploy held them)",
                      commands=[StringCommand("apt-mark unhold", *map(QuoteString, holds))])
-    added = _recorded(ADDED_PACKAGES)
+    added = recorded(ADDED_PACKAGES)
     purged = {"cuda-keyring"}  # by remove_environment, with dpkg: its apt source is gone with it
     if target.settings.cuda.cudnn_source == "local-repo":
         purged.add(local_repo(target)[0])
@@ -186,7 +176,7 @@ def remove_system(target: Target):
                                     *map(QuoteString, purge)),
                       "DEBIAN_FRONTEND=noninteractive apt-get autoremove --purge -y"],
         )
-    users = _recorded(ADDED_USER)
+    users = recorded(ADDED_USER)
     remove_home = " -r" if target.settings.undeploy.undeploy_voices else ""
     for user in users:
         server.shell(name=f"Remove the user {user} this deploy created" + (" and its home" if remove_home else ""),
