@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from piper_gpu_server.stable import FRAME_BUCKETS, MODES, PHONEME_BUCKETS, parse_buckets
+from piper_gpu_server.stable import ENCODER_PROVIDERS, MODES, parse_buckets
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,9 +43,14 @@ class ServerConfig:
     #: runs on CUDA; on: on any provider (to test and measure it on the CPU); off: the whole model
     shape_stable: str = "auto"
     #: the buckets, comma-separated: phoneme ids per piece, frames of audio per piece (a piece longer
-    #: than the largest runs on the whole model, counted in /health and /metrics as a fallback)
-    phoneme_buckets: str = ",".join(map(str, PHONEME_BUCKETS))
-    frame_buckets: str = ",".join(map(str, FRAME_BUCKETS))
+    #: than the largest falls back, counted in /health and /metrics); auto: nine from the longest model run
+    #: sentence_max_chars allows (stable.auto_buckets), so that every bucket can be reached
+    phoneme_buckets: str = "auto"
+    frame_buckets: str = "auto"
+    #: where a shape-stable voice's encoder (phoneme ids -> the flow's input) runs: cpu (one session with no
+    #: buckets: the CPU pays nothing for a new shape, and it saves a set of CUDA sessions), cuda (one CUDA
+    #: session per phoneme bucket), auto (decided by the GPU figures once measured; until then: cpu)
+    encoder_provider: str = "auto"
     log_file: str | None = None
     #: file holding the key POST /tts requires; none: open
     api_key_file: str | None = None
@@ -127,6 +132,8 @@ class ServerConfig:
             cuda_options(self.cuda_options)
         except ValueError as exc:
             problems.append(f"cuda_options: {exc}")
+        if self.encoder_provider not in ENCODER_PROVIDERS:
+            problems.append(f"encoder_provider: {self.encoder_provider!r} is not one of {', '.join(ENCODER_PROVIDERS)}")
         if self.shape_stable not in MODES:
             problems.append(f"shape_stable: {self.shape_stable!r} is not one of {', '.join(MODES)}")
         for name in ("phoneme_buckets", "frame_buckets"):
