@@ -64,9 +64,8 @@ SMALLEST_PHONEME_BUCKET = 32
 SMALLEST_FRAME_BUCKET = 96
 #: bucket sizes are rounded up to a multiple of this
 BUCKET_ROUNDING = 8
-#: where a shape-stable voice's encoder runs (the server's encoder_provider setting); auto is cpu until
-#: GPU figures decide (docs/server.md "Sessions, threads and memory per voice")
-ENCODER_PROVIDERS = ("auto", "cpu", "cuda")
+#: where a shape-stable voice's encoder runs under encoder_provider = "auto" (config.ENCODER_PROVIDERS): the
+#: CPU until GPU figures decide (docs/server.md "Sessions, threads and memory per voice")
 AUTO_ENCODER_PROVIDER = "cpu"
 #: the names the split models give their variable dimensions (each bucket session fixes them)
 PHONEMES_DIM = "shape_stable_phonemes"
