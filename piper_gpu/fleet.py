@@ -224,7 +224,10 @@ class HostResult:
     #: failed: the operation (step) that failed
     step: str = ""
     changes: int | None = None
+    #: the whole host: its pyinfra run and its health gate
     seconds: float = 0.0
+    #: of which the health gate
+    health_seconds: float | None = None
     log: str = ""
 
     @property
@@ -242,7 +245,8 @@ class Converged:
 
 
 GRAND_TOTAL = re.compile(r"^\s*Grand total\s+(\d+)\s+(\S+)", re.M)
-COULD_NOT_CONNECT = re.compile(r"^\s*\[(?P<host>[^\]]+)\] Could not connect \((?P<why>.*)\)\s*$", re.M)
+#: pyinfra pads the host's prefix to the longest name of the inventory
+COULD_NOT_CONNECT = re.compile(r"^\s*\[(?P<host>[^\]]+)\]\s+Could not connect \((?P<why>.*)\)\s*$", re.M)
 #: pyinfra's last line for a PyinfraError: "--> pyinfra error[ in FILE line N]: MESSAGE" (MESSAGE may go on)
 PYINFRA_ERROR = re.compile(r"^--> pyinfra error(?: in (?P<where>.+?) line \d+)?: (?P<message>.*)$", re.M)
 STARTING_OPERATION = re.compile(r"^--> Starting operation: (?P<op>.+?)\s*$", re.M)
@@ -451,7 +455,9 @@ def run_host(host: FleetHost, runner: Runner, health_timeout: float) -> HostResu
     try:
         result = classify(host.name, runner.converge(host))
         if result.status == OK:
+            gate_started = time.monotonic()
             problem = runner.health(host, health_timeout)
+            result.health_seconds = round(time.monotonic() - gate_started, 1)
             if problem:
                 result.status, result.detail = UNHEALTHY, problem
     except Exception as exc:
