@@ -330,7 +330,7 @@ if t["service_mode"] == "systemd":
 else:
     try:
         out["pid"] = open(t["pid_file"]).read().strip()
-    except OSError as exc:
+    except OSError:
         out["pid"] = ""
     out["pid_source"] = "pid file " + t["pid_file"]
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -451,3 +451,24 @@ def test_load_inventory_names_a_missing_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(fleet.FleetError, match="inventory missing.py: no such file"):
         fleet.load_inventory("missing.py")
+
+
+def test_each_host_runs_in_its_own_pyinfra_limited_to_it_with_the_operator_s_options(tmp_path):
+    runner = fleet.PyinfraRunner("inv.py", "deploy.py", tmp_path, ["--data", "piper_gpu_port=5006"])
+    cmd = runner.command(FleetHost("gpu[1]"))
+    assert cmd[1:] == ["-m", "pyinfra", "-y", "inv.py", "deploy.py", "--limit", "gpu[[]1]", "--data",
+                       "piper_gpu_port=5006"]  # the name matched as itself, not as a pattern
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["--deploy", "missing.py"], "deploy file missing.py: no such file"),
+    (["--limit", "tts-9"], "--limit tts-9: no host or group of the inventory matches it"),
+])
+def test_the_fleet_refuses_to_start_naming_what_is_wrong(tmp_path, monkeypatch, capsys, argv, says):
+    from piper_gpu.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "deploy.py").write_text("")
+    (tmp_path / "inv.py").write_text('hosts = ["tts-01"]\n')
+    assert main(["fleet", "inv.py", *argv]) == 2
+    assert says in capsys.readouterr().err
