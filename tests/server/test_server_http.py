@@ -167,6 +167,10 @@ def test_health_and_voices_name_the_active_provider(server):
         "mode": "auto", "active": False,
         "reason": "shape_stable is auto and the voice runs on CPUExecutionProvider, where a change of shape costs "
                   "nothing (on forces it)"}
+    cpus = usable_cpus()
+    assert voice.pop("resources") == {  # the main session and the concurrent one, where it has fewer threads
+        "sessions": 2 if cpus > 1 else 1, "providers": {"CPUExecutionProvider": 2 if cpus > 1 else 1},
+        "intra_op_threads": cpus + (max(1, cpus // 4) if cpus > 1 else 0), "gpu_memory_mib": None}
     assert voice == {"provider": "CPUExecutionProvider", "session_providers": ["CPUExecutionProvider"],
                      "on_gpu": False, "onnx_sha256": sha256(model),
                      "json_sha256": sha256(model.with_name(model.name + ".json")),
