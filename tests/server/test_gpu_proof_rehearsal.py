@@ -57,7 +57,7 @@ def test_the_rehearsal_runs_every_step_on_the_cpu_provider_and_writes_both_files
     # the server the venv ran is the wheel's, not this test venv's editable one
     assert f"installed 1 wheels into {venv}" in res.stdout
 
-    (proof,) = results.glob("gpu-*-rehearsal.json")
+    (proof,) = results.glob("gpu-[0-9]*-rehearsal.json")
     (bench,) = results.glob("gpu-bench-*-rehearsal.json")
     record = json.loads(proof.read_text())
     assert record["rehearsal"] is True and record["provider"] == CPU and record["gpu"] is None
