@@ -6,17 +6,20 @@ recorded JSON are settings.py's, which composes these groups into ``Settings``.
 
 A field ``x`` of any group is the pyinfra data key ``piper_gpu_x``: the names are unique across the
 groups. Each field's ``#:`` comment is its meaning in docs/settings.md (scripts/make_docs.py), each
-class's ``# --- name ---`` line its heading there.
+class's ``# --- name ---`` line its heading there. The server's settings that the deploy passes on
+(``SERVER_SETTINGS``, the base of ``Service``) are defined once, by the server: their types, defaults
+and meanings are read from its ServerConfig (server_fields.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from piper_gpu import host_names, naming, sources
+from piper_gpu import host_names, naming, server_fields, sources
 from piper_gpu.errors import SettingsError
 from piper_gpu.matrix import CUDA_WHEELS_12_4, DEFAULT_ORT_GPU
 
@@ -288,75 +291,103 @@ def _ip_address(value: Any) -> bool:
     return True
 
 
+def _seconds(value: Any) -> bool:
+    """A finite number (server.toml holds no infinity or NaN, and the server refuses them)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _positive_seconds(value: Any) -> bool:
-    return isinstance(value, (int, float)) and value > 0
+    return _seconds(value) and value > 0
 
 
 def _buckets_ok(value: Any) -> bool:
+    if value == "auto":
+        return True
     parts = [p.strip() for p in value.split(",")] if isinstance(value, str) and value.strip() else []
     return isinstance(value, str) and all(p.isdigit() and int(p) > 0 for p in parts)
 
 
+# --- the server's settings, as the server defines them ---------------------------------------
+#: The server's settings (server.toml) the deploy passes on, each under its own name (piper_gpu_<name>):
+#: its type, default and meaning are the server's, read from ServerConfig in
+#: server/src/piper_gpu_server/config.py (server_fields.py says why it is read, not imported). The
+#: server's other settings are the deploy's to set: host (bind_address), voices, log_file, api_key_file
+#: (api_key); intra_op_threads and max_body_bytes stay the server's defaults.
+SERVER_SETTINGS = frozenset({
+    "port", "use_gpu", "cuda_options", "warmup", "shape_stable", "phoneme_buckets", "frame_buckets",
+    "encoder_provider", "max_text_chars", "max_pending", "syntheses_per_voice", "concurrent_session",
+    "concurrent_intra_op_threads", "cpu_memory_arena", "memory_release_idle", "sentence_max_chars",
+    "read_timeout", "body_timeout", "write_timeout", "keep_alive_timeout", "max_connections", "graceful_timeout",
+})
+#: Where the deploy's default is not the server's: that value is not written to server.toml, so the
+#: server's own default applies (the buckets: "", so that an inventory that never set them follows the server's
+#: default, "auto" today, as the server changes it).
+NOT_WRITTEN: dict[str, Any] = {"phoneme_buckets": "", "frame_buckets": ""}
+#: What the deploy adds to a server setting's meaning.
+SERVER_NOTES: dict[str, str] = {
+    "phoneme_buckets": '"": none written, the server\'s own apply',
+    "frame_buckets": '"": none written, the server\'s own apply',
+    "graceful_timeout": "a stop of the service, by the systemd unit (TimeoutStopSec) or by piper-tts-ctl, sends "
+                        "SIGKILL graceful_timeout + 30 s after SIGTERM",
+}
+SERVER_FIELDS = server_fields.server_fields()
+ENCODER_PROVIDERS: tuple[str, ...] = server_fields.server_constant("ENCODER_PROVIDERS")
+
+
+def server_meaning(name: str) -> str:
+    """A passed-on setting's meaning: the server's, then what the deploy adds."""
+    return "; ".join(filter(None, (SERVER_FIELDS[name].meaning, SERVER_NOTES.get(name, ""))))
+
+
+def _server_field(name: str) -> tuple[str, str, Any]:
+    """(name, type, field) of a passed-on setting: the server's type and default, or the deploy's default."""
+    f = SERVER_FIELDS.get(name)
+    if f is None:
+        raise RuntimeError(f"{server_fields.config_source()[0]}: ServerConfig has no field {name!r}, which the "
+                           "deploy passes on (piper_gpu/inputs.py SERVER_SETTINGS)")
+    default = NOT_WRITTEN.get(name, f.default)
+    if default is server_fields.NOT_LITERAL or default is dataclasses.MISSING:
+        raise RuntimeError(f"{server_fields.config_source()[0]}: ServerConfig.{name}'s default is no literal: "
+                           "give the deploy's in piper_gpu/inputs.py NOT_WRITTEN")
+    return name, f.type, field(default=default)
+
+
+#: The passed-on settings as a group of their own, in the server's order: the base of ``Service``.
+ServerSettings = dataclasses.make_dataclass(
+    "ServerSettings", [_server_field(name) for name in SERVER_FIELDS if name in SERVER_SETTINGS], frozen=True,
+    namespace={"__module__": __name__,
+               "__doc__": "The server's settings the deploy passes on: ServerConfig's fields of these names."})
+assert {f.name for f in dataclasses.fields(ServerSettings)} == set(SERVER_SETTINGS), "a passed-on setting is missing"
+
+
 @dataclass(frozen=True)
-class Service(_Group):
-    """The service (who runs it, how it starts) and the server's behaviour (server.toml)."""
+class Service(ServerSettings, _Group):
+    """The service (who runs it, how it starts) and the server's behaviour (server.toml): the server's
+    settings in ``SERVER_SETTINGS`` (its types, defaults and meanings), then the deploy's own."""
 
     # --- the service and server ----------------------------------------------------------
     service_user: str = "piper"
     #: Create ``service_user`` if missing (a WSL2 login user already exists).
     create_service_user: bool = True
-    port: int = 5005
     #: The address the service listens on: an IP address (127.0.0.1: this machine only; 0.0.0.0: every
     #: address), or "auto": the address the old CPU server found on this host listened on (carried over,
     #: said in the run's output), else 127.0.0.1.
     bind_address: str = "auto"
     #: "auto" (systemd when it runs as PID 1, else profile), "systemd" or "profile".
     service_mode: str = "auto"
-    use_gpu: bool = True
-    #: The server's max_text_chars (written to server.toml).
-    max_text_chars: int = 2000
-    #: Warm-up synthesis per voice at start (first request otherwise pays for CUDA init).
-    warmup: bool = True
     #: Requires ``Authorization: Bearer <key>`` (or ``X-API-Key``) on POST /tts; stored on the host
     #: in /etc/piper-gpu/api-key (root:service user, 0640), never in the server's config file.
     api_key: str | None = None
-    #: Requests synthesising or waiting at once; beyond it POST /tts answers 503 with Retry-After.
-    max_pending: int = 8
-    #: Syntheses one voice runs at once on its ONNX session; 0: 8 on CUDA, 4 on the CPU (docs/results.md: "On a GPU").
-    syntheses_per_voice: int = 0
-    #: The server's sentence_max_chars (written to server.toml).
-    sentence_max_chars: int = 200
-    #: The server's read_timeout (written to server.toml).
-    read_timeout: float = 10.0
-    #: The server's body_timeout (written to server.toml).
-    body_timeout: float = 30.0
-    #: The server's write_timeout (written to server.toml).
-    write_timeout: float = 10.0
-    #: The server's keep_alive_timeout (written to server.toml).
-    keep_alive_timeout: float = 5.0
-    #: Open connections at most; more are closed as they are accepted.
-    max_connections: int = 256
-    #: The server's graceful_timeout (written to server.toml). A stop of the service, by the systemd
-    #: unit (TimeoutStopSec) or by piper-tts-ctl, sends SIGKILL graceful_timeout + 30 s after SIGTERM.
-    graceful_timeout: float = 60.0
-    #: ONNX Runtime's CPU memory arena: buffers kept between pieces (faster on the CPU), handed back
-    #: after ``memory_release_idle`` idle seconds; off, they go back after every piece.
-    cpu_memory_arena: bool = True
-    #: Seconds a voice stays idle before its buffers go back to the system; 0: never.
-    memory_release_idle: float = 30.0
-    #: On the CPU, a second session per voice with fewer threads for pieces that start while others run.
-    concurrent_session: bool = True
-    #: Its intra-op threads; 0: the server's CPUs divided by syntheses_per_voice (at least 1).
-    concurrent_intra_op_threads: int = 0
-    #: The CUDA provider's options over the server's (cudnn_conv_algo_search=HEURISTIC), as
-    #: "key=value,key=value" in ONNX Runtime's names (docs/results.md: "On a GPU" has the measurements).
-    cuda_options: str = ""
-    #: Shape-stable synthesis: "auto" (on for a voice whose session runs on CUDA), "on" or "off" (the
-    #: whole model, as Piper runs it). docs/results.md "On a GPU": why onnxruntime >= 1.20 needs it.
-    shape_stable: str = "auto"
-    #: Its buckets, comma-separated: phoneme ids and frames per piece; "": the server's defaults.
-    phoneme_buckets: str = ""
-    frame_buckets: str = ""
+
+    def server_values(self) -> dict[str, Any]:
+        """The passed-on settings as server.toml holds them: each in the server's type (a float field's
+        5 as 5.0); a ``NOT_WRITTEN`` value left out (the server's own default applies)."""
+        out = {}
+        for f in dataclasses.fields(ServerSettings):  # in the server's order
+            value = getattr(self, f.name)
+            if f.name not in NOT_WRITTEN or value != NOT_WRITTEN[f.name]:
+                out[f.name] = float(value) if f.type == "float" else value
+        return out
 
     def problems(self) -> list[str]:
         problems: list[str] = []
@@ -382,7 +413,7 @@ class Service(_Group):
               "sentence_max_chars must be an integer of at least 20")
         for name in ("read_timeout", "body_timeout", "write_timeout", "keep_alive_timeout", "graceful_timeout"):
             check(_positive_seconds(getattr(self, name)), f"{name} must be a positive number of seconds")
-        check(isinstance(self.memory_release_idle, (int, float)) and self.memory_release_idle >= 0,
+        check(_seconds(self.memory_release_idle) and self.memory_release_idle >= 0,
               "memory_release_idle must be 0 (never) or a positive number of seconds")
         check(isinstance(self.concurrent_intra_op_threads, int) and self.concurrent_intra_op_threads >= 0,
               "concurrent_intra_op_threads must be 0 (automatic) or a positive integer")
@@ -392,10 +423,14 @@ class Service(_Group):
               f"cuda_options={self.cuda_options!r} must be \"key=value,key=value\" (e.g. cudnn_conv_algo_search=DEFAULT)")
         check(self.shape_stable in ("auto", "on", "off"),
               f"shape_stable={self.shape_stable!r}: use 'auto' (on where a voice runs on CUDA), 'on' or 'off'")
+        check(self.encoder_provider in ENCODER_PROVIDERS,
+              f"encoder_provider={self.encoder_provider!r}: use 'auto' (cpu until the GPU figures are measured), "
+              "'cpu' or 'cuda'")
         for name in ("phoneme_buckets", "frame_buckets"):
             value = getattr(self, name)
             check(_buckets_ok(value),
-                  f"{name}={value!r} must be \"\" (the server's defaults) or comma-separated lengths, e.g. \"128,256,512\"")
+                  f"{name}={value!r} must be \"\" (the server's default), \"auto\" (from the longest piece) or "
+                  "comma-separated lengths, e.g. \"128,256,512\"")
         check(self.api_key is None or (isinstance(self.api_key, str) and len(self.api_key) >= 16
                                        and self.api_key == self.api_key.strip()),
               "api_key must be at least 16 characters, without leading or trailing whitespace (an empty key file "

@@ -59,6 +59,15 @@ ORT_GPU_BUILDS: dict[str, OrtBuild] = {
 #: (microsoft/onnxruntime PR 19470, issue 23006); the server's shape-stable synthesis (server stable.py)
 #: never gives a session a second shape, so that costs nothing there. 1.19.2 would cache Conv plans per
 #: shape but benchmarks ConvTranspose exhaustively on each new shape, which hurts the whole-model fallback.
+#: Against the pinned cuDNN 9.1.1 this is outside NVIDIA's guarantee (an application built against 9.z only on
+#: 9.y, y >= z: https://docs.nvidia.com/deeplearning/cudnn/backend/latest/developer/forward-compatibility.html):
+#: the 1.20.2 wheel was built against cuDNN >= 9.5 (its CUDA provider holds a string that cudnn-frontend compiles
+#: only under CUDNN_VERSION >= 90500: https://github.com/NVIDIA/cudnn-frontend/blob/v1.7.0/include/cudnn_frontend/backend/kernel_cache.h#L84-L90),
+#: 9.5 by its build images (https://github.com/microsoft/onnxruntime/pull/23244,
+#: https://github.com/microsoft/onnxruntime/pull/26267). No CUDA 12 wheel on PyPI is provably inside it (1.19.2
+#: records no cuDNN minor). It is kept on the evidence in docs/server.md ("The onnxruntime-gpu pin and cuDNN
+#: 9.1.1"): it imports only symbols 9.1.1 exports, and cudnn-frontend checks the loaded cuDNN before newer
+#: features; verify's CUDA-session inference names a cuDNN failure with its fix (verify/checks.py cudnn_failure).
 DEFAULT_ORT_GPU = "1.20.2"
 
 #: cuDNN releases -> the CUDA version the CUDA-12 build of that release targets.

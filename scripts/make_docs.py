@@ -5,7 +5,8 @@ The deploy's settings are the fields of the input groups in ``piper_gpu.inputs.G
 concern, composed into ``piper_gpu.settings.Settings``; and of ``Voice``, one entry of ``voices``), the
 server's are the fields of ``piper_gpu_server.config.ServerConfig``. Each field's meaning is the ``#:``
 comment above it in its class's source, its group the ``# --- name ---`` comment above that, its default
-the dataclass default. Hand-written text that does not fit a code comment (the introduction, notes per
+the dataclass default; the server's settings that the deploy passes on under their own names
+(``piper_gpu.inputs.SERVER_SETTINGS``) have the server's meaning in both tables. Hand-written text that does not fit a code comment (the introduction, notes per
 setting, the paragraphs after the tables) comes from docs/settings-notes.json.
 
     python scripts/make_docs.py           # rewrite docs/settings.md
@@ -15,7 +16,6 @@ setting, the paragraphs after the tables) comes from docs/settings-notes.json.
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import difflib
 import inspect
@@ -36,7 +36,6 @@ for path in (ROOT, ROOT / "server" / "src"):
 NOT_INPUTS = ("python_version",)
 #: Longest default shown whole; a longer repr is cut with an ellipsis.
 MAX_DEFAULT = 60
-_GROUP = re.compile(r"^\s*#\s*---\s*(?P<name>[^-].*?)\s*-*\s*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,29 +57,24 @@ def _default(f: dataclasses.Field) -> str:
     return text if len(text) <= MAX_DEFAULT else text[:MAX_DEFAULT - 1] + "…"
 
 
-def rows(cls: type, skip: tuple[str, ...] = ()) -> list[Row]:
+def rows(cls: type, skip: tuple[str, ...] = (), inherited: dict[str, str] | None = None) -> list[Row]:
     """The fields of dataclass ``cls`` in their order: group, name, default, meaning (the ``#:`` lines
-    right above the field), the group being the last ``# --- name ---`` line above it."""
-    lines = inspect.getsource(cls).splitlines()
-    node = ast.parse("\n".join(lines)).body[0]
-    meaning: dict[str, str] = {}
-    group_of: dict[str, str] = {}
-    for stmt in node.body:
-        if not (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)):
-            continue
-        i = stmt.lineno - 2  # the line above, 0-based
-        comment = []
-        while i >= 0 and lines[i].strip().startswith("#:"):
-            comment.insert(0, lines[i].strip()[2:].strip())
-            i -= 1
-        group = next((m.group("name") for m in map(_GROUP.match, reversed(lines[:stmt.lineno - 1])) if m), "")
-        meaning[stmt.target.id] = " ".join(comment)
-        group_of[stmt.target.id] = group
+    right above the field: piper_gpu.server_fields.class_fields), the group being the last
+    ``# --- name ---`` line above it. A field ``cls`` inherits (the server's settings the deploy passes
+    on) has its meaning in ``inherited`` and the group of ``cls``'s first field."""
+    from piper_gpu.server_fields import class_fields
+
+    own = class_fields(inspect.getsource(cls), cls.__name__)
+    heading = next((f.group for f in own.values()), "")
     out = []
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        out.append(Row(group_of.get(f.name, ""), f.name, _default(f), meaning.get(f.name, "")))
+        if f.name in own:
+            group, meaning = own[f.name].group, own[f.name].meaning
+        else:
+            group, meaning = heading, (inherited or {}).get(f.name, "")
+        out.append(Row(group, f.name, _default(f), meaning))
     return out
 
 
@@ -115,7 +109,7 @@ def _table(items: list[Row], key, notes: dict[str, str], head: str) -> list[str]
 
 
 def render() -> str:
-    from piper_gpu.inputs import DATA_PREFIX, GROUPS, Voice
+    from piper_gpu.inputs import DATA_PREFIX, GROUPS, SERVER_SETTINGS, Voice, server_meaning
     from piper_gpu_server.config import ServerConfig
 
     notes = json.loads(NOTES.read_text(encoding="utf-8"))
@@ -133,8 +127,9 @@ def render() -> str:
         out += [para, ""]
     out += ["## Deploy settings", ""]
     groups: dict[str, list[Row]] = {}
+    server = {name: server_meaning(name) for name in SERVER_SETTINGS}  # the server's own texts
     for _, cls in GROUPS:  # each group's class, in the order Settings composes them
-        for r in rows(cls, skip=NOT_INPUTS):
+        for r in rows(cls, skip=NOT_INPUTS, inherited=server):
             groups.setdefault(r.group or "other", []).append(r)
     for group, items in groups.items():
         out += [f"### {group}", ""]

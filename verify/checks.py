@@ -362,23 +362,60 @@ def provider_ldd_problem(ldd_rc: int, ldd_out: str, ldd_err: str, fix_for) -> Pr
                    "every dependency of libonnxruntime_providers_cuda.so resolves", fix_for(missing))
 
 
+#: cuDNN's own statuses for sub-libraries (libcudnn_*.so.9) of another release, or one that did not load
+#: (cudnn_graph.h of cuDNN 9.1.1: CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH = 1002; LOADING_FAILED is a later 9.x's).
+CUDNN_SUBLIBRARY_STATUS = re.compile(r"CUDNN_STATUS_SUBLIBRARY_(?:VERSION_MISMATCH|LOADING_FAILED)")
+#: onnxruntime-gpu 1.20 and later run Conv/ConvTranspose through cuDNN's frontend; when it cannot build the
+#: graph or plan with the loaded cuDNN the node fails with "Failed to initialize CUDNN Frontend ... CUDNN_FE
+#: failure 11: CUDNN_BACKEND_API_FAILED ; GPU=0 ; ..." (onnxruntime's cudnn_fe_call.cc; microsoft/onnxruntime
+#: issues 23301 and 26274 quote it).
+CUDNN_FRONTEND_FAILURE = (re.compile(r"CUDNN_FE failure \d+: \w+"), re.compile(r"Failed to initialize CUDNN Frontend"))
+#: Where the evidence on onnxruntime-gpu's cuDNN against the pinned cuDNN 9.1.1 is written down.
+ORT_CUDNN_DOC = "docs/server.md, 'The onnxruntime-gpu pin and cuDNN 9.1.1'"
+
+
+def cudnn_failure(said: str) -> tuple[str, str] | None:
+    """(cause, fix) when onnxruntime's error or log shows cuDNN failing its CUDA provider; None otherwise."""
+    status = CUDNN_SUBLIBRARY_STATUS.search(said)
+    if status:
+        return (f"cuDNN reports {status.group(0)}: its sub-libraries (libcudnn_*.so.9) are not all from the release "
+                "of libcudnn.so.9, or one failed to load",
+                "keep exactly one cuDNN release's libcudnn*.so.9 together where the linker finds them (remove another "
+                "cuDNN's copies, e.g. a pip nvidia-cudnn-cu12 or files in /usr/local/cuda/lib64) and re-run the deploy; "
+                "`python -m piper_gpu diagnose` runs verify's cuDNN checks (the release, the sub-libraries' place and versions)")
+    frontend = next(filter(None, (p.search(said) for p in CUDNN_FRONTEND_FAILURE)), None)  # the code when it is there
+    if frontend:
+        return (f"cuDNN's frontend could not build the convolution with the loaded cuDNN ({frontend.group(0)}): "
+                "likely a cuDNN older than the one onnxruntime-gpu was built against (its PyPI wheels 1.20 to 1.23 "
+                f"against cuDNN 9.5; 9.1.1 is outside NVIDIA's guarantee for them: {ORT_CUDNN_DOC})",
+                "install a cuDNN 9 for CUDA 12 no older than the one onnxruntime-gpu was built against (9.5 or newer "
+                "for 1.20-1.23: piper_gpu_cudnn_version) or pin piper_gpu_onnxruntime_gpu_version=1.19.2, whose CUDA "
+                "provider does not use cuDNN's frontend; then re-run the deploy")
+    return None
+
+
 def session_problem(voice: str, answer: dict | None, error: str) -> Problem | None:
     """A CUDA session of the voice that ran an inference: CUDA first in get_providers(), audio out. The run
-    is what loads cuDNN's sub-libraries (they are loaded lazily, on the first convolution)."""
-    fix = ("see the onnxruntime error: a CUDA/cuDNN library failed to load or a kernel failed "
-           "(run `python -m piper_gpu diagnose`)")
+    is what loads cuDNN's sub-libraries (they are loaded lazily, on the first convolution). A failure that
+    onnxruntime's error or log shows as cuDNN's (``cudnn_failure``) is named with its cause and fix."""
+    cudnn = cudnn_failure(((answer or {}).get("error") or "") + "\n" + error)
+    because, fix = (f"; {cudnn[0]}", cudnn[1]) if cudnn else (
+        "", "see the onnxruntime error: a CUDA/cuDNN library failed to load or a kernel failed "
+            "(run `python -m piper_gpu diagnose`)")
     if not answer:
-        return Problem(f"voice {voice}: the CUDA session fails: {error.strip()[-300:]}",
+        return Problem(f"voice {voice}: the CUDA session fails: {error.strip()[-300:]}{because}",
                        f"an inference on {CUDA}", fix)
     providers = answer.get("providers") or []
     if not providers or providers[0] != CUDA:
         said = error.strip().splitlines()[-2:] if error.strip() else []
-        return Problem(f"voice {voice}: session providers {providers}" + (f"; onnxruntime: {' '.join(said)[-300:]}" if said else ""),
+        return Problem(f"voice {voice}: session providers {providers}" + (f"; onnxruntime: {' '.join(said)[-300:]}" if said else "")
+                       + because,
                        f"{CUDA} first in get_providers()",
+                       f"onnxruntime fell back to the CPU: {fix}" if cudnn else
                        "onnxruntime fell back to the CPU: read the warning it printed (a CUDA/cuDNN library failed to "
                        "load); run `python -m piper_gpu diagnose`")
     if answer.get("error"):
-        return Problem(f"voice {voice}: the inference on {CUDA} fails: {answer['error'][-300:]}",
+        return Problem(f"voice {voice}: the inference on {CUDA} fails: {answer['error'][-300:]}{because}",
                        f"an inference on {CUDA}", fix)
     if not answer.get("samples"):
         return Problem(f"voice {voice}: the inference on {CUDA} gave no audio ({answer})", "audio samples", fix)

@@ -20,12 +20,17 @@ def speedup_verdict(data: dict, min_speedup: float) -> tuple[bool, str, str, str
         return (ok, found + f"; shape-stable synthesis is off ({stable.get('reason')})", expected,
                 "set piper_gpu_shape_stable=auto (the default) and re-run the deploy: with onnxruntime-gpu 1.20 and "
                 "later every new tensor shape rebuilds the convolutions' cuDNN plans (microsoft/onnxruntime#23006), "
-                "and every Piper piece has new shapes")
+                "and every Piper piece has new shapes. Where the voice cannot be split (its WARN line says why), "
+                "piper_gpu_cuda_options=cudnn_conv_algo_search=DEFAULT rebuilds them faster: 124 against 210 ms a "
+                "piece with new shapes on an H200 (results/gpu-providers-2026-11-26-NVIDIA-H200.json)")
     fell_back = sum((stable.get("fallbacks_during_run") or {}).values())
     if fell_back:
         return (ok, found + f"; {fell_back} piece(s) fit no bucket and ran on the whole model", expected,
                 "raise the largest of piper_gpu_phoneme_buckets / piper_gpu_frame_buckets, or lower "
                 "piper_gpu_sentence_max_chars, and re-run the deploy")
+    # with stable shapes every plan is built once: HEURISTIC's plans ran 22 ms a piece on an H200, DEFAULT's
+    # 69 and EXHAUSTIVE's 24 (results/gpu-providers-2026-11-26-NVIDIA-H200.json), so no other search is advised
     return (ok, found + "; shape-stable synthesis on", expected,
-            "check what else uses the GPU (nvidia-smi), try piper_gpu_cuda_options=cudnn_conv_algo_search=DEFAULT; "
+            "check what else uses the GPU (nvidia-smi) and the service's log for its sessions and GPU memory; keep "
+            "cudnn_conv_algo_search=HEURISTIC (the default: with stable shapes DEFAULT ran 3x slower on an H200); "
             "run `python -m piper_gpu diagnose`")

@@ -37,30 +37,10 @@ def server_config(target: Target) -> dict:
     assert s.bind_address != "auto", "bind_address is resolved by preflight (migration.bind_address)"
     return {
         "host": s.bind_address,
-        "port": s.port,
         "voices": target.voice_models,
-        "use_gpu": s.use_gpu,
-        "warmup": s.warmup,
         "log_file": target.log_path,
         "api_key_file": api_key_path(target.settings),
-        "max_text_chars": s.max_text_chars,
-        "max_pending": s.max_pending,
-        "syntheses_per_voice": s.syntheses_per_voice,
-        "sentence_max_chars": s.sentence_max_chars,
-        "read_timeout": float(s.read_timeout),
-        "body_timeout": float(s.body_timeout),
-        "write_timeout": float(s.write_timeout),
-        "keep_alive_timeout": float(s.keep_alive_timeout),
-        "max_connections": s.max_connections,
-        "graceful_timeout": float(s.graceful_timeout),
-        "cpu_memory_arena": s.cpu_memory_arena,
-        "memory_release_idle": float(s.memory_release_idle),
-        "concurrent_session": s.concurrent_session,
-        "concurrent_intra_op_threads": s.concurrent_intra_op_threads,
-        "cuda_options": s.cuda_options,
-        "shape_stable": s.shape_stable,
-        # empty: the server's own buckets (not written, so the server's defaults stay in one place)
-        **{k: v for k, v in (("phoneme_buckets", s.phoneme_buckets), ("frame_buckets", s.frame_buckets)) if v},
+        **s.server_values(),  # the server's settings the deploy passes on under their own names
     }
 
 
@@ -135,7 +115,7 @@ def piper_server(target: Target):
         group=s.service.service_user,
         mode="640",
         path=SERVER_CONFIG,
-        **server_config(target),
+        config=server_config(target),
     )
     files.put(
         name=f"Performance test texts {TEXTS_FILE}",

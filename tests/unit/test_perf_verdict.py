@@ -29,6 +29,19 @@ def test_cuda_but_too_slow_fails_with_the_generic_fix():
     assert not ok and "x2.0" in found and "nvidia-smi" in fix
 
 
+def test_with_shape_stable_on_the_advice_never_names_the_default_search():
+    """With stable shapes cuDNN's DEFAULT search ran 3x slower than HEURISTIC on an H200: advising it
+    would make a slow service slower."""
+    _, _, _, fix = perf_verdict.speedup_verdict(result(service=80.0), 3.0)
+    assert "=DEFAULT" not in fix and "keep cudnn_conv_algo_search=HEURISTIC" in fix
+
+
+def test_with_shape_stable_off_the_default_search_is_the_fallback_advice():
+    stable = {"active": False, "reason": "its graph does not fit the split"}
+    _, _, _, fix = perf_verdict.speedup_verdict(result(service=80.0, stable=stable), 3.0)
+    assert fix.index("piper_gpu_shape_stable=auto") < fix.index("cudnn_conv_algo_search=DEFAULT")
+
+
 def test_a_fast_run_on_the_cpu_provider_still_fails():
     """The speed-up alone proves nothing: the service must run on CUDA."""
     ok, found, _, fix = perf_verdict.speedup_verdict(result(provider="CPUExecutionProvider", service=10.0), 3.0)

@@ -310,3 +310,114 @@ def test_the_recorded_json_is_one_flat_object_of_every_setting():
     data = json.loads(make().to_json())
     assert set(data) == set(FIELD_GROUPS) | {"derived"}
     assert data["cudnn_source"] == "auto" and data["port"] == 5005 and data["cuda_wheels"]["nvidia-cublas-cu12"]
+
+
+def test_the_server_settings_the_deploy_passes_on_are_the_servers_fields():
+    """The deploy's Service group reads the server's fields from config.py's source (server_fields.py):
+    what it read is what the server's own class holds, imported: each field's type and default (but the
+    buckets, whose deploy default "" writes nothing), and the server's meaning in the deploy's."""
+    from piper_gpu.inputs import NOT_WRITTEN, SERVER_SETTINGS, server_meaning
+    from piper_gpu_server.config import ServerConfig
+
+    server = {f.name: f for f in dataclasses.fields(ServerConfig)}
+    service = {f.name: f for f in dataclasses.fields(Service)}
+    assert set(SERVER_SETTINGS) <= set(server) and "encoder_provider" in SERVER_SETTINGS
+    defaults = ServerConfig()
+    for name in SERVER_SETTINGS:
+        assert service[name].type == server[name].type, name
+        want = NOT_WRITTEN.get(name, getattr(defaults, name))
+        assert getattr(Service(), name) == want and type(getattr(Service(), name)) is type(want), name
+    assert server_meaning("encoder_provider").startswith("where a shape-stable voice's encoder")
+    # the deploy's own: not the server's
+    assert not {"service_user", "bind_address", "service_mode", "api_key"} & set(SERVER_SETTINGS)
+
+
+def test_the_source_reader_gives_names_types_literal_defaults_meanings_and_groups():
+    from piper_gpu.server_fields import NOT_LITERAL, class_fields, constants
+
+    source = '''
+X = ("a", "b")
+Y = len(X)
+
+
+class Other:
+    #: not C's
+    z: int = 1
+
+
+class C:
+    # --- first ---
+    #: one's meaning,
+    #: on two lines
+    one: int = 5
+    two: "str | None" = None
+    # --- second ------
+    three: str = ",".join(X)
+    four: float = 1.5
+'''
+    fields = class_fields(source, "C")
+    assert list(fields) == ["one", "two", "three", "four"]
+    assert (fields["one"].type, fields["one"].default, fields["one"].meaning, fields["one"].group) == (
+        "int", 5, "one's meaning, on two lines", "first")
+    assert (fields["two"].default, fields["two"].meaning) == (None, "")
+    assert (fields["three"].default, fields["three"].group) == (NOT_LITERAL, "second")
+    assert fields["four"].default == 1.5
+    assert constants(source) == {"X": ("a", "b")}
+    with pytest.raises(LookupError):
+        class_fields(source, "D")
+
+
+def test_the_deploy_reads_the_servers_settings_without_importing_the_server(tmp_path):
+    """The controller runs pyinfra, not the server: piper_gpu.settings imports with neither
+    piper_gpu_server nor numpy (which the server's config.py imports through stable.py) importable."""
+    import subprocess
+    import sys
+
+    code = '''
+import sys
+class Refuse:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("piper_gpu_server", "numpy"):
+            raise ImportError("not on the controller: " + name)
+sys.meta_path.insert(0, Refuse())
+from piper_gpu.settings import Settings
+assert Settings().service.encoder_provider == "auto"
+assert not any(m.split(".")[0] in ("piper_gpu_server", "numpy") for m in sys.modules)
+print("ok")
+'''
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_a_changed_server_default_is_the_deploys(tmp_path):
+    """The deploy follows the server's source: a copy of the server whose default changed gives the
+    changed default; one without a field the deploy passes on is refused naming config.py and the field."""
+    import shutil
+
+    from piper_gpu import server_fields
+    from piper_gpu.resources import data_dir
+
+    shutil.copytree(data_dir("server") / "src", tmp_path / "src")
+    config = tmp_path.joinpath(*server_fields.CONFIG_MODULE)
+    text = config.read_text()
+    config.write_text(text.replace("max_pending: int = 8\n", "max_pending: int = 9\n"))
+    assert server_fields.server_fields(tmp_path)["max_pending"].default == 9
+    assert server_fields.server_constant("ENCODER_PROVIDERS", tmp_path) == ("auto", "cpu", "cuda")
+    config.write_text(text.replace("class ServerConfig:", "class Renamed:"))
+    with pytest.raises(RuntimeError, match=f"{config}: cannot read the server's settings class ServerConfig"):
+        server_fields.server_fields(tmp_path)
+
+
+def test_encoder_provider_is_validated_naming_the_setting():
+    assert make().service.encoder_provider == "auto"
+    assert settings_from({"piper_gpu_voices": VOICES, "piper_gpu_encoder_provider": "cuda"}).service.encoder_provider == "cuda"
+    with pytest.raises(SettingsError, match="encoder_provider='gpu': use 'auto' .*'cpu' or 'cuda'"):
+        make(encoder_provider="gpu")
+
+
+@pytest.mark.parametrize("name", ["read_timeout", "graceful_timeout", "memory_release_idle"])
+@pytest.mark.parametrize("value", ["inf", "nan"])
+def test_seconds_must_be_finite(name, value):
+    """server.toml holds no infinity or NaN (the server refuses them): the deploy stops first."""
+    with pytest.raises(SettingsError, match=f"{name} must be"):
+        make(**{name: value})

@@ -28,7 +28,7 @@ def test_server_config_is_read_back_by_the_server_as_the_deploy_meant(target, tm
     """The rendered TOML, read by the server's own loader, gives exactly the deploy's settings."""
     values = server_config(target)
     path = tmp_path / "server.toml"
-    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **values))
+    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, config=values))
     loaded = load_file(str(path))
     assert loaded == {k: v for k, v in values.items() if v is not None}
     config = ServerConfig(**loaded).validate(str(path))
@@ -42,7 +42,7 @@ def test_server_config_with_api_key_file_and_odd_names(target, tmp_path):
     values = {**server_config(target), "api_key_file": "/etc/piper-gpu/api-key",
               "voices": {'we"ird voice': "/p/a b.onnx", "zh": "/p/zh.onnx"}}
     path = tmp_path / "server.toml"
-    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **values))
+    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, config=values))
     loaded = load_file(str(path))
     assert loaded["api_key_file"] == "/etc/piper-gpu/api-key"
     assert list(loaded["voices"].items()) == [('we"ird voice', "/p/a b.onnx"), ("zh", "/p/zh.onnx")]  # order kept
@@ -119,11 +119,77 @@ def test_server_config_carries_shape_stable_and_buckets(target, tmp_path):
     """Default: shape_stable auto and no buckets written (the server's own defaults apply); set, the
     server reads back the deploy's buckets."""
     path = tmp_path / "server.toml"
-    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **server_config(target)))
+    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, config=server_config(target)))
     config = ServerConfig(**load_file(str(path))).validate(str(path))
     assert config.shape_stable == "auto" and config.buckets == ServerConfig(voices={"v": "/v.onnx"}).buckets
     s = target.settings.replace(shape_stable="on", phoneme_buckets="256,64", frame_buckets="1024")
     values = server_config(dataclasses.replace(target, settings=s))
-    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, **values))
+    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, config=values))
     config = ServerConfig(**load_file(str(path))).validate(str(path))
     assert config.shape_stable == "on" and config.buckets == ((64, 256), (1024,))
+
+
+def _deployed_config(settings, tmp_path) -> ServerConfig:
+    """What the server makes of the server.toml a deploy with these settings renders."""
+    target = Target(settings=settings, is_wsl=True, arch="x86_64", repo_path="wsl-ubuntu", home="/home/alice",
+                    service_mode="systemd", systemd_running=True, gpu=None)
+    path = tmp_path / "server.toml"
+    path.write_text(render("piper-tts-server.toml.j2", path=SERVER_CONFIG, config=server_config(target)))
+    return ServerConfig(**load_file(str(path))).validate(str(path))
+
+
+def test_a_deploy_that_sets_nothing_runs_the_server_on_its_own_defaults(tmp_path):
+    """Every server setting the deploy passes on, left unset in the inventory, reaches the server as
+    the server's own default, of its own type (the buckets: written as none, so the server's apply)."""
+    from piper_gpu.inputs import SERVER_SETTINGS
+    from piper_gpu.settings import settings_from
+
+    s = settings_from({"piper_gpu_voices": [{"name": "zh_CN-huayan-medium", "onnx_sha256": SHA, "json_sha256": SHA}],
+                       "piper_gpu_bind_address": "127.0.0.1"})
+    config, defaults = _deployed_config(s, tmp_path), ServerConfig()
+    wrong = {name: (getattr(config, name), getattr(defaults, name)) for name in SERVER_SETTINGS
+             if getattr(config, name) != getattr(defaults, name)
+             or type(getattr(config, name)) is not type(getattr(defaults, name))}
+    assert not wrong, wrong
+
+
+#: A value other than the default of each server setting the deploy passes on, as the inventory or
+#: --data gives it (a string), and as the server must get it.
+CHANGED = {
+    "port": ("6007", 6007), "use_gpu": ("false", False), "cuda_options": ("cudnn_conv_algo_search=DEFAULT",) * 2,
+    "warmup": ("no", False), "shape_stable": ("on", "on"), "phoneme_buckets": ("64,128",) * 2,
+    "frame_buckets": ("256",) * 2, "encoder_provider": ("cuda", "cuda"), "max_text_chars": ("3000", 3000),
+    "max_pending": ("3", 3), "syntheses_per_voice": ("2", 2), "concurrent_session": ("off", False),
+    "concurrent_intra_op_threads": ("2", 2), "cpu_memory_arena": ("false", False),
+    "memory_release_idle": ("0", 0.0), "sentence_max_chars": ("120", 120), "read_timeout": ("12", 12.0),
+    "body_timeout": ("31.5", 31.5), "write_timeout": ("9", 9.0), "keep_alive_timeout": ("6", 6.0),
+    "max_connections": ("64", 64), "graceful_timeout": ("45", 45.0),
+}
+
+
+def test_every_server_setting_set_in_the_inventory_arrives_in_the_server(tmp_path):
+    from piper_gpu.inputs import SERVER_SETTINGS
+    from piper_gpu.settings import settings_from
+
+    assert set(CHANGED) == set(SERVER_SETTINGS), "give each server setting the deploy passes on a changed value"
+    s = settings_from({"piper_gpu_voices": [{"name": "zh_CN-huayan-medium", "onnx_sha256": SHA, "json_sha256": SHA}],
+                       "piper_gpu_bind_address": "127.0.0.1",
+                       **{f"piper_gpu_{name}": given for name, (given, _) in CHANGED.items()}})
+    config = _deployed_config(s, tmp_path)
+    wrong = {name: getattr(config, name) for name, (_, want) in CHANGED.items()
+             if getattr(config, name) != want or type(getattr(config, name)) is not type(want)}
+    assert not wrong, wrong
+    assert all(getattr(ServerConfig(), name) != want for name, (_, want) in CHANGED.items())  # each one changed
+
+
+def test_the_server_refuses_an_unknown_encoder_provider_naming_the_key(tmp_path):
+    """In its config file (named) or as a flag: the server never guesses where an encoder runs."""
+    from piper_gpu_server.config import ConfigError, load
+
+    path = tmp_path / "server.toml"
+    path.write_text('encoder_provider = "gpu"\n[voices]\nv = "/v.onnx"\n')
+    with pytest.raises(ConfigError, match=f"{path}: encoder_provider: 'gpu' is not one of auto, cpu, cuda"):
+        load(["--config", str(path)])
+    with pytest.raises(ConfigError, match="command line: encoder_provider: 'tpu' is not one of auto, cpu, cuda"):
+        load(["--voice", "v=/v.onnx", "--encoder-provider", "tpu"])
+    assert load(["--voice", "v=/v.onnx", "--encoder-provider", "cpu"]).encoder_provider == "cpu"

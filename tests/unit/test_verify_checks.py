@@ -294,6 +294,97 @@ def test_session_runs_an_inference_on_cuda_both_ways():
     assert "Traceback" in text(checks.session_problem(voice, None, "Traceback (most recent call last): ..."))
 
 
+# What onnxruntime-gpu >= 1.20 raises when cuDNN's frontend cannot build a Conv with the loaded cuDNN, as the
+# SESSION script's traceback.format_exc(limit=2) would hold it. The message is quoted from
+# https://github.com/microsoft/onnxruntime/issues/23301 (onnxruntime built from source, its cuDNN at run time in
+# /usr/local/cuda-12.4), up to where the quote there is cut; EPFail is the Python class of code 11, EP_FAIL.
+CUDNN_FE_RUN_ERROR = (
+    "Traceback (most recent call last):\n"
+    '  File "<stdin>", line 12, in <module>\n'
+    '  File "/home/piper/piper_env/.venv/lib/python3.10/site-packages/onnxruntime/capi/onnxruntime_inference_collection.py", '
+    "line 266, in run\n"
+    "    return self._sess.run(output_names, input_feed, run_options)\n"
+    "onnxruntime.capi.onnxruntime_pybind11_state.EPFail: [ONNXRuntimeError] : 11 : EP_FAIL : Non-zero status code "
+    "returned while running Conv node. Name:'/features/features.0/Conv' Status Message: Failed to initialize CUDNN "
+    "Frontend/home/ec2-user/onnxruntime/onnxruntime/core/providers/cuda/cudnn_fe_call.cc:99 std::conditional_t<THRW, "
+    "void, onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, const char*, SUCCTYPE, const "
+    "char*, const char*, int) [with ERRTYPE = cudnn_frontend::error_object; bool THRW = true; SUCCTYPE = "
+    "cudnn_frontend::error_code_t; std::conditional_t<THRW, void, onnxruntime::common::Status> = void] "
+    "/home/ec2-user/onnxruntime/onnxruntime/core/providers/cuda/cudnn_fe_call.cc:91 std::conditional_t<THRW, void, "
+    "onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, const char*, SUCCTYPE, const char*, "
+    "const char*, int) [with ERRTYPE = cudnn_frontend::error_object; bool THRW = true; SUCCTYPE = "
+    "cudnn_frontend::error_code_t; std::conditional_t<THRW, void, onnxruntime::common::Status> = void] CUDNN_FE "
+    "failure 11: CUDNN_BACKEND_API_FAILED ; GPU=0 ; hostname=sg-gpu-1 ; "
+    "file=/home/ec2-user/onnxruntime/onnxruntime/core/providers/cuda/nn/conv.cc ; line=224 ;\n")
+
+# onnxruntime's own log line (stderr) for a plan cuDNN's frontend could not find, quoted from
+# https://github.com/microsoft/onnxruntime/issues/26274 (the release build's pipeline, cuDNN 9.8).
+CUDNN_FE_LOG = (
+    "2025-10-10 02:11:48.266220354 [E:onnxruntime:YOLOv4, sequential_executor.cc:572 ExecuteKernel] Non-zero status "
+    "code returned while running Conv node. Name:'StatefulPartitionedCall/model/conv2d_1/Conv2D' Status Message: "
+    "Failed to initialize CUDNN Frontend/onnxruntime_src/onnxruntime/core/providers/cuda/cudnn_fe_call.cc:99 "
+    "std::conditional_t<THRW, void, onnxruntime::common::Status> onnxruntime::CudaCall(ERRTYPE, const char*, const "
+    "char*, SUCCTYPE, const char*, const char*, int) [with ERRTYPE = cudnn_frontend::error_object; bool THRW = true; "
+    "SUCCTYPE = cudnn_frontend::error_code_t; std::conditional_t<THRW, void, common::Status> = void] CUDNN_FE failure "
+    "8: HEURISTIC_QUERY_FAILED ; GPU=0 ; hostname=177c8d853272 ; "
+    "file=/onnxruntime_src/onnxruntime/core/providers/cuda/nn/conv.cc ; line=238 ; "
+    "expr=s_.cudnn_fe_graph->create_execution_plans({heur_mode}); \n")
+
+# cuDNN's status for a sub-library that did not load, as onnxruntime logs it (stderr), quoted from
+# https://github.com/bytedeco/javacpp-presets/issues/1797 (onnxruntime 1.27/1.28 with a cuDNN redistributable).
+CUDNN_SUBLIBRARY_LOG = (
+    "2026-07-31 10:03:34.439074469 [E:onnxruntime:default, cudnn_fe_call.cc:39 CudaErrString<cudnn_frontend::"
+    "error_object>] CUDNN_BACKEND_TENSOR_DESCRIPTOR cudnnFinalize failedptrDesc->finalize() cudnn_status: "
+    "CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED\n")
+
+
+def test_session_names_a_cudnn_frontend_failure_and_its_fix():
+    """The failure an onnxruntime-gpu built against a newer cuDNN (1.20-1.23: 9.5) shows on an older one: the
+    Conv's cuDNN frontend graph or plan cannot be built. The check names that cause, the cuDNN the build needs
+    and the pin that avoids the frontend."""
+    msg = text(checks.session_problem("en_US-joe-medium", {"providers": [CUDA, CPU], "error": CUDNN_FE_RUN_ERROR}, ""))
+    assert "inference on CUDAExecutionProvider fails" in msg
+    assert "cuDNN's frontend could not build the convolution" in msg
+    assert "(CUDNN_FE failure 11: CUDNN_BACKEND_API_FAILED)" in msg
+    assert "built against (its PyPI wheels 1.20 to 1.23 against cuDNN 9.5" in msg
+    assert "9.5 or newer for 1.20-1.23: piper_gpu_cudnn_version" in msg
+    assert "piper_gpu_onnxruntime_gpu_version=1.19.2" in msg
+    assert "The onnxruntime-gpu pin and cuDNN 9.1.1" in msg
+
+
+def test_session_names_a_cudnn_frontend_failure_from_the_log():
+    """The same failure read from onnxruntime's log on stderr: when the run's error holds only a short summary,
+    and when the session died (no answer)."""
+    summary = {"providers": [CUDA, CPU], "error": "onnxruntime.capi.onnxruntime_pybind11_state.EPFail: ..."}
+    msg = text(checks.session_problem("en_US-joe-medium", summary, CUDNN_FE_LOG))
+    assert "(CUDNN_FE failure 8: HEURISTIC_QUERY_FAILED)" in msg and "piper_gpu_onnxruntime_gpu_version=1.19.2" in msg
+    msg = text(checks.session_problem("en_US-joe-medium", None, CUDNN_FE_LOG + "Traceback (most recent call last): ..."))
+    assert "the CUDA session fails" in msg and "cuDNN's frontend could not build the convolution" in msg
+
+
+def test_session_names_cudnn_sublibraries_of_another_release():
+    """cuDNN's own sub-library status comes before the frontend's failure it causes: the fix is one cuDNN
+    release, not another onnxruntime; on a CPU fallback the same cause replaces the generic advice."""
+    run = {"providers": [CUDA, CPU], "error": "EPFail: ... Status Message: Failed to initialize CUDNN Frontend: ..."}
+    msg = text(checks.session_problem("en_US-joe-medium", run, CUDNN_SUBLIBRARY_LOG))
+    assert "cuDNN reports CUDNN_STATUS_SUBLIBRARY_LOADING_FAILED" in msg and "exactly one cuDNN release" in msg
+    assert "1.19.2" not in msg
+    fallback = text(checks.session_problem("en_US-joe-medium", {"providers": [CPU], "samples": 30976},
+                                           CUDNN_SUBLIBRARY_LOG.replace("LOADING_FAILED", "VERSION_MISMATCH")))
+    assert "cuDNN reports CUDNN_STATUS_SUBLIBRARY_VERSION_MISMATCH" in fallback
+    assert "fell back to the CPU: keep exactly one cuDNN release" in fallback
+    assert "read the warning it printed" not in fallback
+
+
+def test_session_keeps_the_generic_advice_for_other_failures():
+    """A failure that is not cuDNN's (a sub-library that is not found, an out-of-memory) keeps the generic fix."""
+    for error in ("onnxruntime.capi.onnxruntime_pybind11_state.Fail: [ONNXRuntimeError] : 1 : FAIL : "
+                  "Could not load library libcudnn_engines_precompiled.so.9",
+                  "CUDA failure 2: out of memory ; GPU=0 ; hostname=h ; file=cuda_allocator.cc ; line=47"):
+        msg = text(checks.session_problem("en_US-joe-medium", {"providers": [CUDA, CPU], "error": error}, ""))
+        assert "a CUDA/cuDNN library failed to load or a kernel failed" in msg and "cuDNN's frontend" not in msg
+
+
 # --- the service ---------------------------------------------------------------------------------------
 
 def health(provider):

@@ -300,7 +300,7 @@ class App:
                        "pieces": v.pieces, "concurrent_pieces": v.concurrent_pieces, "memory_releases": v.releases,
                        "longest_run": v.longest_run,
                        "onnx_sha256": v.sha256[".onnx"], "json_sha256": v.sha256[".onnx.json"],
-                       "shape_stable": v.stable_health()}
+                       "shape_stable": v.stable_health(), "resources": v.resources()}
                 for name, v in self.voices.items()
             },
         }

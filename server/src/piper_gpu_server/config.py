@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
-from piper_gpu_server.stable import FRAME_BUCKETS, MODES, PHONEME_BUCKETS, parse_buckets
+from piper_gpu_server.stable import MODES, parse_buckets
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,8 +25,16 @@ class ConfigError(ValueError):
     pass
 
 
+#: where a shape-stable voice's encoder may run (ServerConfig.encoder_provider)
+ENCODER_PROVIDERS = ("auto", "cpu", "cuda")
+
+
 @dataclass(frozen=True)
 class ServerConfig:
+    """The server's settings. The deploy passes most of them on under their own names, reading this
+    class from its source (piper_gpu/server_fields.py: nothing imported), so the ``#:`` comments are
+    their meanings in both tables of docs/settings.md, and a default the deploy passes on stays a literal."""
+
     host: str = "127.0.0.1"
     port: int = 5005
     #: voice name -> model path (the .onnx.json beside it); the first is the default voice
@@ -36,16 +44,25 @@ class ServerConfig:
     #: the CUDA provider's options, "key=value,key=value" (ONNX Runtime's names), over the defaults
     #: cudnn_conv_algo_search=HEURISTIC (see voices.CUDA_OPTIONS)
     cuda_options: str = ""
+    #: a warm-up synthesis per voice at start (the first request otherwise pays for CUDA's initialisation)
     warmup: bool = True
     #: shape-stable synthesis (stable.py): each voice split at the flow's input and run through one
     #: session per bucket, so that no session ever sees a second input shape (on CUDA since onnxruntime
     #: 1.20 a new shape rebuilds every convolution's cuDNN plan). auto: on for a voice whose session
     #: runs on CUDA; on: on any provider (to test and measure it on the CPU); off: the whole model
     shape_stable: str = "auto"
-    #: the buckets, comma-separated: phoneme ids per piece, frames of audio per piece (a piece longer
-    #: than the largest runs on the whole model, counted in /health and /metrics as a fallback)
-    phoneme_buckets: str = ",".join(map(str, PHONEME_BUCKETS))
-    frame_buckets: str = ",".join(map(str, FRAME_BUCKETS))
+    #: its buckets, comma-separated: phoneme ids per piece (a piece longer than the largest runs on the
+    #: whole model, counted in /health and /metrics as a fallback); auto: nine, the largest the ids of the
+    #: longest model run sentence_max_chars allows, so that every bucket can be reached (stable.auto_buckets)
+    phoneme_buckets: str = "auto"
+    #: frames of audio per piece, comma-separated (a piece longer than the largest runs the encoder's output
+    #: through a decoder session of any shape, counted likewise); auto: nine, the largest that run's ids times
+    #: the frames per id of the voice's probe
+    frame_buckets: str = "auto"
+    #: where a shape-stable voice's encoder (phoneme ids -> the flow's input) runs: cpu (one session with
+    #: no buckets: the CPU pays nothing for a new shape, and it saves a set of CUDA sessions), cuda (one
+    #: CUDA session per phoneme bucket), auto (decided by the GPU figures once measured; until then: cpu)
+    encoder_provider: str = "auto"
     log_file: str | None = None
     #: file holding the key POST /tts requires; none: open
     api_key_file: str | None = None
@@ -129,6 +146,8 @@ class ServerConfig:
             problems.append(f"cuda_options: {exc}")
         if self.shape_stable not in MODES:
             problems.append(f"shape_stable: {self.shape_stable!r} is not one of {', '.join(MODES)}")
+        if self.encoder_provider not in ENCODER_PROVIDERS:
+            problems.append(f"encoder_provider: {self.encoder_provider!r} is not one of {', '.join(ENCODER_PROVIDERS)}")
         for name in ("phoneme_buckets", "frame_buckets"):
             try:
                 parse_buckets(getattr(self, name), name)

@@ -79,6 +79,26 @@ class Gpu:
                 self.handle = None
         return False
 
+    def process_mib(self, pid: int | None = None) -> int | None:
+        """The GPU memory NVML gives for this process (``pid``), in MiB: 0 before it holds any, None where
+        NVML is absent or gives no per-process figure (as on WSL2)."""
+        if self.handle is None:
+            return None
+        import os
+
+        import pynvml
+
+        pid = os.getpid() if pid is None else pid
+        try:
+            processes = pynvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
+        except pynvml.NVMLError:
+            return None
+        for process in processes:
+            if process.pid == pid:
+                used = process.usedGpuMemory
+                return None if used is None else used // (1 << 20)
+        return 0
+
     def sample(self) -> dict:
         """{'utilization_percent', 'memory_used_bytes', 'memory_total_bytes'}; {} without NVML."""
         if self.handle is None:

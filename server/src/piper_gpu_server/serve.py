@@ -21,6 +21,7 @@ from piper_gpu_server import installed, version
 from piper_gpu_server.app import SEND_BUFFER
 from piper_gpu_server.config import ConfigError, ServerConfig, config_file, cuda_options, load
 from piper_gpu_server.gpu import Gpu, cuda_driver_problem
+from piper_gpu_server.text import PHONEMES_PER_CHAR
 from piper_gpu_server.voices import Voice, VoiceLoadError
 
 LOG = logging.getLogger("piper_gpu_server")
@@ -233,12 +234,14 @@ def setup_logging(log_file: str | None) -> None:
     logging.addLevelName(logging.WARNING, "WARN")
 
 
-def load_voices(config: ServerConfig) -> dict[str, Voice]:
-    """Every voice loaded (the CUDA provider asked for only when the driver answers), logged, warmed."""
+def load_voices(config: ServerConfig, gpu: Gpu | None = None) -> dict[str, Voice]:
+    """Every voice loaded (the CUDA provider asked for only when the driver answers), logged, warmed; the
+    GPU memory each took, where NVML shows this process's (``gpu``)."""
     driver_problem = cuda_driver_problem() if config.use_gpu else None
     voices = {}
     for name, path in config.voices.items():
         started = time.perf_counter()
+        gpu_before = gpu.process_mib() if gpu is not None else None
         phoneme_buckets, frame_buckets = config.buckets
         try:
             voice = Voice(name, path, use_gpu=config.use_gpu, driver_problem=driver_problem,
@@ -247,7 +250,8 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
                           concurrent_intra_op_threads=(config.concurrent_intra_op_threads
                                                        if config.concurrent_session else None),
                           shape_stable=config.shape_stable, phoneme_buckets=phoneme_buckets,
-                          frame_buckets=frame_buckets)
+                          frame_buckets=frame_buckets, encoder_provider=config.encoder_provider,
+                          max_run_phonemes=int(PHONEMES_PER_CHAR * config.sentence_max_chars))
         except VoiceLoadError as exc:
             exc.voice = name
             raise
@@ -262,10 +266,11 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
         if voice.cpu_reason:
             LOG.warning("voice %s: GPU wanted but the session runs on %s: %s", name, voice.provider, voice.cpu_reason)
         if voice.stable is not None:
+            used = voice.stable
             LOG.info("voice %s: shape-stable synthesis (shape_stable=%s): split at %s (encoder %d nodes, decoder %d); "
-                     "%d phoneme buckets %s, %d frame buckets %s", name, config.shape_stable, voice.stable.cut.describe(),
-                     *voice.stable.cut.nodes, len(phoneme_buckets), config.phoneme_buckets, len(frame_buckets),
-                     config.frame_buckets)
+                     "encoder on %s (%s), phoneme buckets %s, frame buckets %s", name, config.shape_stable,
+                     used.cut.describe(), *used.cut.nodes, voice.encoder_placement, config.encoder_provider,
+                     ",".join(map(str, used.phoneme_buckets)) or "none", ",".join(map(str, used.frame_buckets)))
         else:
             LOG.info("voice %s: runs whole (shape_stable=%s): %s", name, config.shape_stable, voice.stable_reason)
         if config.warmup:
@@ -277,7 +282,16 @@ def load_voices(config: ServerConfig) -> dict[str, Voice]:
                 raise VoiceLoadError(path, f"its warm-up synthesis failed ({type(exc).__name__}: {exc})",
                                      voice=name) from exc
             LOG.info("voice %s: warm-up %.0f ms%s", name, (time.perf_counter() - started) * 1000,
-                     "" if buckets is None else f" (every bucket session once: {buckets:.0f} ms)")
+                     f" (every bucket session once: {buckets:.0f} ms)" if buckets is not None else
+                     " (bucket sessions not warmed: on the CPU a new shape costs nothing)" if voice.stable else "")
+        gpu_after = gpu.process_mib() if gpu is not None else None
+        if gpu_before is not None and gpu_after is not None:
+            voice.gpu_memory_mib = gpu_after - gpu_before
+        res = voice.resources()
+        LOG.info("voice %s: %d sessions (%s), %d intra-op threads, GPU memory %s", name, res["sessions"],
+                 ", ".join(f"{n} on {p}" for p, n in res["providers"].items()), res["intra_op_threads"],
+                 "unknown (NVML shows no per-process figure)" if voice.gpu_memory_mib is None
+                 else f"{voice.gpu_memory_mib} MiB")
         voices[name] = voice
     return voices
 
@@ -373,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                 LOG.error("voice %s: file %s not found", name, f)
                 return 2
     try:
-        voices = load_voices(config)
+        voices = load_voices(config, gpu)
     except VoiceLoadError as exc:
         LOG.error("voice %s: cannot load %s: %s; the server does not start (replace the file, or re-run the deploy "
                   "to fetch it again)", exc.voice, exc.path, exc.reason)

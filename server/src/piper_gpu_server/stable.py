@@ -28,23 +28,45 @@ bucket, each with its input dimension fixed (``add_free_dimension_override_by_na
 also folds the shape arithmetic and refuses any other shape). A piece's ids are padded to their bucket
 (the real length stays in ``input_lengths``, so the masks keep the result); the encoder's frame-level
 outputs are padded with zeros to the frame bucket; the audio is trimmed to the real frames times the
-hop before Piper normalises it. A piece longer than the largest bucket runs on the whole model,
-counted as a fallback. Every bucket is run once at start-up (``warm``)."""
+hop before Piper normalises it. Every bucket is run once at start-up on CUDA (``warm``): its cuDNN
+plans are built before the first request (the CPU builds no plans, so a CPU voice skips it).
+
+The buckets follow from the server's own bound on a model run (``auto_buckets``): at most
+``PHONEMES_PER_CHAR x sentence_max_chars`` phonemes at the normal pace (fewer in proportion above a
+length_scale of 1, so the frames stay within the same bound), as phoneme ids by the voice's own
+``phonemes_to_ids``, times the frames per id of the voice's probe (2.9 for en_US-joe-medium, against at
+most 2.4 in the test texts' pieces). ``BUCKET_COUNT`` buckets spaced evenly in log between the smallest and
+that largest keep the padding at 21% more frames than the pieces need on average over the test texts
+(tests/server/test_shape_stable.py ``test_padding_overhead``).
+
+Where the encoder runs (``encoder_provider``): ``cpu`` gives it one CPU session with no buckets (the CPU
+pays nothing for a new shape), so only the decoder's buckets hold CUDA sessions; ``cuda`` gives it one
+session per phoneme bucket on the voice's provider. A piece whose ids exceed the largest phoneme bucket runs
+on the whole model; one whose frames exceed the largest frame bucket runs the encoder's output through a
+decoder session without a fixed shape (made at its first use). Both are counted as fallbacks."""
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import io
+import math
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-#: default buckets: phoneme ids per piece (Piper puts a pad between phonemes: about 2.1 ids per
-#: character of English) and frames of audio (hop 256 at 22.05 kHz: 86 a second; about 2.2 per id at
-#: length_scale 1). sentence_max_chars (200) gives up to about 430 ids and 950 frames.
-PHONEME_BUCKETS = (32, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-FRAME_BUCKETS = (64, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 3072)
+#: buckets per part where the settings say "auto", and the smallest of each: phoneme ids (Piper puts a pad
+#: between phonemes: 2 ids per phoneme and 3 more) and frames of audio (hop 256 at 22.05 kHz: 86 a second)
+BUCKET_COUNT = 9
+SMALLEST_PHONEME_BUCKET = 32
+SMALLEST_FRAME_BUCKET = 96
+#: bucket sizes are rounded up to a multiple of this
+BUCKET_ROUNDING = 8
+#: where a shape-stable voice's encoder runs under encoder_provider = "auto" (config.ENCODER_PROVIDERS): the
+#: CPU until GPU figures decide (docs/server.md "Sessions, threads and memory per voice")
+AUTO_ENCODER_PROVIDER = "cpu"
 #: the names the split models give their variable dimensions (each bucket session fixes them)
 PHONEMES_DIM = "shape_stable_phonemes"
 FRAMES_DIM = "shape_stable_frames"
@@ -62,15 +84,37 @@ class SplitError(ValueError):
     """The voice's graph does not fit shape-stable synthesis; the message says why."""
 
 
-def parse_buckets(text: str, what: str) -> tuple[int, ...]:
-    """ "64,128,256" as a sorted tuple of distinct positive integers."""
+def parse_buckets(text: str, what: str) -> tuple[int, ...] | None:
+    """ "64,128,256" as a sorted tuple of distinct positive integers; "auto": None (``auto_buckets``)."""
+    if text.strip() == "auto":
+        return None
     try:
         values = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise ValueError(f"{what} {text!r} must be comma-separated whole numbers, e.g. \"64,128,256\"") from None
+        raise ValueError(f"{what} {text!r} must be auto or comma-separated whole numbers, e.g. \"64,128,256\"") from None
     if not values or values[0] < 1:
         raise ValueError(f"{what} {text!r} must list at least one length, each 1 or more")
     return tuple(values)
+
+
+def spaced(smallest: int, largest: int, count: int = BUCKET_COUNT) -> tuple[int, ...]:
+    """``count`` sizes from ``smallest`` to ``largest``, evenly spaced in log (each the one before times the
+    same ratio), rounded up to ``BUCKET_ROUNDING``; the largest exactly ``largest``."""
+    largest = max(largest, smallest)
+    if count < 2 or largest == smallest:
+        return (largest,)
+    ratio = largest / smallest
+    sizes = {min(largest, math.ceil(round(smallest * ratio ** (i / (count - 1)), 6) / BUCKET_ROUNDING) * BUCKET_ROUNDING)
+             for i in range(count - 1)}
+    return tuple(sorted(int(s) for s in sizes | {largest}))
+
+
+def auto_buckets(max_ids: int, frames_per_id: float, count: int = BUCKET_COUNT) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The phoneme and frame buckets for pieces of at most ``max_ids`` phoneme ids, at ``frames_per_id``
+    frames each (the voice's probe): every bucket can be reached, and the largest holds the longest run."""
+    max_frames = math.ceil(max_ids * frames_per_id)
+    return (spaced(min(SMALLEST_PHONEME_BUCKET, max_ids), max_ids, count),
+            spaced(min(SMALLEST_FRAME_BUCKET, max_frames), max_frames, count))
 
 
 def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
@@ -99,6 +143,11 @@ class Cut:
     shapes: dict[str, list]  # each cut tensor's shape in the probe (for /health and the log)
     dtypes: dict[str, str]  # the numpy dtype of each input of either part
     nodes: tuple[int, int]  # nodes in the encoder and in the decoder
+    probe: tuple[int, int] = (0, 0)  # the probe's phoneme ids and frames (length_scale 1, no noise)
+
+    @property
+    def frames_per_id(self) -> float:
+        return self.probe[1] / self.probe[0]
 
     def describe(self) -> str:
         return ", ".join(f"{name}{self.shapes[name]}" for name in (*self.frame_inputs, *self.fixed_inputs,
@@ -250,7 +299,7 @@ def find_cut(model_bytes: bytes, phoneme_id_map: dict) -> Cut:
     result = Cut(encoder=encoder, decoder=decoder, frame_inputs=tuple(frame_inputs), fixed_inputs=tuple(fixed_inputs),
                  feed_inputs=tuple(feed_inputs), encoder_inputs=tuple(inputs), hop=hop,
                  shapes={n: list(a[n].shape) for n in cut}, dtypes={n: a[n].dtype.str for n in (*cut, *inputs)},
-                 nodes=(len(encoder_nodes), len(decoder_nodes)))
+                 nodes=(len(encoder_nodes), len(decoder_nodes)), probe=(len(ids), int(frames_a)))
     _check_split(result, model_bytes, _feeds(ids, len(ids), 1.0, pad, has_sid), a[output])
     return result
 
@@ -370,29 +419,90 @@ def _check_split(cut: Cut, model_bytes: bytes, feeds: dict, expected: np.ndarray
         raise SplitError(f"its split parts differ from the whole model on the probe ({snr:.1f} dB)")
 
 
+class ProviderError(RuntimeError):
+    """A session asked for an execution provider came up on another (ONNX Runtime's Python wrapper
+    retries a session whose provider fails on its fallback providers, the CPU)."""
+
+
+def created(model, options, providers: list):
+    """An ONNX Runtime session, and what ONNX Runtime's Python wrapper printed while making it (its
+    "EP Error ... Falling back to ['CPUExecutionProvider'] and retrying" where the first provider failed)."""
+    import onnxruntime
+
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said):
+        session = onnxruntime.InferenceSession(model, sess_options=options, providers=providers)
+    return session, " ".join(line.strip() for line in said.getvalue().splitlines() if line.strip("* \t"))
+
+
+def provider_name(provider) -> str:
+    """``"CUDAExecutionProvider"`` or ``("CUDAExecutionProvider", {...})`` as the name."""
+    return provider if isinstance(provider, str) else provider[0]
+
+
+def require_provider(model, options, providers: list, what: str):
+    """A session on ``providers[0]``, or ProviderError naming ``what``, the providers it came up on and
+    ONNX Runtime's own error where it printed one (its C++ errors go to the log before this)."""
+    session, said = created(model, options, providers)
+    asked, got = provider_name(providers[0]), session.get_providers()
+    if got[0] != asked:
+        raise ProviderError(f"{what} asked for {asked} came up on {got}: "
+                            + (f"ONNX Runtime said: {said}" if said else
+                               "ONNX Runtime printed no error here; its own log lines above name the cause"))
+    return session
+
+
 class _Session:
-    """One ONNX Runtime session whose inputs have one shape, ever: ``run`` refuses any other."""
+    """One ONNX Runtime session whose inputs have one shape, ever: ``run`` refuses any other (``size``
+    None: any shape, for the CPU encoder and the decoder of frame fallbacks)."""
 
-    def __init__(self, model: bytes, providers: list, options, dim: str, size: int, shapes: dict[str, tuple]):
-        import onnxruntime
-
-        options.add_free_dimension_override_by_name(dim, size)
-        self.session = onnxruntime.InferenceSession(model, sess_options=options, providers=providers)
+    def __init__(self, model: bytes, providers: list, options, dim: str, size: int | None, shapes: dict[str, tuple],
+                 what: str):
+        if size is not None:
+            options.add_free_dimension_override_by_name(dim, size)
+        self.session = require_provider(model, options, providers, what)
+        self.provider = self.session.get_providers()[0]
+        self.cpu_arena = bool(options.enable_cpu_mem_arena)
         self.size = size
         self.shapes = shapes
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.runs = 0
         self.used_since_release = False
+        self._lock = threading.Lock()  # pieces of a voice run its sessions from several threads at once
 
     def run(self, feeds: dict, run_options=None) -> dict:
-        for name, value in feeds.items():
-            if value.shape != self.shapes[name]:
-                raise AssertionError(f"shape-stable session of size {self.size} given {name}{list(value.shape)}, "
-                                     f"not {list(self.shapes[name])}")
+        if self.size is not None:
+            for name, value in feeds.items():
+                if value.shape != self.shapes[name]:
+                    raise AssertionError(f"shape-stable session of size {self.size} given {name}{list(value.shape)}, "
+                                         f"not {list(self.shapes[name])}")
         out = dict(zip(self.outputs, self.session.run(None, feeds, run_options)))
-        self.runs += 1
-        self.used_since_release = True
+        with self._lock:
+            self.runs += 1
+            self.used_since_release = True
         return out
+
+    def arenas(self, gpu: str) -> str:
+        """The arenas this session has, as ONNX Runtime's shrinkage names them ("cpu:0;gpu:N"; ``gpu``: the
+        CUDA provider's): a CPU session has no GPU arena, and one without the CPU arena has none there."""
+        return ";".join(a for a, on in (("cpu:0", self.cpu_arena), (gpu, "CUDA" in self.provider)) if on)
+
+    def uncount(self) -> None:
+        """The last run was the arena's shrinkage, not a piece."""
+        with self._lock:
+            self.runs -= 1
+            self.used_since_release = False
+
+
+def shared_weights(model: bytes) -> dict:
+    """The model's initializers as CPU OrtValues (``SessionOptions.add_initializer``), so that every
+    bucket session of a part uses one copy of its weights instead of its own."""
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    return {init.name: onnxruntime.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(numpy_helper.to_array(init)))
+            for init in onnx.load_from_string(model).graph.initializer}
 
 
 @dataclass
@@ -400,66 +510,127 @@ class Buckets:
     """The sessions of a split voice, one per bucket, and what they ran."""
 
     cut: Cut
-    phoneme_buckets: tuple[int, ...]
+    phoneme_buckets: tuple[int, ...]  # empty: one encoder session of any shape (``encoder``)
     frame_buckets: tuple[int, ...]
     encoders: dict[int, _Session] = field(default_factory=dict)
     decoders: dict[int, _Session] = field(default_factory=dict)
+    encoder: _Session | None = None  # the encoder without buckets (encoder_provider cpu)
+    free_decoder: _Session | None = None  # made at the first piece whose frames fit no bucket
     fallbacks: collections.Counter = field(default_factory=collections.Counter)
+    #: frames the pieces needed and frames their decoder sessions ran (the padding is the difference)
+    frames_needed: int = 0
+    frames_run: int = 0
     warmup_ms: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _decoder_setup: tuple = ()
+    _weights: dict = field(default_factory=dict)  # the shared OrtValues, alive as long as the sessions
 
     @classmethod
     def load(cls, cut: Cut, providers: list, options_factory, phoneme_buckets, frame_buckets,
-             input_shapes: dict[str, tuple]) -> "Buckets":
-        """``options_factory()``: fresh SessionOptions for each session; ``input_shapes``: the fixed
-        shapes of the graph's other inputs (input_lengths, scales, sid)."""
-        self = cls(cut, tuple(phoneme_buckets), tuple(frame_buckets))
+             input_shapes: dict[str, tuple], encoder: tuple | None = None, share_weights: bool = False) -> "Buckets":
+        """``options_factory()``: fresh SessionOptions for each bucket session; ``input_shapes``: the fixed
+        shapes of the graph's other inputs (input_lengths, scales, sid); ``phoneme_buckets`` empty or None:
+        one encoder session of any shape on ``encoder`` = (providers, options_factory); ``share_weights``:
+        the decoder's bucket sessions share one copy of its weights (CPU sessions)."""
+        self = cls(cut, tuple(phoneme_buckets or ()), tuple(frame_buckets))
+        # the decoder's only: the encoder buckets' graph optimisations fold some of its initializers with
+        # each bucket's length, which a shared copy would carry from one session into the next
+        weights = {"decoder": shared_weights(cut.decoder)} if share_weights else {}
+        self._weights = weights
+
+        def options(factory, part):
+            opts = factory()
+            for name, value in weights.get(part, {}).items():
+                opts.add_initializer(name, value)
+            return opts
+
+        other = {n: input_shapes[n] for n in cut.encoder_inputs if n != "input"}
         for size in self.phoneme_buckets:
-            shapes = {n: input_shapes[n] for n in cut.encoder_inputs if n != "input"}
-            shapes["input"] = (1, size)
-            self.encoders[size] = _Session(cut.encoder, providers, options_factory(), PHONEMES_DIM, size, shapes)
+            self.encoders[size] = _Session(cut.encoder, providers, options(options_factory, "encoder"), PHONEMES_DIM,
+                                           size, {**other, "input": (1, size)},
+                                           f"the encoder's session for {size} phoneme ids")
+        if not self.phoneme_buckets:
+            enc_providers, enc_options = encoder or (providers, options_factory)
+            self.encoder = _Session(cut.encoder, enc_providers, enc_options(), PHONEMES_DIM, None, other,
+                                    "the encoder's session")
         for size in self.frame_buckets:
-            shapes = {n: (*cut.shapes[n][:-1], size) for n in cut.frame_inputs}
-            shapes.update({n: tuple(cut.shapes[n]) for n in (*cut.fixed_inputs, *cut.feed_inputs)})
-            self.decoders[size] = _Session(cut.decoder, providers, options_factory(), FRAMES_DIM, size, shapes)
+            self.decoders[size] = _Session(cut.decoder, providers, options(options_factory, "decoder"), FRAMES_DIM,
+                                           size, self._decoder_shapes(size), f"the decoder's session for {size} frames")
+        self._decoder_setup = (providers, lambda: options(options_factory, "decoder"))
         return self
+
+    def _decoder_shapes(self, size: int) -> dict:
+        cut = self.cut
+        shapes = {n: (*cut.shapes[n][:-1], size) for n in cut.frame_inputs}
+        shapes.update({n: tuple(cut.shapes[n]) for n in (*cut.fixed_inputs, *cut.feed_inputs)})
+        return shapes
 
     @property
     def sessions(self) -> list[_Session]:
-        return [*self.encoders.values(), *self.decoders.values()]
+        return [*self.encoders.values(), *filter(None, (self.encoder,)), *self.decoders.values(),
+                *filter(None, (self.free_decoder,))]
 
-    def warm(self, feeds: dict, run_options=None) -> float:
+    def providers(self) -> dict[str, str | None]:
+        """The provider of the encoder's and of the decoder's sessions (each part's are alike: a session that
+        came up on another provider than asked stops the voice)."""
+        encoders = [*self.encoders.values(), *filter(None, (self.encoder,))]
+        return {"encoder_provider": encoders[0].provider if encoders else None,
+                "decoder_provider": next(iter(self.decoders.values())).provider if self.decoders else None}
+
+    def warm(self, feeds: dict, shrinkage=None, gpu: str = "gpu:0") -> float:
         """Runs every bucket once (``feeds``: a probe piece's graph inputs); the milliseconds it took.
-        ``run_options`` with arena shrinkage hands each bucket's working memory back after its run,
-        so that start-up peaks at one bucket's memory, not at the sum of all of them."""
+        ``shrinkage(arenas)``: RunOptions with arena shrinkage, which hand each bucket's working memory back
+        after its run (``gpu``: the GPU's arena), so that start-up peaks at one bucket's memory, not at the
+        sum of all of them."""
         started = time.perf_counter()
+
+        def options(session):
+            spec = session.arenas(gpu) if shrinkage else ""
+            return shrinkage(spec) if spec else None
+
         for size, session in self.encoders.items():
-            session.run(self._encoder_feeds(feeds, size), run_options)
-        made = self.encoders[self.phoneme_buckets[0]].run(self._encoder_feeds(feeds, self.phoneme_buckets[0]))
+            session.run(self._encoder_feeds(feeds, size), options(session))
+        made = self._encode(feeds)
         for size, session in self.decoders.items():
-            session.run(self._decoder_feeds(made, feeds, size), run_options)
+            session.run(self._decoder_feeds(made, feeds, size), options(session))
         for session in self.sessions:
             session.runs = 0
-            session.used_since_release = run_options is None
+            session.used_since_release = options(session) is None
         self.warmup_ms = (time.perf_counter() - started) * 1000
         return self.warmup_ms
 
-    def shrink(self, run_options) -> int:
-        """Runs each bucket session used since the last call once more with ``run_options`` (ONNX
-        Runtime's arena shrinkage, see ``voices.Voice.release_if_idle``): how many ran."""
+    def _encode(self, feeds: dict) -> dict:
+        """The encoder's outputs for a probe (warm-up): the smallest bucket's, or the bucketless session's."""
+        if self.encoder is not None:
+            return self.encoder.run({n: feeds[n] for n in self.cut.encoder_inputs})
+        return self.encoders[self.phoneme_buckets[0]].run(self._encoder_feeds(feeds, self.phoneme_buckets[0]))
+
+    def shrink(self, shrinkage, gpu: str = "gpu:0") -> int:
+        """Runs each session used since the last call, and that has an arena, once more with
+        ``shrinkage(its arenas)``, RunOptions with ONNX Runtime's arena shrinkage (see
+        ``voices.Voice.release_if_idle``; ``gpu``: the GPU's arena): how many ran."""
         ran = 0
         for session in self.sessions:
-            if session.used_since_release:
-                feeds = {n: np.zeros(shape, dtype=self.cut.dtypes[n]) for n, shape in session.shapes.items()}
+            spec = session.arenas(gpu)
+            if session.used_since_release and not spec:
+                session.used_since_release = False  # no arena: its memory went back after each run
+            elif session.used_since_release:
+                shapes = session.shapes if session.size is not None else self._smallest_shapes(session)
+                feeds = {n: np.zeros(shape, dtype=self.cut.dtypes[n]) for n, shape in shapes.items()}
                 if "input_lengths" in feeds:
                     feeds["input_lengths"][:] = 1
                 if "scales" in feeds:
                     feeds["scales"][:] = (0.0, 1.0, 0.0)
-                session.run(feeds, run_options)
-                session.runs -= 1
-                session.used_since_release = False
+                session.run(feeds, shrinkage(spec))
+                session.uncount()
                 ran += 1
         return ran
+
+    def _smallest_shapes(self, session: _Session) -> dict:
+        """A bucketless session's inputs at their smallest: one phoneme id, or one frame."""
+        if session is self.encoder:
+            return {**session.shapes, "input": (1, 1)}
+        return self._decoder_shapes(1)
 
     @staticmethod
     def bucket(sizes: tuple[int, ...], length: int) -> int | None:
@@ -489,24 +660,41 @@ class Buckets:
         return out
 
     def audio(self, feeds: dict, pad_id: int = 0) -> np.ndarray | None:
-        """The piece's audio (1-D, the real frames only), or None when it does not fit a bucket (the
-        fallback is counted by its reason: ``phonemes`` or ``frames``)."""
+        """The piece's audio (1-D, the real frames only), or None when its phoneme ids fit no bucket (it
+        then runs on the whole model). Frames that fit no bucket run the encoder's output through a decoder
+        session of any shape. Each fallback is counted by its reason: ``phonemes`` or ``frames``."""
         ids = feeds["input"]
-        size = self.bucket(self.phoneme_buckets, ids.shape[1])
-        if size is None:
-            self._fell_back("phonemes")
-            return None
-        padded = np.full((1, size), pad_id, dtype=ids.dtype)
-        padded[0, :ids.shape[1]] = ids[0]
-        made = self.encoders[size].run({**{n: feeds[n] for n in self.cut.encoder_inputs if n != "input"},
-                                        "input": padded})
+        if self.encoder is not None:
+            made = self.encoder.run({n: feeds[n] for n in self.cut.encoder_inputs})
+        else:
+            size = self.bucket(self.phoneme_buckets, ids.shape[1])
+            if size is None:
+                self._fell_back("phonemes")
+                return None
+            padded = np.full((1, size), pad_id, dtype=ids.dtype)
+            padded[0, :ids.shape[1]] = ids[0]
+            made = self.encoders[size].run({**{n: feeds[n] for n in self.cut.encoder_inputs if n != "input"},
+                                            "input": padded})
         frames = made[self.cut.frame_inputs[0]].shape[-1]
         frame_size = self.bucket(self.frame_buckets, frames)
         if frame_size is None:
             self._fell_back("frames")
-            return None
-        audio = self.decoders[frame_size].run(self._decoder_feeds(made, feeds, frame_size))[self._output]
+            decoder, frame_size = self._unbucketed_decoder(), frames
+        else:
+            decoder = self.decoders[frame_size]
+        with self._lock:
+            self.frames_needed += frames
+            self.frames_run += frame_size
+        audio = decoder.run(self._decoder_feeds(made, feeds, frame_size))[self._output]
         return audio.reshape(-1)[:frames * self.cut.hop]
+
+    def _unbucketed_decoder(self) -> _Session:
+        with self._lock:
+            if self.free_decoder is None:
+                providers, options = self._decoder_setup
+                self.free_decoder = _Session(self.cut.decoder, providers, options(), FRAMES_DIM, None,
+                                             self._decoder_shapes(0), "the decoder's session for longer pieces")
+            return self.free_decoder
 
     @property
     def _output(self) -> str:
@@ -517,6 +705,9 @@ class Buckets:
             self.fallbacks[reason] += 1
 
     def usage(self) -> dict:
-        return {"phoneme_buckets": {str(s): e.runs for s, e in self.encoders.items()},
+        return {"encoder_runs": sum(e.runs for e in (*self.encoders.values(), *filter(None, (self.encoder,)))),
+                "phoneme_buckets": {str(s): e.runs for s, e in self.encoders.items()},
                 "frame_buckets": {str(s): d.runs for s, d in self.decoders.items()},
-                "fallbacks": {"phonemes": self.fallbacks["phonemes"], "frames": self.fallbacks["frames"]}}
+                "fallbacks": {"phonemes": self.fallbacks["phonemes"], "frames": self.fallbacks["frames"]},
+                "unbucketed_decoder_runs": self.free_decoder.runs if self.free_decoder is not None else 0,
+                "frames": {"needed": self.frames_needed, "run": self.frames_run}}

@@ -107,13 +107,16 @@ def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
                        b"data", data)
 
 
-def gpu_reason(provider: str, available: list[str], driver_problem: str | None) -> str:
-    """Why a voice that wanted the GPU runs on ``provider``."""
+def gpu_reason(provider: str, available: list[str], driver_problem: str | None, ep_error: str = "") -> str:
+    """Why a voice that wanted the GPU runs on ``provider`` (``ep_error``: what ONNX Runtime printed when
+    the CUDA provider failed and it retried on the CPU)."""
     if driver_problem is not None:
         return driver_problem
     if CUDA_PROVIDER not in available:
         return ("CUDAExecutionProvider is not available: the CPU 'onnxruntime' is installed or shadows "
                 "'onnxruntime-gpu' (pip uninstall onnxruntime; pip install --force-reinstall onnxruntime-gpu)")
+    if ep_error:
+        return f"the CUDA provider failed to initialise: {ep_error}"
     return ("the CUDA provider failed to initialise (see the onnxruntime error above: libcublasLt.so.12 / "
             "libcudnn.so.9 not found, or no GPU visible)")
 
@@ -137,13 +140,18 @@ class Voice:
     def __init__(self, name: str, model_path: str, *, use_gpu: bool, driver_problem: str | None,
                  syntheses: int, intra_op_threads: int = 0, cpu_memory_arena: bool = True,
                  concurrent_intra_op_threads: int | None = 0, cuda_options: dict[str, str] | None = None,
-                 shape_stable: str = "auto", phoneme_buckets: tuple[int, ...] = stable.PHONEME_BUCKETS,
-                 frame_buckets: tuple[int, ...] = stable.FRAME_BUCKETS):
+                 shape_stable: str = "auto", phoneme_buckets: tuple[int, ...] | None = None,
+                 frame_buckets: tuple[int, ...] | None = None, encoder_provider: str = "auto",
+                 max_run_phonemes: int = int(texts.PHONEMES_PER_CHAR * 200)):
         """``syntheses``: pieces at once, 0: ``SYNTHESES`` of the session's provider.
         ``concurrent_intra_op_threads``: threads of the CPU session for pieces that start while
         others run; 0: ``concurrent_threads(syntheses)``; None: no such session (one session for all).
         ``shape_stable``: ``auto`` (on where the session runs on CUDA), ``on`` or ``off``: synthesis
-        through the split voice's bucket sessions (``stable``), whose input shapes never change."""
+        through the split voice's bucket sessions (``stable``), whose input shapes never change.
+        ``phoneme_buckets`` / ``frame_buckets`` None: ``stable.auto_buckets`` for runs of at most
+        ``max_run_phonemes`` phonemes (the server's ``phoneme_limit`` at the normal pace).
+        ``encoder_provider``: cpu (one CPU encoder session, no buckets), cuda (a session per phoneme bucket
+        on the voice's provider) or auto (``stable.AUTO_ENCODER_PROVIDER``)."""
         import onnxruntime
         from piper import PiperConfig
 
@@ -162,6 +170,10 @@ class Voice:
             providers = [CPU_PROVIDER]
         self.name = name
         self.model_path = model_path
+        self.intra_op_threads = intra_op_threads
+        self.encoder_placement = stable.AUTO_ENCODER_PROVIDER if encoder_provider == "auto" else encoder_provider
+        #: the GPU memory this voice's loading and warm-up took (serve.load_voices, through NVML); None unknown
+        self.gpu_memory_mib: int | None = None
         # with the CPU arena (the default) buffers are kept between pieces and handed back when the
         # voice is idle (release_if_idle); without it they go back after each piece (release_memory).
         # The CUDA provider keeps its own arena on the GPU, shrunk likewise when the voice is idle.
@@ -172,16 +184,23 @@ class Voice:
         #: phonemes of the longest model run so far, times its length_scale where that is over 1: what
         #: a run's audio, and so its memory, grows with (docs/server.md "Bounds under any client")
         self.longest_run = 0
+        #: what ONNX Runtime printed while making the main session (its error where CUDA failed)
+        self.ep_error = ""
         self.piper = self._load(model_path, providers, intra_op_threads)
         self.session_providers = self.piper.session.get_providers()
         self.provider = self.session_providers[0]
-        #: the arenas release_if_idle shrinks: ONNX Runtime refuses "cpu" where the CPU arena is off
-        self.arenas = ";".join(a for a, on in (("cpu:0", cpu_memory_arena), ("gpu:0", self.on_gpu)) if on)
+        #: the arenas release_if_idle shrinks: ONNX Runtime refuses "cpu" where the CPU arena is off, and
+        #: names the GPU's arena by the device the CUDA provider was given
+        self.gpu_arena = f"gpu:{cuda_provider(cuda_options)[1]['device_id']}"
+        self.arenas = ";".join(a for a, on in (("cpu:0", cpu_memory_arena), (self.gpu_arena, self.on_gpu)) if on)
+        #: the whole-model sessions that ran a piece since the last release (only those are shrunk)
+        self._used: set[int] = set()
         self.concurrent_intra_op_threads = None
         self.concurrent = None
         self.shape_stable = shape_stable
         self.stable: stable.Buckets | None = None
-        self.stable_reason = self._load_stable(model_path, providers, intra_op_threads, phoneme_buckets, frame_buckets)
+        self.stable_reason = self._load_stable(model_path, providers, intra_op_threads, phoneme_buckets, frame_buckets,
+                                               max_run_phonemes)
         self.syntheses = syntheses = syntheses or SYNTHESES.get(self.provider, SYNTHESES[CPU_PROVIDER])
         if self.provider == CPU_PROVIDER and syntheses > 1 and concurrent_intra_op_threads is not None \
                 and self.stable is None:
@@ -200,14 +219,14 @@ class Voice:
         self.releases = 0
         # what this process loaded, so a check can tell a service that missed a restart
         self.sha256 = {".onnx": file_sha256(model_path), ".onnx.json": file_sha256(config_path)}
-        self.cpu_reason = (gpu_reason(self.provider, available, driver_problem)
+        self.cpu_reason = (gpu_reason(self.provider, available, driver_problem, self.ep_error)
                            if use_gpu and self.provider != CUDA_PROVIDER else None)
 
-    def _options(self, intra_op_threads: int):
+    def _options(self, intra_op_threads: int, cpu_memory_arena: bool = True):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
-        options.enable_cpu_mem_arena = self.cpu_memory_arena
+        options.enable_cpu_mem_arena = self.cpu_memory_arena and cpu_memory_arena
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         return options
@@ -218,21 +237,25 @@ class Voice:
 
         options = self._options(intra_op_threads)
         try:
-            session = onnxruntime.InferenceSession(model_path, sess_options=options, providers=providers)
+            session, said = stable.created(model_path, options, providers)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises several types for a bad model
             raise VoiceLoadError(model_path, f"ONNX Runtime cannot load it ({type(exc).__name__}: {exc})") from exc
         inputs = sorted(i.name for i in session.get_inputs())
         if not PIPER_INPUTS.issubset(inputs):
             raise VoiceLoadError(model_path, f"not a Piper voice model: its inputs are {', '.join(inputs)}, a Piper "
                                              f"voice's are {', '.join(sorted(PIPER_INPUTS))} (and sid with several speakers)")
+        self.ep_error = self.ep_error or said
         piper = PiperVoice(session=session, config=self.config)
         piper.phonemize = lambda text: self._runs(self._phonemes(text))  # PiperVoice.synthesize calls it
         return piper
 
     def _load_stable(self, model_path: str, providers: list, intra_op_threads: int, phoneme_buckets,
-                     frame_buckets) -> str | None:
+                     frame_buckets, max_run_phonemes: int) -> str | None:
         """Shape-stable synthesis for this voice where ``shape_stable`` asks for it: None when it is on,
-        else why not (off, the CPU under ``auto``, or a graph that does not fit, and the voice runs whole)."""
+        else why not (off, the CPU under ``auto``, or a graph that does not fit, and the voice runs whole).
+        On CUDA each bucket session has one intra-op thread that does not spin (the GPU does the work) and
+        must come up on CUDA; on the CPU the bucket sessions of each part share one copy of the weights and
+        hand their working memory back after each run (no arena), so that nine sessions cost about one."""
         if self.shape_stable == "off":
             return "shape_stable is off"
         if self.shape_stable == "auto" and not self.on_gpu:
@@ -244,10 +267,34 @@ class Voice:
         except stable.SplitError as exc:
             return f"its graph does not fit the split, so it runs whole: {exc}"
         providers = providers if self.on_gpu else [CPU_PROVIDER]
-        self.stable = stable.Buckets.load(cut, providers, lambda: self._options(intra_op_threads), phoneme_buckets,
-                                          frame_buckets, {"input_lengths": (1,), "scales": (3,), "sid": (1,)})
+        auto_phonemes, auto_frames = stable.auto_buckets(self.run_ids(max_run_phonemes), cut.frames_per_id)
+        if self.encoder_placement == "cpu":
+            phoneme_buckets = ()
+        elif phoneme_buckets is None:
+            phoneme_buckets = auto_phonemes
+        try:
+            self.stable = stable.Buckets.load(
+                cut, providers, self._bucket_options if self.on_gpu else lambda: self._options(intra_op_threads, False),
+                phoneme_buckets, frame_buckets or auto_frames, {"input_lengths": (1,), "scales": (3,), "sid": (1,)},
+                encoder=([CPU_PROVIDER], lambda: self._options(intra_op_threads)), share_weights=not self.on_gpu)
+        except stable.ProviderError as exc:
+            raise VoiceLoadError(model_path, f"shape-stable synthesis: {exc}. The voice stops rather than run its "
+                                             "buckets on the CPU; set piper_gpu_shape_stable=off to run the whole "
+                                             "model instead") from exc
         self.piper.phoneme_ids_to_audio = self._stable_audio
         return None
+
+    def run_ids(self, phonemes: int) -> int:
+        """The phoneme ids Piper makes of ``phonemes`` phonemes (its pads, BOS and EOS included)."""
+        special = {"_", "^", "$"}
+        phoneme = next((p for p, ids in self.config.phoneme_id_map.items() if ids and p not in special), "_")
+        return len(self.piper.phonemes_to_ids([phoneme] * phonemes))
+
+    def _bucket_options(self):
+        """A CUDA bucket session's options: one intra-op thread, which does not spin waiting for work."""
+        options = self._options(1)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
 
     def _feeds(self, phoneme_ids: list[int], syn_config) -> dict:
         """The model's inputs for a piece, as Piper's ``phoneme_ids_to_audio`` makes them."""
@@ -273,6 +320,7 @@ class Voice:
         feeds = self._feeds(phoneme_ids, syn_config or SynthesisConfig())
         audio = None if include_alignments else self.stable.audio(feeds, self.pad_id)
         if audio is None:
+            self._mark_used(self.piper)
             audio = self.piper.session.run(None, feeds)[0].squeeze()
             return (audio, None) if include_alignments else audio
         return audio
@@ -288,15 +336,18 @@ class Voice:
             return None
         from piper import SynthesisConfig
 
+        if not self.on_gpu:
+            return None  # the CPU builds no plans: a new shape costs it nothing
         ids = stable._probe_ids(self.config.phoneme_id_map, 24)
-        took = self.stable.warm(self._feeds(ids, SynthesisConfig()), self._shrink_options() if self.arenas else None)
+        took = self.stable.warm(self._feeds(ids, SynthesisConfig()), self._shrink_options, self.gpu_arena)
         release_memory()
         return took
 
     def stable_health(self) -> dict:
         out = {"mode": self.shape_stable, "active": self.stable is not None, "reason": self.stable_reason}
         if self.stable is not None:
-            out.update({"cut": self.stable.cut.describe(), "hop": self.stable.cut.hop,
+            out.update({"encoder_placement": self.encoder_placement, **self.stable.providers(),
+                        "cut": self.stable.cut.describe(), "hop": self.stable.cut.hop,
                         "nodes": dict(zip(("encoder", "decoder"), self.stable.cut.nodes)),
                         "warmup_ms": round(self.stable.warmup_ms, 1), **self.stable.usage()})
         return out
@@ -308,6 +359,21 @@ class Voice:
     @property
     def sessions(self) -> int:
         return 1 if self.concurrent is None else 2
+
+    def resources(self) -> dict:
+        """The voice's ONNX Runtime sessions, by provider, the threads of their intra-op pools (ONNX
+        Runtime's default pool counted as one per usable CPU) and the GPU memory its loading took."""
+        default = self.intra_op_threads or usable_cpus()
+        sessions = [(self.provider, default)]
+        if self.concurrent is not None:
+            sessions.append((CPU_PROVIDER, self.concurrent_intra_op_threads))
+        for session in (self.stable.sessions if self.stable is not None else ()):
+            sessions.append((session.provider, 1 if session.provider == CUDA_PROVIDER else default))
+        providers: dict[str, int] = {}
+        for provider, _ in sessions:
+            providers[provider] = providers.get(provider, 0) + 1
+        return {"sessions": len(sessions), "providers": providers,
+                "intra_op_threads": sum(threads for _, threads in sessions), "gpu_memory_mib": self.gpu_memory_mib}
 
     def _phonemes(self, text: str) -> list[list[str]]:
         """Piper's own phonemes of ``text`` for this voice, a list per sentence, phonemized under the
@@ -355,6 +421,8 @@ class Voice:
                 self.running += 1
                 self.pieces += 1
                 self.concurrent_pieces += piper is self.concurrent
+            if self.stable is None:
+                self._mark_used(piper)
             try:
                 pcm = b"".join(chunk.audio_int16_bytes for chunk in piper.synthesize(piece, syn_config=config))
             finally:
@@ -376,12 +444,14 @@ class Voice:
             pieces = self.pieces
         before = rss_mib()
         # a piece may start meanwhile: shrinking frees only regions no tensor uses, so it is safe
+        with self._state:
+            used, self._used = self._used, set()
         if self.arenas:
             for piper in (self.piper, self.concurrent):
-                if piper is not None:
+                if piper is not None and id(piper) in used:
                     self._shrink(piper)
-            if self.stable is not None:
-                self.stable.shrink(self._shrink_options())
+        if self.stable is not None:
+            self.stable.shrink(self._shrink_options, self.gpu_arena)
         release_memory()
         with self._state:
             self._released_at = pieces
@@ -393,9 +463,15 @@ class Voice:
 
         piper.session.run(None, self._feeds(piper.phonemes_to_ids([]), SynthesisConfig()), self._shrink_options())
 
-    def _shrink_options(self):
+    def _shrink_options(self, arenas: str | None = None):
         import onnxruntime
 
         options = onnxruntime.RunOptions()
-        options.add_run_config_entry(_SHRINK_ARENAS, self.arenas)
+        options.add_run_config_entry(_SHRINK_ARENAS, arenas or self.arenas)
         return options
+
+    def _mark_used(self, piper) -> None:
+        """``piper``'s session runs a piece: the next idle release shrinks it (a session that did not run
+        is not shrunk, which on CUDA would rebuild its convolutions' plans for nothing)."""
+        with self._state:
+            self._used.add(id(piper))
