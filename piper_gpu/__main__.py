@@ -2,6 +2,7 @@
 python -m piper_gpu bundle OUT --settings FILE.json [--repo-path debian12] [--python 3.11]
 python -m piper_gpu lock --python 3.10 [--platform wsl2-ubuntu2204] [--resolve | --check]
 python -m piper_gpu pin-voices [--voice NAME ...] [--settings FILE.json] [--data KEY=VALUE] [--write FILE]
+python -m piper_gpu fleet INVENTORY [--limit PATTERN|@FILE] [--serial N|P%] [--keep-going | --max-fail P] [--json FILE]
 
 diagnose runs the verify/ checks against a provisioned host and prints one screen: pass/fail/skip
 per step of the plan, and for each failure what was found, what was expected and the exact fix.
@@ -11,6 +12,8 @@ rewrites piper_gpu/locks/python<X.Y>.txt from pip's resolver; --check downloads 
 that Python (exit 1, naming the pins that have none). See piper_gpu/locks.py.
 pin-voices: download the configured voices from their source and print (or --write into group data)
 their sha256 pins: piper_gpu/pin_voices.py. Settings (--settings, --data) use the data keys piper_gpu_*.
+fleet: the deploy on every host of an inventory, each host on its own, in batches with a health gate,
+and a summary per host: piper_gpu/fleet.py (other options pass to each host's pyinfra).
 """
 
 from __future__ import annotations
@@ -165,7 +168,13 @@ def main(argv=None) -> int:
     pv.add_argument("--settings", help="JSON file of settings (data keys, as in group data)")
     pv.add_argument("--data", action="append", metavar="KEY=VALUE", help="one setting (repeatable), like pyinfra --data")
     pv.add_argument("--write", metavar="FILE", help="put the piper_gpu_voices assignment into FILE (e.g. group_data/all.py)")
+    from piper_gpu import fleet
+
+    fl = sub.add_parser("fleet", help="deploy an inventory host by host: batches, health gate, summary, retry file")
+    fleet.add_arguments(fl)
     args, extra = p.parse_known_args(argv)
+    if args.command == "fleet":
+        return fleet.main(args, extra)
     if args.command == "lock":
         if extra:
             p.error(f"unrecognised arguments: {' '.join(extra)}")

@@ -3,7 +3,7 @@
 import pytest
 
 #: Every scenario, in the order they run.
-SCENARIOS = ["default", "package", "dry-run", "faults", "variants", "ssh", "repair", "users-machine", "resume", "undeploy",
+SCENARIOS = ["default", "package", "dry-run", "faults", "variants", "ssh", "repair", "users-machine", "fleet", "resume", "undeploy",
              "upgrade", "pip-source", "bundle", "wsl2-ubuntu2204", "wsl2-ubuntu2404", "systemd"]
 
 

@@ -238,8 +238,9 @@ def test_health_shows_the_buckets_their_use_and_the_fallbacks(bucketed):
     after = bucketed.stable_health()
     assert sum(after["frame_buckets"].values()) == before + 2  # two sentences
     assert after["encoder_runs"] == health["encoder_runs"] + 2
-    # the whole model's session, a CPU encoder without buckets and the nine decoder buckets
-    assert bucketed.resources()["sessions"] == 1 + 1 + stable.BUCKET_COUNT
+    # a CPU encoder without buckets and the nine decoder buckets: no piece needs the whole model, whose
+    # session is released
+    assert bucketed.resources()["sessions"] == 1 + stable.BUCKET_COUNT and bucketed.piper.session is None
 
 
 def test_auto_runs_whole_on_the_cpu_and_says_why(whole):
@@ -393,11 +394,12 @@ def fake_cuda(monkeypatch, fail_buckets: bool = False) -> list:
 
 @pytest.fixture(scope="module")
 def on_cuda():
-    """A shape-stable voice on the (fake) CUDA provider of GPU 1, its decoder buckets on CUDA, warmed."""
+    """A shape-stable voice on the (fake) CUDA provider of GPU 1, its encoder and decoder buckets on CUDA
+    (so that it keeps the whole model for pieces beyond the phoneme buckets), warmed."""
     with pytest.MonkeyPatch.context() as mp:
         made = fake_cuda(mp)
         v = Voice("v", MODEL, use_gpu=True, driver_problem=None, syntheses=0, cuda_options={"device_id": "1"},
-                  frame_buckets=(256, 512, 1024))
+                  encoder_provider="cuda", phoneme_buckets=(128, 256), frame_buckets=(256, 512, 1024))
         v.warm()
         yield v, made
 
@@ -407,22 +409,35 @@ def test_on_cuda_the_arenas_are_the_configured_devices(on_cuda):
     GPU, or none, and ONNX Runtime would refuse it)."""
     v, made = on_cuda
     assert v.on_gpu and v.stable is not None and v.arenas == "cpu:0;gpu:1"
-    decoders = [s for s in made if s is not made[0] and s.options is not None]
-    assert decoders and all(s.shrinks == ["cpu:0;gpu:1"] for s in decoders)  # the warm-up, once each
+    buckets = made[1:]
+    assert len(buckets) == 5 and all(s.shrinks == ["cpu:0;gpu:1"] for s in buckets)  # the warm-up, once each
 
 
 def test_on_cuda_bucket_sessions_have_one_thread_that_does_not_spin(on_cuda):
     v, made = on_cuda
-    buckets = [s for s in made[1:]]
-    assert len(buckets) == 3  # the decoder's three; the encoder runs on the CPU
+    buckets = made[1:]
+    assert len(buckets) == 5  # the encoder's two and the decoder's three
     for s in buckets:
         assert s.options.intra_op_num_threads == 1
         assert s.options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
-    assert v.stable_health()["decoder_provider"] == CUDA_PROVIDER
-    assert v.stable_health()["encoder_provider"] == CPU_PROVIDER and v.encoder_placement == "cpu"
+    health = v.stable_health()
+    assert health["decoder_provider"] == health["encoder_provider"] == CUDA_PROVIDER
+    assert health["encoder_placement"] == "cuda"
     resources = v.resources()
-    assert resources["providers"] == {CUDA_PROVIDER: 4, CPU_PROVIDER: 1} and resources["sessions"] == 5
-    assert resources["intra_op_threads"] == 2 * voices_module.usable_cpus() + 3
+    assert resources["providers"] == {CUDA_PROVIDER: 6} and resources["sessions"] == 6
+    assert resources["intra_op_threads"] == voices_module.usable_cpus() + 5
+
+
+def test_on_cuda_with_a_cpu_encoder_only_the_decoder_buckets_hold_cuda_sessions(monkeypatch):
+    """encoder_provider auto (cpu): one CPU encoder session, the decoder's buckets on CUDA, and the whole
+    model's session, which no piece needs, released (on a GPU its memory goes back)."""
+    made = fake_cuda(monkeypatch)
+    v = Voice("v", MODEL, use_gpu=True, driver_problem=None, syntheses=0, frame_buckets=(256, 512))
+    assert v.on_gpu and v.piper.session is None and len(made) == 3  # the whole model's, then the two buckets
+    assert v.resources()["providers"] == {CPU_PROVIDER: 1, CUDA_PROVIDER: 2}
+    health = v.stable_health()
+    assert (health["encoder_provider"], health["decoder_provider"]) == (CPU_PROVIDER, CUDA_PROVIDER)
+    assert v.synthesize(TEXTS["en_short"]).seconds > 1.0 and made[0].runs == 0
 
 
 def test_on_cuda_the_whole_model_is_shrunk_only_when_it_ran(on_cuda):
@@ -430,12 +445,15 @@ def test_on_cuda_the_whole_model_is_shrunk_only_when_it_ran(on_cuda):
     is not shrunk (on CUDA its new [BOS, EOS] shape would rebuild every convolution's plan)."""
     v, made = on_cuda
     whole_model = made[0]
-    before = list(whole_model.shrinks)
+    assert v.piper.session is whole_model
     v.synthesize(TEXTS["en_short"])
     assert v.release_if_idle(0) is not None
-    assert whole_model.shrinks == before
-    used = [s for s in made[1:] if s.runs]
-    assert used and all(s.shrinks[-1] == "cpu:0;gpu:1" for s in used)
+    assert whole_model.shrinks == [] and whole_model.runs == 0
+    used = [s.session for s in v.stable.sessions if s.runs]  # since the warm-up: one encoder, one decoder
+    assert len(used) == 2 and all(s.shrinks[-1] == "cpu:0;gpu:1" for s in used)
+    # a piece beyond the phoneme buckets runs on the whole model, which the next release shrinks
+    v.synthesize(TEXTS["en_medium"].split(". ")[0] * 3)
+    assert whole_model.runs == 1 and v.release_if_idle(0) is not None and whole_model.shrinks == ["cpu:0;gpu:1"]
 
 
 def test_a_bucket_session_that_comes_up_on_the_cpu_stops_the_voice(monkeypatch):

@@ -282,6 +282,11 @@ class Voice:
                                              "buckets on the CPU; set piper_gpu_shape_stable=off to run the whole "
                                              "model instead") from exc
         self.piper.phoneme_ids_to_audio = self._stable_audio
+        if self.stable.encoder is not None:
+            # with an encoder of any shape no piece needs the whole model (frames beyond the buckets run the
+            # encoder's output through a decoder of any shape): its session, its weights and its arena (on
+            # CUDA its GPU memory) go
+            self.piper.session = None
         return None
 
     def run_ids(self, phonemes: int) -> int:
@@ -320,6 +325,9 @@ class Voice:
         feeds = self._feeds(phoneme_ids, syn_config or SynthesisConfig())
         audio = None if include_alignments else self.stable.audio(feeds, self.pad_id)
         if audio is None:
+            if self.piper.session is None:
+                raise RuntimeError(f"voice {self.name}: alignments need the whole model, whose session a shape-stable "
+                                   "voice with a CPU encoder does not keep (encoder_provider = \"cuda\" keeps it)")
             self._mark_used(self.piper)
             audio = self.piper.session.run(None, feeds)[0].squeeze()
             return (audio, None) if include_alignments else audio
@@ -364,7 +372,7 @@ class Voice:
         """The voice's ONNX Runtime sessions, by provider, the threads of their intra-op pools (ONNX
         Runtime's default pool counted as one per usable CPU) and the GPU memory its loading took."""
         default = self.intra_op_threads or usable_cpus()
-        sessions = [(self.provider, default)]
+        sessions = [(self.provider, default)] if self.piper.session is not None else []
         if self.concurrent is not None:
             sessions.append((CPU_PROVIDER, self.concurrent_intra_op_threads))
         for session in (self.stable.sessions if self.stable is not None else ()):
@@ -448,7 +456,7 @@ class Voice:
             used, self._used = self._used, set()
         if self.arenas:
             for piper in (self.piper, self.concurrent):
-                if piper is not None and id(piper) in used:
+                if piper is not None and piper.session is not None and id(piper) in used:
                     self._shrink(piper)
         if self.stable is not None:
             self.stable.shrink(self._shrink_options, self.gpu_arena)
