@@ -214,6 +214,50 @@ def summarise(runs: list[dict]) -> dict:
     return out
 
 
+def first_request(server: Server, text: str) -> None:
+    """The first POST after start-up (``server.first_request_ms``): what a voice's first caller waits."""
+    server.first_request_ms = round(server.request("POST", server.path, server.body(text))[2] * 1000, 1)
+
+
+def long_text_runs(server: Server, text: str) -> list[dict]:
+    """The long text once whole and, on this server, once streamed."""
+    return [first_audio_run(server, text, False)] + (
+        [first_audio_run(server, text, True)] if server.kind.startswith("ours") else [])
+
+
+def contender_entry(server: Server, runs_by_level: list[list[dict]], long_runs: list[dict]) -> dict:
+    """One contender's figures: each concurrency level over its rounds, the long text, start-up, memory."""
+    entry = {"command": server.command, "startup_s": server.startup_s,
+             "first_request_ms": server.first_request_ms, "load": [summarise(runs) for runs in runs_by_level]}
+    for stream in (False, True):
+        mine = [r for r in long_runs if r["stream"] is stream]
+        if mine:
+            entry["long_text" + ("_stream" if stream else "")] = {
+                "first_audio_ms": statistics.median(r["first_audio_ms"] for r in mine),
+                "total_ms": statistics.median(r["total_ms"] for r in mine),
+                "first_audio_share": statistics.median(r["first_audio_share"] for r in mine),
+                "per_round": mine}
+    if server.kind.startswith("ours"):
+        entry["health"] = json.loads(server.request("GET", "/health", None)[1])
+    entry["peak_rss_mib"] = round(server.peak_rss_mib(), 1)
+    entry["gpu_mib"] = gpu_mib(server.proc.pid)
+    return entry
+
+
+def measure_alone(server: Server, cycle: list[str], long_text: str, levels: list[int], rounds: int, requests: int,
+                  rate: int) -> dict:
+    """One contender on its own (no other contender between its rounds): ``rounds`` rounds of every level, then
+    the long text; its entry as :func:`main` writes it. For a caller that keeps what each contender measured
+    before the next one starts (scripts/gpu_proof.py)."""
+    runs = {c: [] for c in levels}
+    long_runs = []
+    for _ in range(rounds):
+        for c in levels:
+            runs[c].append(load_run(server, cycle, requests, c, rate))
+        long_runs += long_text_runs(server, long_text)
+    return contender_entry(server, [runs[c] for c in levels], long_runs)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m piper_gpu_server.bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="the voice's .onnx (its .onnx.json beside it)")
@@ -264,8 +308,7 @@ def main(argv=None) -> int:
     try:
         for kind in kinds:
             servers[kind] = Server(kind, args.model, log_dir, extra[kind])
-            first = servers[kind].request("POST", servers[kind].path, servers[kind].body(texts[args.medium]))
-            servers[kind].first_request_ms = round(first[2] * 1000, 1)
+            first_request(servers[kind], texts[args.medium])
         runs = {k: {c: [] for c in levels} for k in kinds}
         long_runs = {k: [] for k in kinds}
         for _ in range(args.rounds):
@@ -273,25 +316,9 @@ def main(argv=None) -> int:
                 for kind in kinds:
                     runs[kind][c].append(load_run(servers[kind], cycle, args.requests, c, rate))
             for kind in kinds:
-                long_runs[kind].append(first_audio_run(servers[kind], texts[args.long], False))
-                if kind.startswith("ours"):
-                    long_runs[kind].append(first_audio_run(servers[kind], texts[args.long], True))
+                long_runs[kind] += long_text_runs(servers[kind], texts[args.long])
         for kind, server in servers.items():
-            entry = {"command": server.command, "startup_s": server.startup_s,
-                     "first_request_ms": server.first_request_ms, "load": [summarise(runs[kind][c]) for c in levels]}
-            for stream in (False, True):
-                mine = [r for r in long_runs[kind] if r["stream"] is stream]
-                if mine:
-                    entry["long_text" + ("_stream" if stream else "")] = {
-                        "first_audio_ms": statistics.median(r["first_audio_ms"] for r in mine),
-                        "total_ms": statistics.median(r["total_ms"] for r in mine),
-                        "first_audio_share": statistics.median(r["first_audio_share"] for r in mine),
-                        "per_round": mine}
-            if kind.startswith("ours"):
-                entry["health"] = json.loads(server.request("GET", "/health", None)[1])
-            entry["peak_rss_mib"] = round(server.peak_rss_mib(), 1)
-            entry["gpu_mib"] = gpu_mib(server.proc.pid)
-            result["contenders"][kind] = entry
+            result["contenders"][kind] = contender_entry(server, [runs[kind][c] for c in levels], long_runs[kind])
     finally:
         for server in servers.values():
             server.stop()
