@@ -5,10 +5,12 @@ logging, and a clear 4xx for every bad input."""
 import hashlib
 import io
 import json
+import math
 import re
 import shutil
 import socket
 import subprocess
+import struct
 import sys
 import threading
 import time
@@ -488,3 +490,145 @@ def test_timeouts_that_are_not_finite_are_refused(tmp_path, value):
     res = subprocess.run([sys.executable, "-m", "piper_gpu_server", "--config", str(config)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "read_timeout: " in res.stderr and "is not a finite number" in res.stderr
+
+
+def voice_pieces(url) -> int:
+    return health(url)["voices"][VOICE]["pieces"]
+
+
+def requests_counted(url) -> dict[str, float]:
+    """POST /tts requests of the voice counted in /metrics, by status."""
+    return {dict(labels)["status"]: value for (name, labels), value in scrape(url).items()
+            if name == "piper_tts_requests_total" and dict(labels)["voice"] == VOICE}
+
+
+@pytest.fixture(scope="module")
+def roomy(tmp_path_factory):
+    """A server that takes texts of 2,000 characters."""
+    proc, url, log = start_server(tmp_path_factory.mktemp("roomy"), max_text_chars=2000)
+    yield url, log
+    proc.terminate()
+    proc.wait(30)
+
+
+#: the long text three times: 1,901 characters, 24 pieces (its 8 sentences, three times), 107 s of audio
+LONG_TEXT, LONG_PIECES = " ".join([TEXTS["en_long"]] * 3), 24
+
+
+def counted_after(url, before: dict[str, float]) -> dict[str, float]:
+    """Waits until one more request of the voice is counted in /metrics than in ``before`` (it is
+    counted once it ends, whether its client's hang-up was noticed or not: as long as all pieces of
+    the long text could take), and gives the statuses counted since."""
+    until(lambda: sum(requests_counted(url).values()) == sum(before.values()) + 1, 600,
+          "the request counted in /metrics", 0.25)
+    return {status: n - before.get(status, 0) for status, n in requests_counted(url).items()
+            if n != before.get(status, 0)}
+
+
+def raw_post(url, payload: dict, rcvbuf: int | None = None) -> tuple[socket.socket, bytes]:
+    """A connected socket (its receive buffer ``rcvbuf`` bytes, if given) and the bytes of a POST /tts
+    of ``payload`` with its exact Content-Length."""
+    s = socket.socket()
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.settimeout(600)
+    s.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+    body = json.dumps(payload).encode()
+    return s, (b"POST /tts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: "
+               + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+def test_a_hang_up_after_a_body_with_bytes_past_it_stops_the_synthesis(roomy):
+    """A client sends POST /tts with two bytes (CRLF) past the body its Content-Length gives, then closes.
+    Hypercorn takes those bytes for the start of a next request and stops reading the connection until
+    the answer is complete, so it never sees the close; the server still notices the hang-up before the
+    next piece (it asks the connection itself), synthesises none of the rest, counts 499, and writes
+    nothing into the closed connection (asyncio logs "socket.send() raised exception" for each write
+    after the fifth that fails)."""
+    url, log = roomy
+    before, pieces, logged = requests_counted(url), voice_pieces(url), len(log.read_text())
+    s, request = raw_post(url, {"text": LONG_TEXT})
+    with s:
+        s.sendall(request + b"\r\n")
+    assert counted_after(url, before) == {"499": 1}, "the hang-up went unnoticed"
+    written = log.read_text()[logged:]
+    gone = re.search(rf"client gone after (\d+) of {LONG_PIECES} pieces", written)
+    assert gone, written[-3000:]
+    noticed = int(gone.group(1))
+    assert noticed < LONG_PIECES and voice_pieces(url) - pieces == noticed  # no piece after it
+    assert "socket.send() raised exception" not in written
+    assert post(url, {"text": TEXTS["en_short"]}).status_code == 200
+
+
+def test_a_hang_up_while_a_whole_answer_is_written_ends_its_writes(roomy):
+    """A client with a small receive buffer reads the start of a whole answer (107 s of audio, 4.7 MB),
+    then closes with the rest unread (a reset). The server writes no more of it: counted 499, the log
+    says the client went after all pieces, and no write goes into the closed connection (before, every
+    64 KiB chunk left was handed on, each logged by asyncio after the fifth)."""
+    url, log = roomy
+    before, logged = requests_counted(url), len(log.read_text())
+    s, request = raw_post(url, {"text": LONG_TEXT}, rcvbuf=4096)
+    with s:
+        s.sendall(request)
+        received = b""
+        while b"RIFF" not in received:  # the answer's head and the start of its audio (all pieces synthesised)
+            chunk = s.recv(4096)
+            assert chunk, received
+            received += chunk
+    assert received.startswith(b"HTTP/1.1 200 ")
+    assert counted_after(url, before) == {"499": 1}, "the hang-up went unnoticed"
+    written = log.read_text()[logged:]
+    assert f"client gone after {LONG_PIECES} of {LONG_PIECES} pieces; the rest of its answer is not sent" in written, \
+        written[-3000:]
+    assert "socket.send() raised exception" not in written
+
+
+def test_a_reset_of_a_connection_hypercorn_has_paused_leaves_nothing_behind(tmp_path):
+    """As above, with CRLF past the body: Hypercorn has stopped reading the connection (it holds those
+    bytes for a next request). The answer ends (counted 499, nothing written after the reset), and so
+    does the connection's reading, whichever sees the reset first: the connection's probe (the answer
+    ends with its stream open, and Hypercorn ends the connection), or a write that fails, after which
+    Hypercorn closes the stream at once, and its reading would wait for ever for the answer to complete
+    (``serve.end_paused_connections`` ends that wait): a stop (SIGTERM) then waited graceful_timeout."""
+    graceful = 600
+    proc, url, log = start_server(tmp_path, max_text_chars=2000, graceful_timeout=graceful)
+    try:
+        s, request = raw_post(url, {"text": LONG_TEXT}, rcvbuf=4096)
+        with s:
+            s.sendall(request + b"\r\n")
+            received = b""
+            while b"RIFF" not in received:
+                chunk = s.recv(4096)
+                assert chunk, received
+                received += chunk
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, whatever is unread
+        assert counted_after(url, {}) == {"499": 1}
+        assert "socket.send() raised exception" not in log.read_text()
+        proc.terminate()
+        until(lambda: proc.poll() is not None, graceful / 2, f"the server's stop (graceful_timeout {graceful} s)")
+        assert proc.returncode == 0 and "stopped" in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_text_that_gives_no_audio_stays_out_of_the_realtime_factor(server, stream):
+    """"𝟙" is one piece that speaks nothing (0 s of audio): answered 200 with an empty WAV, logged with
+    ``rtf=-``, counted in the requests and their duration but not in piper_tts_realtime_factor, whose sum
+    stays finite (a ratio over 0 s would make it +Inf for the life of the process)."""
+    url, log, _ = server
+    key = frozenset({"voice": VOICE}.items())
+    before = scrape(url)
+    r = post(url, {"text": "𝟙", "stream": stream})
+    assert r.status_code == 200 and r.content[:4] == b"RIFF" and len(r.content) == 44, r.content[:100]
+    settled(url)
+    line = [l for l in log.read_text().splitlines() if " tts voice=" in l][-1]
+    assert " pieces=1 audio_s=0.000 " in line and " rtf=- " in line, line
+    assert "rtf=inf" not in log.read_text()
+    after = scrape(url)
+    assert after[("piper_tts_request_duration_seconds_count", key)] == \
+        before.get(("piper_tts_request_duration_seconds_count", key), 0) + 1
+    rtf_count = ("piper_tts_realtime_factor_count", key)
+    assert after.get(rtf_count, 0) == before.get(rtf_count, 0)
+    assert math.isfinite(after.get(("piper_tts_realtime_factor_sum", key), 0.0))

@@ -21,6 +21,7 @@ import json
 import logging
 import time
 import traceback
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
@@ -48,7 +49,7 @@ class RequestError(Exception):
 
 
 class ClientGone(Exception):
-    pass
+    """The client hung up: its request ends where it is (logged and counted as 499 by ``App._tts``)."""
 
 
 class StreamCut(Exception):
@@ -92,12 +93,19 @@ class Writer:
     CHUNK = 64 * 1024
     AHEAD = 2 * SEND_BUFFER + 2 * CHUNK
 
-    def __init__(self, send, write_timeout: float, bytes_per_second: int | None = None):
-        """``bytes_per_second``: of the audio the answer carries; None for an answer without audio."""
+    def __init__(self, send, write_timeout: float, bytes_per_second: int | None = None, gone=None):
+        """``bytes_per_second``: of the audio the answer carries; None for an answer without audio.
+        ``gone``: a callable, true once the client has hung up; then no more is written (ClientGone)."""
         self._send, self.timeout, self.rate = send, write_timeout, bytes_per_second
+        self.gone = gone or (lambda: False)
         self.budget = write_timeout  # seconds the writes may still wait, all together
 
     async def _write(self, message: dict) -> None:
+        # a write into a closed connection returns as if it went out (Hypercorn tells only the receive
+        # side, http.disconnect, and asyncio logs "socket.send() raised exception" for each one after
+        # the fifth): none is tried once the client is gone
+        if self.gone():
+            raise ClientGone()
         loop = asyncio.get_running_loop()
         wait = max(0.0, self.budget)
         started = loop.time()
@@ -155,17 +163,31 @@ class TtsRequest:
     #: the length_scale it is spoken at (the voice's own where the request gives none)
     scale: float = 1.0
     gone: bool = False  # the client hung up
+    synthesised: int = 0  # pieces whose audio is ready
+    #: asks the connection whether its client hung up (``App.hang_up_probe``), for where Hypercorn does not say
+    hung_up: typing.Callable[[], bool] = lambda: False
     #: seconds synthesising, of audio, to the first audio (streams): set when the audio is complete
     finished: tuple | None = None
+
+    def client_gone(self) -> bool:
+        """Whether the client has hung up: Hypercorn said so (``gone``, from its ``http.disconnect``), or
+        the connection does (``hung_up``)."""
+        if not self.gone and self.hung_up():
+            self.gone = True
+        return self.gone
 
 
 class App:
     def __init__(self, config: ServerConfig, voices: dict[str, Voice], *, info: dict, gpu_sample=dict,
-                 api_key: str | None = None, config_file: str | None = None, abort=None, connections=None):
+                 api_key: str | None = None, config_file: str | None = None, abort=None, hang_up_probe=None,
+                 connections=None):
         self.config = config
         #: drops the connection of a request (its ASGI scope) at once, unsent data discarded
         #: (serve.LimitedListener.abort); in-process tests have no socket to drop
         self.abort = abort or (lambda scope: None)
+        #: a callable telling whether the client of a request (its ASGI scope) has hung up, asked of its
+        #: socket (serve.LimitedListener.hang_up_probe); in-process tests have none: Hypercorn's word only
+        self.hang_up_probe = hang_up_probe or (lambda scope: lambda: False)
         #: the open connections (serve.LimitedListener.open), for /health; in-process tests have none
         self.connections = connections or (lambda: None)
         self.voices = voices
@@ -349,8 +371,9 @@ class App:
             self.metrics.record(voice.name if voice else "", exc.status)
             raise
         self.pending += 1  # taken before the phoneme count, so that at most max_pending requests count at once
+        request.hung_up = self.hang_up_probe(scope)
         watcher = asyncio.create_task(self._watch_disconnect(receive, request))
-        out = Writer(send, self.config.write_timeout, 2 * voice.sample_rate)
+        out = Writer(send, self.config.write_timeout, 2 * voice.sample_rate, request.client_gone)
         try:
             await self._check_audio(request)
             if request.stream:
@@ -359,6 +382,12 @@ class App:
                 await self._whole(request, out)
         except RequestError as exc:
             self.metrics.record(voice.name, exc.status)
+            raise
+        except ClientGone:
+            done, planned = request.synthesised, len(request.pieces)
+            LOG.info("tts voice=%s: client gone after %d of %d pieces; %s", voice.name, done, planned,
+                     "the rest is not synthesised" if done < planned else "the rest of its answer is not sent")
+            self.metrics.record(voice.name, CLIENT_GONE)
             raise
         except WriteTimeout as exc:
             LOG.warning("tts voice=%s: the client is not reading its answer (%s); connection dropped%s", voice.name,
@@ -511,14 +540,12 @@ class App:
         other requests to the voice take turns between pieces)."""
         loop = asyncio.get_running_loop()
         for done, piece in enumerate(request.pieces):
-            if request.gone:
-                voice = request.voice
-                LOG.info("tts voice=%s: client gone after %d of %d pieces; the rest is not synthesised",
-                         voice.name, done, len(request.pieces))
-                self.metrics.record(voice.name, CLIENT_GONE)
+            if request.client_gone():
                 raise ClientGone()
-            yield await loop.run_in_executor(self.executor, request.voice.synthesize, piece,
-                                             request.speaker_id, request.length_scale, request.max_phonemes)
+            audio = await loop.run_in_executor(self.executor, request.voice.synthesize, piece,
+                                               request.speaker_id, request.length_scale, request.max_phonemes)
+            request.synthesised = done + 1
+            yield audio
 
     def _done(self, request: TtsRequest, started: float, seconds: float, first: float | None = None) -> dict:
         """The answer's headers; the request is counted and logged once its last byte is taken (``_sent``)."""
@@ -529,12 +556,15 @@ class App:
                 "X-Audio-Seconds": f"{seconds:.3f}"}
 
     def _sent(self, request: TtsRequest) -> None:
+        """The answered request counted and logged; one without audio (a text that speaks nothing, such
+        as "𝟙") has no real-time factor: ``rtf=-``, and it stays out of ``piper_tts_realtime_factor``."""
         elapsed, seconds, first = request.finished
-        rtf = elapsed / seconds if seconds > 0 else float("inf")
+        rtf = elapsed / seconds if seconds > 0 else None
         voice = request.voice
         self.metrics.record(voice.name, HTTPStatus.OK, elapsed, rtf)
-        LOG.info("tts voice=%s chars=%d pieces=%d audio_s=%.3f ms=%.1f rtf=%.4f provider=%s%s", voice.name,
-                 len(request.text), len(request.pieces), seconds, elapsed * 1000, rtf, voice.provider,
+        LOG.info("tts voice=%s chars=%d pieces=%d audio_s=%.3f ms=%.1f rtf=%s provider=%s%s", voice.name,
+                 len(request.text), len(request.pieces), seconds, elapsed * 1000,
+                 "-" if rtf is None else f"{rtf:.4f}", voice.provider,
                  "" if first is None else f" stream first_audio_ms={first * 1000:.1f}")
 
     async def _whole(self, request: TtsRequest, out: Writer):

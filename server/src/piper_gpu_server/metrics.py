@@ -54,7 +54,8 @@ class Metrics:
                                 ("voice", "status"), registry=self.registry)
         self.duration = Histogram("piper_tts_request_duration_seconds", "Synthesis time of answered requests.",
                                   ("voice",), buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.rtf = Histogram("piper_tts_realtime_factor", "Synthesis time divided by audio duration.",
+        self.rtf = Histogram("piper_tts_realtime_factor", "Synthesis time divided by audio duration, of answers "
+                             "with audio (one without, a text that speaks nothing, has no ratio).",
                              ("voice",), buckets=RTF_BUCKETS, registry=self.registry)
         self.first_audio = Histogram("piper_tts_first_audio_seconds",
                                      "Time from a streamed request to its first audio.",
@@ -74,6 +75,8 @@ class Metrics:
                                   registry=self.registry)
 
     def record(self, voice: str, status: int, seconds: float | None = None, rtf: float | None = None) -> None:
+        """A request counted by ``status``; an answered one with its synthesis ``seconds``, and its real-time
+        factor where it has audio (None: no audio, no ratio; a 0 s division would make the sum +Inf)."""
         self.requests.labels(voice=voice, status=str(status)).inc()
         if seconds is not None:
             self.duration.labels(voice=voice).observe(seconds)

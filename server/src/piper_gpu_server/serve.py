@@ -9,8 +9,10 @@ connections over ``max_connections`` as it accepts them (``LimitedListener``).""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import select
 import signal
 import socket
 import struct
@@ -89,6 +91,33 @@ class LimitedListener(socket.socket):
             pass  # already closed
         return True
 
+    def hang_up_probe(self, peer):
+        """A callable telling whether the client at ``peer`` (an ASGI scope's "client") has hung up
+        (``hung_up``), bound to its connection now, while the request holds it. Hypercorn tells the
+        application of a hang-up only once it reads the end of the connection, and it stops reading a
+        connection whose client sent bytes past its request (the start of a next one, or a stray CRLF)
+        until the answer is complete: then only this sees it. No such connection: never."""
+        conn = self.conns.get(tuple(peer or ()))
+        return (lambda: False) if conn is None else functools.partial(hung_up, conn)
+
+
+#: what poll() says of a connection whose client has closed it, or shut down its sending side (POLLRDHUP,
+#: Linux), or reset it: set even while bytes it sent before are still unread
+HUNG_UP = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+
+
+def hung_up(conn: socket.socket) -> bool:
+    """Whether the client of ``conn`` has hung up, asked of the socket without reading it; a socket
+    already closed (asyncio closes a connection it has lost, after a write failed) counts as hung up."""
+    if conn.fileno() == -1:
+        return True
+    poller = select.poll()
+    try:
+        poller.register(conn, HUNG_UP)
+        return bool(poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile (ValueError: no file descriptor any more)
+        return True
+
 
 def listen(host: str, port: int, limit: int, backlog: int = 128) -> LimitedListener:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -114,14 +143,19 @@ def end_paused_connections() -> bool:
     after ``_maybe_recycle`` closes the connection it waits again, for ever. The socket is closed, but
     the connection's task and its read-ahead stay until the process ends, and a stop waits
     ``graceful_timeout`` for it (tests/server/test_server_hostile.py,
-    test_a_client_that_never_reads_its_get_answers_is_dropped). This makes that wait end once the
-    connection is closed. Applied where Hypercorn's protocol has the parts it wraps; False where not."""
+    test_a_client_that_never_reads_its_get_answers_is_dropped). The same wait stays where a write fails
+    while the request's answer is under way (the client reset the connection after sending bytes past
+    its request): Hypercorn closes the stream at once and never recycles (tests/server/test_server_http.py,
+    test_a_reset_of_a_connection_hypercorn_has_paused_leaves_nothing_behind). This makes that wait end
+    once the connection is closed, either way. Applied where Hypercorn's protocol has the parts it
+    wraps; False where not."""
     try:
         import h11
+        from hypercorn.events import Closed
         from hypercorn.protocol.h11 import H11Protocol
     except ImportError:
         return False
-    if not all(hasattr(H11Protocol, name) for name in ("__init__", "_handle_events", "_maybe_recycle")):
+    if not all(hasattr(H11Protocol, name) for name in ("__init__", "handle", "_handle_events", "_maybe_recycle")):
         return False
     if getattr(H11Protocol, "_piper_ends_paused", False):
         return True
@@ -148,12 +182,19 @@ def end_paused_connections() -> bool:
             if self._protocol._piper_closed:
                 raise _ConnectionClosed()
 
-    init, handle_events, maybe_recycle = H11Protocol.__init__, H11Protocol._handle_events, H11Protocol._maybe_recycle
+    init, handle, handle_events, maybe_recycle = (H11Protocol.__init__, H11Protocol.handle, H11Protocol._handle_events,
+                                                  H11Protocol._maybe_recycle)
 
     def __init__(self, *args, **kwargs):
         init(self, *args, **kwargs)
         self._piper_closed = False
         self.can_read = ClosableEvent(self.can_read, self)
+
+    async def _handle(self, event):
+        if isinstance(event, Closed):  # the connection is over: its end read, a write failed, or idle
+            self._piper_closed = True
+            await self.can_read.set()
+        await handle(self, event)
 
     async def _handle_events(self):
         try:
@@ -171,8 +212,8 @@ def end_paused_connections() -> bool:
             self._piper_closed = True
         await maybe_recycle(self)
 
-    H11Protocol.__init__, H11Protocol._handle_events, H11Protocol._maybe_recycle = \
-        __init__, _handle_events, _maybe_recycle
+    H11Protocol.__init__, H11Protocol.handle, H11Protocol._handle_events, H11Protocol._maybe_recycle = \
+        __init__, _handle, _handle_events, _maybe_recycle
     H11Protocol._piper_ends_paused = True
     return True
 
@@ -400,7 +441,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     notify_ready()
     app = App(config, voices, info=info, gpu_sample=gpu.sample, api_key=api_key, config_file=config_path,
-              abort=lambda scope: sock.abort(scope.get("client")), connections=lambda: sock.open)
+              abort=lambda scope: sock.abort(scope.get("client")),
+              hang_up_probe=lambda scope: sock.hang_up_probe(scope.get("client")), connections=lambda: sock.open)
     LOG.info("listening on http://%s:%d (POST /tts, GET /health, GET /voices, GET /metrics); API key %s; "
              "max %d pending, synthes(es) at once per voice %s, %d connections; timeouts: read %g s, body %g s, write %g s",
              config.host, config.port, "required" if api_key else "not set", config.max_pending,
