@@ -437,7 +437,9 @@ class Voice:
                 with self._state:
                     self.running -= 1
                     self.last_used = time.monotonic()
-        if not self.cpu_memory_arena:
+        if not self.cpu_memory_arena or (self.stable is not None and not self.on_gpu):
+            # no arena keeps the piece's buffers (CPU bucket sessions have none): what they freed goes back now,
+            # or each executor thread's malloc arena would keep the largest piece it ran
             release_memory()
         return Piece(pcm, len(pcm) / (SAMPLE_WIDTH * CHANNELS * self.sample_rate))
 
