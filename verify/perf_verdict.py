@@ -25,9 +25,9 @@ def speedup_verdict(data: dict, min_speedup: float) -> tuple[bool, str, str, str
                 "piece with new shapes on an H200 (results/gpu-providers-2026-11-26-NVIDIA-H200.json)")
     fell_back = sum((stable.get("fallbacks_during_run") or {}).values())
     if fell_back:
-        return (ok, found + f"; {fell_back} piece(s) fit no bucket and ran on the whole model", expected,
-                "raise the largest of piper_gpu_phoneme_buckets / piper_gpu_frame_buckets, or lower "
-                "piper_gpu_sentence_max_chars, and re-run the deploy")
+        return (ok, found + f"; {fell_back} piece(s) fit no bucket", expected,
+                "raise the largest of piper_gpu_frame_buckets (and of piper_gpu_phoneme_buckets with "
+                "piper_gpu_encoder_provider=cuda), or lower piper_gpu_sentence_max_chars, and re-run the deploy")
     # with stable shapes every plan is built once: HEURISTIC's plans ran 22 ms a piece on an H200, DEFAULT's
     # 69 and EXHAUSTIVE's 24 (results/gpu-providers-2026-11-26-NVIDIA-H200.json), so no other search is advised
     return (ok, found + "; shape-stable synthesis on", expected,

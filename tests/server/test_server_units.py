@@ -146,6 +146,26 @@ def test_metrics_render_counts_and_gpu_series_only_with_nvml():
     assert b"piper_tts_gpu_utilization_percent 40.0" in with_gpu.render()
 
 
+@pytest.mark.parametrize("tables,expected", [
+    ({0: [(7, 300 << 20)], 1: [(7, 500 << 20), (8, 1 << 30)]}, 800),  # over every GPU, this process only
+    ({0: [(8, 1 << 30)]}, None),  # listed on none (before its CUDA context, WSL2, a container's own pids)
+    ({0: [(7, None)]}, None),  # NVML gives no figure for it
+])
+def test_gpu_memory_of_the_process_is_nvmls_over_every_gpu(monkeypatch, tables, expected):
+    """NVML is faked: its per-GPU tables of compute processes, pid 7 this process."""
+    import types
+
+    import pynvml
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetCount", lambda: len(tables))
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda index: index)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", lambda handle: [
+        types.SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in tables[handle]])
+    gpu = Gpu.__new__(Gpu)
+    gpu.handle = 0
+    assert gpu.process_mib(7) == expected
+
+
 @pytest.mark.skipif(bool(shutil.which("nvidia-smi")), reason="an NVIDIA driver is installed here")
 def test_no_driver_is_named_with_the_fix():
     assert Gpu().name is None

@@ -129,23 +129,25 @@ def test_padding_overhead(every_text, bucketed):
     last = every_text[list(every_text)[-1]][3]["frames"]
     needed, run = last["needed"] - first["needed"], last["run"] - first["run"]
     assert needed > 0 and run / needed - 1 <= MAX_PADDING, (needed, run)
-    max_ids = bucketed.run_ids(int(texts.PHONEMES_PER_CHAR * 200))
-    assert bucketed.stable.frame_buckets == stable.auto_buckets(max_ids, bucketed.stable.cut.frames_per_id)[1]
+    assert bucketed.stable.frame_buckets == stable.auto_buckets(*bucketed.run_limits)[1]
     assert len(bucketed.stable.frame_buckets) == stable.BUCKET_COUNT
 
 
 def test_the_buckets_follow_the_servers_piece_bound():
     """The largest phoneme bucket is the ids of the longest run sentence_max_chars allows (603 for 300
-    phonemes), so no bucket is beyond reach; a smaller bound gives smaller buckets."""
+    phonemes), so no bucket is beyond reach. The largest frame bucket is the most frames a run can have:
+    at length_scale 10 a run holds 30 phonemes, 63 ids spoken 10 times slower, more than 603 ids at 1."""
     v = voice(encoder_provider="cuda")
     assert v.stable.phoneme_buckets[-1] == v.run_ids(300) == 603
     assert v.stable.phoneme_buckets[0] == stable.SMALLEST_PHONEME_BUCKET
     assert len(v.stable.phoneme_buckets) == len(v.stable.frame_buckets) == stable.BUCKET_COUNT
-    assert v.stable.frame_buckets[-1] == -(-603 * v.stable.cut.frames_per_id // 1)
-    smaller = voice(encoder_provider="cuda", max_run_phonemes=100)
-    assert smaller.stable.phoneme_buckets[-1] == smaller.run_ids(100) == 203
-    assert smaller.stable.frame_buckets[-1] < v.stable.frame_buckets[-1]
-    assert stable.spaced(96, 1742) == (96, 144, 200, 288, 416, 592, 848, 1216, 1742)
+    assert v.run_ids(30) == 63
+    assert v.stable.frame_buckets[-1] == v.run_limits[1] == -(-630 * v.stable.cut.frames_per_id // 1) == 1820
+    smaller = voice(encoder_provider="cuda", max_run_phonemes=30)
+    assert smaller.stable.phoneme_buckets[-1] == 63
+    # at length_scale 10 its floor (MIN_RUN_PHONEMES, 10 phonemes: 23 ids) is 230 ids' worth of frames
+    assert smaller.stable.frame_buckets[-1] == -(-230 * v.stable.cut.frames_per_id // 1)
+    assert stable.spaced(96, 1820) == (96, 144, 208, 296, 424, 608, 880, 1264, 1820)
 
 
 def measured(whole: Voice, text: str) -> tuple[dict, int, int]:
@@ -487,6 +489,20 @@ def test_bucket_counters_hold_under_threads(bucketed):
     finally:
         sys.setswitchinterval(interval)
     assert session.runs - start == 16000
+
+
+def test_phoneme_buckets_set_by_hand_with_a_cpu_encoder_are_named_unused(caplog):
+    from piper_gpu_server.config import ServerConfig
+    from piper_gpu_server.serve import load_voices
+
+    config = ServerConfig(voices={"v": MODEL}, use_gpu=False, warmup=False, shape_stable="on",
+                          phoneme_buckets="64,128", frame_buckets="256,512")
+    with caplog.at_level("INFO"):
+        (v,) = load_voices(config).values()
+    assert v.stable.phoneme_buckets == () and v.stable.frame_buckets == (256, 512)
+    assert ('voice v: phoneme_buckets 64,128 unused: its encoder runs on the CPU without buckets (encoder_provider = '
+            'auto); encoder_provider = "cuda" uses them') in caplog.text
+    assert "voice v: 3 sessions (3 on CPUExecutionProvider), " in caplog.text and "GPU memory" not in caplog.text
 
 
 # --- the server, as the unit runs it -------------------------------------------------------------

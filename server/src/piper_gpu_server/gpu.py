@@ -80,8 +80,9 @@ class Gpu:
         return False
 
     def process_mib(self, pid: int | None = None) -> int | None:
-        """The GPU memory NVML gives for this process (``pid``), in MiB: 0 before it holds any, None where
-        NVML is absent or gives no per-process figure (as on WSL2)."""
+        """The GPU memory NVML gives for this process (``pid``) over every GPU, in MiB; None where NVML is
+        absent, lists the process on no GPU (before it holds any, on WSL2, in a container with its own pids)
+        or gives no figure for it."""
         if self.handle is None:
             return None
         import os
@@ -89,15 +90,18 @@ class Gpu:
         import pynvml
 
         pid = os.getpid() if pid is None else pid
+        used, listed = 0, False
         try:
-            processes = pynvml.nvmlDeviceGetComputeRunningProcesses(self.handle)
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                for process in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if process.pid == pid:
+                        if process.usedGpuMemory is None:  # nvidia-ml-py's NVML_VALUE_NOT_AVAILABLE
+                            return None
+                        used, listed = used + process.usedGpuMemory, True
         except pynvml.NVMLError:
             return None
-        for process in processes:
-            if process.pid == pid:
-                used = process.usedGpuMemory
-                return None if used is None else used // (1 << 20)
-        return 0
+        return used // (1 << 20) if listed else None
 
     def sample(self) -> dict:
         """{'utilization_percent', 'memory_used_bytes', 'memory_total_bytes'}; {} without NVML."""

@@ -28,7 +28,8 @@ class ShapeStableCollector:
                                    "shape-stable voice (part: encoder by phoneme ids, decoder by frames).",
                                    labels=("voice", "part", "size"))
         fallbacks = CounterMetricFamily("piper_tts_shape_fallbacks", "Pieces of a shape-stable voice that fit no "
-                                        "bucket and ran on the whole model, by what was too long.",
+                                        "bucket, by what was too long: phonemes ran on the whole model, frames "
+                                        "through a decoder session of any shape.",
                                         labels=("voice", "reason"))
         for name, voice in self.voices.items():
             on.add_metric([name], 1 if voice.stable is not None else 0)

@@ -325,14 +325,19 @@ def load_voices(config: ServerConfig, gpu: Gpu | None = None) -> dict[str, Voice
             LOG.info("voice %s: warm-up %.0f ms%s", name, (time.perf_counter() - started) * 1000,
                      f" (every bucket session once: {buckets:.0f} ms)" if buckets is not None else
                      " (bucket sessions not warmed: on the CPU a new shape costs nothing)" if voice.stable else "")
-        gpu_after = gpu.process_mib() if gpu is not None else None
-        if gpu_before is not None and gpu_after is not None:
-            voice.gpu_memory_mib = gpu_after - gpu_before
+        gpu_after = gpu.process_mib() if gpu is not None and voice.on_gpu else None
+        if gpu_after is not None:  # not listed before the first voice: no CUDA context yet
+            voice.gpu_memory_mib = gpu_after - (gpu_before or 0)
         res = voice.resources()
-        LOG.info("voice %s: %d sessions (%s), %d intra-op threads, GPU memory %s", name, res["sessions"],
+        LOG.info("voice %s: %d sessions (%s), %d intra-op threads%s", name, res["sessions"],
                  ", ".join(f"{n} on {p}" for p, n in res["providers"].items()), res["intra_op_threads"],
-                 "unknown (NVML shows no per-process figure)" if voice.gpu_memory_mib is None
-                 else f"{voice.gpu_memory_mib} MiB")
+                 "" if not voice.on_gpu else
+                 ", GPU memory unknown (NVML lists no figure for this process)" if voice.gpu_memory_mib is None
+                 else f", GPU memory {voice.gpu_memory_mib} MiB" + (" with the CUDA context" if not voices else ""))
+        if voice.stable is not None and voice.encoder_placement == "cpu" and config.phoneme_buckets != "auto":
+            LOG.warning("voice %s: phoneme_buckets %s unused: its encoder runs on the CPU without buckets "
+                        "(encoder_provider = %s); encoder_provider = \"cuda\" uses them", name, config.phoneme_buckets,
+                        config.encoder_provider)
         voices[name] = voice
     return voices
 

@@ -31,11 +31,12 @@ outputs are padded with zeros to the frame bucket; the audio is trimmed to the r
 hop before Piper normalises it. Every bucket is run once at start-up on CUDA (``warm``): its cuDNN
 plans are built before the first request (the CPU builds no plans, so a CPU voice skips it).
 
-The buckets follow from the server's own bound on a model run (``auto_buckets``): at most
-``PHONEMES_PER_CHAR x sentence_max_chars`` phonemes at the normal pace (fewer in proportion above a
-length_scale of 1, so the frames stay within the same bound), as phoneme ids by the voice's own
-``phonemes_to_ids``, times the frames per id of the voice's probe (2.9 for en_US-joe-medium, against at
-most 2.4 in the test texts' pieces). ``BUCKET_COUNT`` buckets spaced evenly in log between the smallest and
+The buckets follow from the server's own bound on a model run (``run_bounds``, ``auto_buckets``): at
+most ``PHONEMES_PER_CHAR x sentence_max_chars`` phonemes at the normal pace (fewer in proportion above a
+length_scale of 1, down to ``MIN_RUN_PHONEMES``), as phoneme ids by the voice's own ``phonemes_to_ids``;
+their frames are the ids times the frames per id of the voice's probe (2.9 for en_US-joe-medium, against at
+most 2.4 in the test texts' pieces) times the length_scale, the most over every length_scale a request may
+give. ``BUCKET_COUNT`` buckets spaced evenly in log between the smallest and
 that largest keep the padding at 21% more frames than the pieces need on average over the test texts
 (tests/server/test_shape_stable.py ``test_padding_overhead``).
 
@@ -64,6 +65,9 @@ SMALLEST_PHONEME_BUCKET = 32
 SMALLEST_FRAME_BUCKET = 96
 #: bucket sizes are rounded up to a multiple of this
 BUCKET_ROUNDING = 8
+#: one ONNX Runtime session is made at a time: ``created`` swaps the process's sys.stdout to read what ONNX
+#: Runtime's Python wrapper prints (the unbucketed decoder is made at a piece's request, beside other voices')
+_CREATING = threading.Lock()
 #: where a shape-stable voice's encoder runs under encoder_provider = "auto" (config.ENCODER_PROVIDERS): the
 #: CPU until GPU figures decide (docs/server.md "Sessions, threads and memory per voice")
 AUTO_ENCODER_PROVIDER = "cpu"
@@ -109,12 +113,25 @@ def spaced(smallest: int, largest: int, count: int = BUCKET_COUNT) -> tuple[int,
     return tuple(sorted(int(s) for s in sizes | {largest}))
 
 
-def auto_buckets(max_ids: int, frames_per_id: float, count: int = BUCKET_COUNT) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """The phoneme and frame buckets for pieces of at most ``max_ids`` phoneme ids, at ``frames_per_id``
-    frames each (the voice's probe): every bucket can be reached, and the largest holds the longest run."""
-    max_frames = math.ceil(max_ids * frames_per_id)
+def auto_buckets(max_ids: int, max_frames: int, count: int = BUCKET_COUNT) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The phoneme and frame buckets for runs of at most ``max_ids`` phoneme ids and ``max_frames`` frames
+    (``run_bounds``): every phoneme bucket can be reached, and the largest of each holds the longest run."""
     return (spaced(min(SMALLEST_PHONEME_BUCKET, max_ids), max_ids, count),
             spaced(min(SMALLEST_FRAME_BUCKET, max_frames), max_frames, count))
+
+
+def run_bounds(ids, max_run_phonemes: int, min_run_phonemes: int, frames_per_id: float,
+               max_length_scale: float) -> tuple[int, int]:
+    """The most phoneme ids and frames one model run can have: the server allows ``max_run_phonemes`` at a
+    length_scale of 1 or less and ``max_run_phonemes / L`` (at least ``min_run_phonemes``) at L above it;
+    ``ids(p)``: the ids of ``p`` phonemes (BOS, EOS and pads included, so a slow run of few phonemes has more
+    frames per phoneme); each id gives ``frames_per_id`` frames at length_scale 1 and L times as many at L."""
+    def frames(scale: float) -> float:
+        return ids(max(min_run_phonemes, int(max_run_phonemes / scale))) * scale * frames_per_id
+
+    steps = int(round((max_length_scale - 1.0) * 100))
+    longest = max(frames(1.0 + i / 100) for i in range(steps + 1))
+    return ids(max_run_phonemes), math.ceil(longest)
 
 
 def snr_db(reference: np.ndarray, other: np.ndarray) -> float:
@@ -444,7 +461,7 @@ def created(model, options, providers: list):
     import onnxruntime
 
     said = io.StringIO()
-    with contextlib.redirect_stdout(said):
+    with _CREATING, contextlib.redirect_stdout(said):
         session = onnxruntime.InferenceSession(model, sess_options=options, providers=providers)
     return session, " ".join(line.strip() for line in said.getvalue().splitlines() if line.strip("* \t"))
 
@@ -463,6 +480,8 @@ def require_provider(model, options, providers: list, what: str):
         raise ProviderError(f"{what} asked for {asked} came up on {got}: "
                             + (f"ONNX Runtime said: {said}" if said else
                                "ONNX Runtime printed no error here; its own log lines above name the cause"))
+    # ONNX Runtime's wrapper would also remake a session on the CPU after a provider failure in a run
+    session.disable_fallback()
     return session
 
 
@@ -537,6 +556,8 @@ class Buckets:
     warmup_ms: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _decoder_setup: tuple = ()
+    _making: threading.Lock = field(default_factory=threading.Lock)  # the unbucketed decoder, made once
+    _unmade: Exception | None = None  # why it could not be made (not retried at every long piece)
     _weights: dict = field(default_factory=dict)  # the shared OrtValues, alive as long as the sessions
 
     @classmethod
@@ -703,11 +724,18 @@ class Buckets:
         return audio.reshape(-1)[:frames * self.cut.hop]
 
     def _unbucketed_decoder(self) -> _Session:
-        with self._lock:
-            if self.free_decoder is None:
+        with self._making:
+            if self.free_decoder is None and self._unmade is None:
                 providers, options = self._decoder_setup
-                self.free_decoder = _Session(self.cut.decoder, providers, options(), FRAMES_DIM, None,
-                                             self._decoder_shapes(0), "the decoder's session for longer pieces")
+                try:
+                    self.free_decoder = _Session(self.cut.decoder, providers, options(), FRAMES_DIM, None,
+                                                 self._decoder_shapes(0), "the decoder's session for longer pieces")
+                except Exception as exc:  # noqa: BLE001 - ONNX Runtime's errors, ProviderError
+                    self._unmade = exc
+            if self.free_decoder is None:
+                raise RuntimeError(f"a piece longer than the largest frame bucket ({self.frame_buckets[-1]}) "
+                                   f"needs a decoder session of any shape, which could not be made: "
+                                   f"{type(self._unmade).__name__}: {self._unmade}") from self._unmade
             return self.free_decoder
 
     @property

@@ -57,6 +57,8 @@ WIDE_WEIGHT = 5
 PHONEMES_PER_CHAR = 1.5
 #: the fewest phonemes a run is cut to, however slow the speech or small the bound
 MIN_RUN_PHONEMES = 10
+#: the slowest pace a request may ask for (its length_scale)
+MAX_LENGTH_SCALE = 10.0
 
 #: a run of sentence-ending marks and the closing quotes and brackets that stay with them
 _CLOSERS = "\"'”’»)]}）」』】》〉〕"

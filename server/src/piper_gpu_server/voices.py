@@ -267,7 +267,9 @@ class Voice:
         except stable.SplitError as exc:
             return f"its graph does not fit the split, so it runs whole: {exc}"
         providers = providers if self.on_gpu else [CPU_PROVIDER]
-        auto_phonemes, auto_frames = stable.auto_buckets(self.run_ids(max_run_phonemes), cut.frames_per_id)
+        self.run_limits = stable.run_bounds(self.run_ids, max_run_phonemes, texts.MIN_RUN_PHONEMES, cut.frames_per_id,
+                                            max(texts.MAX_LENGTH_SCALE, self.config.length_scale))
+        auto_phonemes, auto_frames = stable.auto_buckets(*self.run_limits)
         if self.encoder_placement == "cpu":
             phoneme_buckets = ()
         elif phoneme_buckets is None:
@@ -276,7 +278,7 @@ class Voice:
             self.stable = stable.Buckets.load(
                 cut, providers, self._bucket_options if self.on_gpu else lambda: self._options(intra_op_threads, False),
                 phoneme_buckets, frame_buckets or auto_frames, {"input_lengths": (1,), "scales": (3,), "sid": (1,)},
-                encoder=([CPU_PROVIDER], lambda: self._options(intra_op_threads)), share_weights=not self.on_gpu)
+                encoder=([CPU_PROVIDER], self._cpu_encoder_options), share_weights=not self.on_gpu)
         except stable.ProviderError as exc:
             raise VoiceLoadError(model_path, f"shape-stable synthesis: {exc}. The voice stops rather than run its "
                                              "buckets on the CPU; set piper_gpu_shape_stable=off to run the whole "
@@ -294,6 +296,14 @@ class Voice:
         special = {"_", "^", "$"}
         phoneme = next((p for p, ids in self.config.phoneme_id_map.items() if ids and p not in special), "_")
         return len(self.piper.phonemes_to_ids([phoneme] * phonemes))
+
+    def _cpu_encoder_options(self):
+        """The CPU encoder's options: on a CUDA voice its pool does not spin between pieces (the GPU does most of
+        each piece, and up to ``syntheses`` pieces use it at once)."""
+        options = self._options(self.intra_op_threads)
+        if self.on_gpu:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return options
 
     def _bucket_options(self):
         """A CUDA bucket session's options: one intra-op thread, which does not spin waiting for work."""
@@ -366,7 +376,8 @@ class Voice:
 
     @property
     def sessions(self) -> int:
-        return 1 if self.concurrent is None else 2
+        """The voice's ONNX Runtime sessions (``resources``)."""
+        return self.resources()["sessions"]
 
     def resources(self) -> dict:
         """The voice's ONNX Runtime sessions, by provider, the threads of their intra-op pools (ONNX
