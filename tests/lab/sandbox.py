@@ -135,7 +135,8 @@ class Sandbox:
             self.chroot(f"/usr/sbin/sshd -p {port} -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no "
                         "-o KbdInteractiveAuthentication=no")
             if not _wait_for_port(port):
-                raise RuntimeError(f"sshd in sandbox {self.name} did not listen on 127.0.0.1:{port}")
+                raise RuntimeError(f"sshd in sandbox {self.name} did not listen on 127.0.0.1:{port} "
+                                   f"within {PORT_DEADLINE_S:g} s")
         return login
 
     def stop_processes(self) -> None:
@@ -176,11 +177,20 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait_for_port(port: int, seconds: float = 5.0) -> bool:
+#: how long a server the lab starts (the mirror's, a sandbox's sshd) may take to listen: generous, since the wait
+#: ends as soon as it listens or its process is gone, and a loaded machine can take seconds to start Python
+PORT_DEADLINE_S = 120.0
+
+
+def _wait_for_port(port: int, seconds: float = PORT_DEADLINE_S, alive=None) -> bool:
+    """Wait until 127.0.0.1:``port`` accepts connections (True), or ``seconds`` pass or ``alive()`` says the
+    process that should listen has exited (False)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if _port_open(port):
             return True
+        if alive is not None and not alive():
+            return _port_open(port)
         time.sleep(0.1)
     return False
 
@@ -199,9 +209,10 @@ def serve_mirror(root: Path, port: int = MIRROR_PORT) -> str:
         stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     pidfile.write_text(str(proc.pid))
-    if _wait_for_port(port):
+    if _wait_for_port(port, alive=lambda: proc.poll() is None):
         return url
-    raise RuntimeError(f"mirror HTTP server on port {port} did not start; see {log_file.name}")
+    state = f"exited {proc.returncode}" if proc.poll() is not None else f"not listening after {PORT_DEADLINE_S:g} s"
+    raise RuntimeError(f"mirror HTTP server on port {port} did not start ({state}); see {log_file.name}")
 
 
 def stop_mirror(port: int = MIRROR_PORT) -> None:
