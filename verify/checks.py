@@ -92,13 +92,20 @@ def driver_cuda_problem(driver_version: str, cuda_found: str | None, cuda_needed
 
 
 def wsl2_gpu_library_path_problem(lib_dir_is_directory: bool, ldconfig: str) -> Problem | None:
-    """WSL2's GPU support: /usr/lib/wsl/lib a directory, and libcuda.so.1 in `ldconfig -p`'s output."""
+    """WSL2's GPU support: /usr/lib/wsl/lib a directory, and the libcuda.so.1 the linker takes (the first of
+    `ldconfig -p`'s entries for that soname) is the one in /usr/lib/wsl/lib."""
     if not lib_dir_is_directory:
         return Problem("no /usr/lib/wsl/lib", "/usr/lib/wsl/lib (WSL2 GPU support)",
                        "run `wsl --update` on Windows and use a WSL2 distro")
-    if "libcuda.so.1" not in ldconfig:
+    cached = parse_ldconfig(ldconfig).get("libcuda.so.1", [])
+    if not cached:
         return Problem("libcuda.so.1 not in the linker cache", "libcuda.so.1 from /usr/lib/wsl/lib",
                        "check /etc/ld.so.conf.d/ld.wsl.conf lists /usr/lib/wsl/lib, then sudo ldconfig")
+    if cached[0] != "/usr/lib/wsl/lib/libcuda.so.1":
+        return Problem(f"the linker takes libcuda.so.1 from {cached[0]} (the cache lists {cached})",
+                       "libcuda.so.1 from /usr/lib/wsl/lib",
+                       f"remove {cached[0]} (a Linux NVIDIA driver's: wsl2_libcuda_is_the_windows_drivers names its "
+                       "package), then sudo ldconfig; /etc/ld.so.conf.d/ld.wsl.conf must list /usr/lib/wsl/lib")
     return None
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tests.lab import personas
 from tests.lab.mirror import log, run
-from tests.lab.sandbox import Sandbox, _port_open, _wait_for_port
+from tests.lab.sandbox import Sandbox, _port_open, _wait_for_port, lab_dpkg_config
 
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "sudo"]
 CGROUP_HIERARCHIES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
@@ -88,6 +88,7 @@ class BootedSandbox(Sandbox):
             self.root.mkdir(parents=True, exist_ok=True)
             run(["tar", "-C", str(self.root), "-xf", str(personas.base_tarball("bookworm"))])
             shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
+            lab_dpkg_config(self.root)
             (self.root / "etc/hostname").write_text(self.machine + "\n")
             with open(self.root / "etc/hosts", "a") as hosts:
                 hosts.write(f"127.0.1.1\t{self.machine}\n")

@@ -26,6 +26,20 @@ REPO = Path(__file__).resolve().parents[2]
 SANDBOXES = Path(os.environ.get("PIPER_LAB_SANDBOXES", "/var/lib/piper-gpu-deploy/sandboxes"))
 MIRROR_PORT = int(os.environ.get("PIPER_MIRROR_PORT", "18080"))
 MOUNTS = (("proc", "proc"), ("sysfs", "sys"))
+#: apt's downloaded packages, shared by the lab's hosts of one persona (bind-mounted over each one's
+#: /var/cache/apt/archives, never the offline-bundle host's): a package another host fetched is not fetched
+#: and written again. apt checks each cached .deb against the index's size and checksum before using it.
+APT_ARCHIVES = SANDBOXES / "apt-archives"
+#: dpkg on the lab's hosts does not sync each unpacked file to disk before renaming it into place (dpkg(1)
+#: --force-unsafe-io): a crash of this machine, which no test provokes, is the only case it changes
+UNSAFE_IO = ("etc/dpkg/dpkg.cfg.d/piper-lab-unsafe-io", "# piper-gpu-deploy lab: no fsync per unpacked file\n"
+             "force-unsafe-io\n")
+
+
+def lab_dpkg_config(root: Path) -> None:
+    path, text = UNSAFE_IO
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_text(text)
 
 
 def _mounted(path: Path) -> bool:
@@ -45,6 +59,8 @@ class Sandbox:
     name: str
     #: what the host is (tests/lab/personas.py): "debian12", "wsl2-ubuntu2204" or "wsl2-ubuntu2404"
     persona: str = "debian12"
+    #: apt's archives from the persona's shared cache (APT_ARCHIVES)
+    apt_cache: bool = False
 
     @property
     def dir(self) -> Path:
@@ -79,16 +95,27 @@ class Sandbox:
             policy.write_text("#!/bin/sh\nexit 101\n")
             policy.chmod(0o755)
             shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
+            lab_dpkg_config(self.root)
             if self.is_wsl:
                 personas.present_as_wsl2(self.root, self.chroot, personas.PERSONAS[self.persona])
         for fstype, sub in MOUNTS:
             point = self.root / sub
             if not _mounted(point):
                 run(["mount", "-t", fstype, fstype, str(point)])
+        if self.apt_cache:
+            self.mount_apt_cache()
         if self.is_wsl:  # inside the sandbox's own proc mount only
             for point, path in personas.wsl2_kernel_files(self.dir / "wsl2-kernel").items():
                 if not _mounted(self.root / point):
                     run(["mount", "--bind", str(path), str(self.root / point)])
+
+    def mount_apt_cache(self) -> None:
+        cache, point = APT_ARCHIVES / self.persona, self.root / "var/cache/apt/archives"
+        if _mounted(point):
+            return
+        (cache / "partial").mkdir(parents=True, exist_ok=True)
+        point.mkdir(parents=True, exist_ok=True)
+        run(["mount", "--bind", str(cache), str(point)])
 
     def chroot(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
         cp = subprocess.run(["chroot", str(self.root), "sh", "-c", command], text=True, capture_output=True)
@@ -135,7 +162,8 @@ class Sandbox:
             self.chroot(f"/usr/sbin/sshd -p {port} -o ListenAddress=127.0.0.1 -o PasswordAuthentication=no "
                         "-o KbdInteractiveAuthentication=no")
             if not _wait_for_port(port):
-                raise RuntimeError(f"sshd in sandbox {self.name} did not listen on 127.0.0.1:{port}")
+                raise RuntimeError(f"sshd in sandbox {self.name} did not listen on 127.0.0.1:{port} "
+                                   f"within {PORT_DEADLINE_S:g} s")
         return login
 
     def stop_processes(self) -> None:
@@ -176,11 +204,20 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _wait_for_port(port: int, seconds: float = 5.0) -> bool:
+#: how long a server the lab starts (the mirror's, a sandbox's sshd) may take to listen: generous, since the wait
+#: ends as soon as it listens or its process is gone, and a loaded machine can take seconds to start Python
+PORT_DEADLINE_S = 120.0
+
+
+def _wait_for_port(port: int, seconds: float = PORT_DEADLINE_S, alive=None) -> bool:
+    """Wait until 127.0.0.1:``port`` accepts connections (True), or ``seconds`` pass or ``alive()`` says the
+    process that should listen has exited (False)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if _port_open(port):
             return True
+        if alive is not None and not alive():
+            return _port_open(port)
         time.sleep(0.1)
     return False
 
@@ -199,9 +236,10 @@ def serve_mirror(root: Path, port: int = MIRROR_PORT) -> str:
         stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL, start_new_session=True,
     )
     pidfile.write_text(str(proc.pid))
-    if _wait_for_port(port):
+    if _wait_for_port(port, alive=lambda: proc.poll() is None):
         return url
-    raise RuntimeError(f"mirror HTTP server on port {port} did not start; see {log_file.name}")
+    state = f"exited {proc.returncode}" if proc.poll() is not None else f"not listening after {PORT_DEADLINE_S:g} s"
+    raise RuntimeError(f"mirror HTTP server on port {port} did not start ({state}); see {log_file.name}")
 
 
 def stop_mirror(port: int = MIRROR_PORT) -> None:
@@ -269,9 +307,10 @@ def persona_settings(box: Sandbox, m: mirror_mod.Mirror) -> dict:
 
 
 def up(name: str, extra: dict | None = None, persona: str = "debian12", booted: bool = False,
-       ssh_port: int = 2230) -> tuple[Sandbox, str]:
+       ssh_port: int = 2230, apt_cache: bool = False) -> tuple[Sandbox, str]:
     """Mirror built and served, sandbox created and mounted (``booted``: booted with systemd,
-    tests/lab/booted.py, its sshd on 127.0.0.1:``ssh_port``), inventory data written."""
+    tests/lab/booted.py, its sshd on 127.0.0.1:``ssh_port``; ``apt_cache``: apt's archives shared, APT_ARCHIVES),
+    inventory data written."""
     m = build_mirror()
     url = serve_mirror(m.root)
     if booted:
@@ -279,7 +318,7 @@ def up(name: str, extra: dict | None = None, persona: str = "debian12", booted: 
 
         box = BootedSandbox(name, persona, ssh_port=ssh_port)
     else:
-        box = Sandbox(name, persona)
+        box = Sandbox(name, persona, apt_cache=apt_cache)
     box.create()
     data = {**m.sandbox_data(), **persona_settings(box, m), **(extra or {})}
     box.data_file.write_text(json.dumps(data, indent=2) + "\n")

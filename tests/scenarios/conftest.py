@@ -25,9 +25,11 @@ PORT = int(os.environ.get("PIPER_E2E_PORT", "15005"))
 
 class Lab:
     def __init__(self, name: str, port: int, extra=None, persona: str = "debian12", booted: bool = False,
-                 ssh_port: int = 2231):
+                 ssh_port: int = 2231, apt_cache: bool = True):
         """A fresh sandbox host; ``extra``: settings, or a function of the served mirror's URL.
-        ``booted``: Debian 12 booted with systemd (tests/lab/booted.py), reached over SSH on ``ssh_port``."""
+        ``booted``: Debian 12 booted with systemd (tests/lab/booted.py), reached over SSH on ``ssh_port``.
+        ``apt_cache``: apt's archives shared with the suite's other hosts of its persona (tests/lab/sandbox.py
+        APT_ARCHIVES; a booted host has its own)."""
         if booted:
             from tests.lab.booted import BootedSandbox
 
@@ -35,7 +37,8 @@ class Lab:
         else:
             Sandbox(name, persona).destroy()  # fresh host every run
         self.booted = booted
-        self.box, self.mirror_url = up(name, extra={"port": port}, persona=persona, booted=booted, ssh_port=ssh_port)
+        self.box, self.mirror_url = up(name, extra={"port": port}, persona=persona, booted=booted, ssh_port=ssh_port,
+                                       apt_cache=apt_cache and not booted)
         if callable(extra):
             extra = extra(self.mirror_url)
         if extra:
@@ -81,18 +84,30 @@ class Lab:
     def sh(self, command: str, check: bool = True) -> subprocess.CompletedProcess:
         return self.box.chroot(command, check=check)
 
-    def diagnose(self, tmp_path) -> dict[str, dict]:
+    def diagnose(self, tmp_path, only: list[str] | None = None) -> dict[str, dict]:
+        """The verify suite's results by check, through ``python -m piper_gpu diagnose``; ``only``: just the
+        checks whose names contain one of these (pytest's -k), for the loops that break one thing at a time."""
         out = tmp_path / f"diagnose-{len(list(tmp_path.iterdir()))}.json"
         started = time.monotonic()
         where = (["--hosts=ssh://127.0.0.1", f"--ssh-config={self.box.ssh_config}", "--sudo"] if self.booted
                  else [f"--hosts={self.root}", "--connection=chroot"])
-        proc = subprocess.run([sys.executable, "-m", "piper_gpu", "diagnose", *where, "--json", str(out)],
+        select = ["-k", " or ".join(map(_selecting, only))] if only else []
+        proc = subprocess.run([sys.executable, "-m", "piper_gpu", "diagnose", *where, "--json", str(out), *select],
                               cwd=REPO, capture_output=True, text=True)
         self.diagnose_seconds = time.monotonic() - started
-        results = json.loads(out.read_text())
+        results = {r["check"]: r for r in json.loads(out.read_text())}
         self.last_screen = proc.stdout
         self.last_returncode = proc.returncode
-        return {r["check"]: r for r in results}
+        missing = [name for name in only or [] if name not in results]
+        assert not missing, f"diagnose -k ran no check named {missing}:\n{proc.stdout}\n{proc.stderr}"
+        return results
+
+
+def _selecting(check: str) -> str:
+    """pytest's -k expression for a check as diagnose names it: ``name[a,b]`` (its parameters' values, while the
+    test's id also holds testinfra's host) is the test whose name holds ``name``, ``a`` and ``b``."""
+    name, _, params = check.partition("[")
+    return "(" + " and ".join([name, *filter(None, params.rstrip("]").split(","))]) + ")"
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ MIRROR_LOG = CACHE / f"mirror-http-{MIRROR_PORT}.log"
 
 @pytest.fixture(scope="module")
 def offline():
-    lab = Lab("e2e-bundle", 15012)
+    lab = Lab("e2e-bundle", 15012, apt_cache=False)  # a cached .deb could hide one missing from the bundle
     data = json.loads(lab.box.data_file.read_text())
     # The connected machine: the operator's settings, with the upstream sources (the test mirror).
     upstream = {**data, **source_settings(lab.mirror_url)}

@@ -481,6 +481,20 @@ def test_wsl2_gpu_library_path_both_ways():
     assert "libcuda.so.1 not in the linker cache" in msg and "ld.wsl.conf lists /usr/lib/wsl/lib" in msg
 
 
+def test_wsl2_gpu_library_path_fails_on_a_linux_drivers_libcuda():
+    """A Linux driver package's libcuda.so.1 (libnvidia-compute-550's, say) first in the cache: the linker takes
+    it, not the Windows driver's, whether or not /usr/lib/wsl/lib's copy is listed after it."""
+    linux = f"\tlibcuda.so.1 (libc6,x86-64) => {LIB}/libcuda.so.1\n"
+    only_linux = "".join(line + "\n" for line in LDCONFIG.splitlines() if "libcuda.so.1" not in line) + linux
+    msg = text(checks.wsl2_gpu_library_path_problem(True, only_linux))
+    assert f"the linker takes libcuda.so.1 from {LIB}/libcuda.so.1" in msg and "wsl2_libcuda_is_the_windows_drivers" in msg
+    first = LDCONFIG.replace("\tlibcuda.so.1", linux + "\tlibcuda.so.1")
+    assert checks.parse_ldconfig(first)["libcuda.so.1"] == [f"{LIB}/libcuda.so.1", "/usr/lib/wsl/lib/libcuda.so.1"]
+    assert f"from {LIB}/libcuda.so.1" in text(checks.wsl2_gpu_library_path_problem(True, first))
+    i386 = LDCONFIG.replace("\tlibcuda.so.1", "\tlibcuda.so.1 (libc6) => /usr/lib/i386-linux-gnu/libcuda.so.1\n\tlibcuda.so.1")
+    assert checks.wsl2_gpu_library_path_problem(True, i386) is None
+
+
 NVCC_12_4 = """\
 nvcc: NVIDIA (R) Cuda compiler driver
 Copyright (c) 2005-2024 NVIDIA Corporation
@@ -941,43 +955,143 @@ PROBLEMS = sorted(n for n, f in vars(checks).items()
                   if n.endswith("_problem") and not n.startswith("_") and callable(f) and f.__module__ == checks.__name__)
 
 
-def _checks_call(node) -> str | None:
-    """NAME when ``node`` is a call checks.NAME(...)."""
-    if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name)
-            and node.func.value.id == "checks"):
+def _checks_call(node, aliases: dict[str, str] | None = None) -> str | None:
+    """NAME when ``node`` is a call checks.NAME(...), or a call of a helper here that returns one (``aliases``)."""
+    if not isinstance(node, ast.Call):
+        return None
+    if isinstance(node.func, ast.Attribute) and isinstance(node.func.value, ast.Name) and node.func.value.id == "checks":
         return node.func.attr
+    if aliases and isinstance(node.func, ast.Name):
+        return aliases.get(node.func.id)
     return None
 
 
-def _proofs() -> tuple[set, set]:
-    """The checks functions this file calls on an answer they must pass (``checks.X(...) is None``) and on one
-    they must fail (``text(checks.X(...))``, which asserts a problem, or ``checks.X(...) is not None``)."""
+def _aliases(tree: ast.Module) -> dict[str, str]:
+    """Helpers of the module that only return checks.NAME(...) (``gate`` for checks.gpu_gate): NAME by helper."""
+    found = {}
+    for fn in tree.body:
+        if (isinstance(fn, ast.FunctionDef) and not fn.name.startswith("test_") and isinstance(fn.body[-1], ast.Return)
+                and _checks_call(fn.body[-1].value)):
+            found[fn.name] = _checks_call(fn.body[-1].value)
+    return found
+
+
+def _asserted(test: ast.expr) -> list[ast.expr]:
+    """The parts of an ``assert`` that must each be true for it to pass: the test, or its ``and``-ed terms."""
+    if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And):
+        return [part for value in test.values for part in _asserted(value)]
+    return [test]
+
+
+def _passes(node: ast.expr, aliases: dict) -> str | None:
+    """NAME for ``checks.NAME(...) is None`` (a problem function) or ``== (None, None)`` (the GPU gate)."""
+    if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and _checks_call(node.left, aliases)):
+        return None
+    right = node.comparators[0]
+    none = isinstance(node.ops[0], ast.Is) and isinstance(right, ast.Constant) and right.value is None
+    no_skip_no_problem = (isinstance(node.ops[0], ast.Eq) and isinstance(right, ast.Tuple)
+                          and [getattr(e, "value", 0) for e in right.elts] == [None, None])
+    return _checks_call(node.left, aliases) if none or no_skip_no_problem else None
+
+
+def _fails(node: ast.AST, aliases: dict) -> str | None:
+    """NAME for ``text(checks.NAME(...))`` or ``text(checks.NAME(...)[1])`` (text asserts that there is a problem)."""
+    if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "text" and node.args):
+        return None
+    arg = node.args[0]
+    return _checks_call(arg.value if isinstance(arg, ast.Subscript) else arg, aliases)
+
+
+def _fails_asserted(node: ast.expr, aliases: dict) -> str | None:
+    """NAME for ``checks.NAME(...) is not None`` asserted."""
+    if (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.IsNot)
+            and isinstance(node.comparators[0], ast.Constant) and node.comparators[0].value is None):
+        return _checks_call(node.left, aliases)
+    return None
+
+
+def _proofs(source: str) -> tuple[set, set]:
+    """The checks functions that ``source``'s ``test_*`` functions prove: on an answer they must pass, in an
+    ``assert`` that fails unless ``checks.X(...) is None``; on one they must fail, through ``text(checks.X(...))``
+    (which asserts a problem) or an ``assert checks.X(...) is not None``. A comparison outside an assert, an
+    assert outside a test, or one that an ``or`` can satisfy otherwise proves nothing and counts for nothing."""
+    tree = ast.parse(source)
+    aliases = _aliases(tree)
     passing, failing = set(), set()
-    for node in ast.walk(ast.parse(Path(__file__).read_text())):
-        if (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.comparators[0], ast.Constant)
-                and node.comparators[0].value is None and _checks_call(node.left)):
-            (passing if isinstance(node.ops[0], ast.Is) else failing).add(_checks_call(node.left))
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "text" and node.args
-                and _checks_call(node.args[0])):
-            failing.add(_checks_call(node.args[0]))
-    return passing, failing
+    for fn in tree.body:
+        if not (isinstance(fn, ast.FunctionDef) and fn.name.startswith("test_")):
+            continue
+        for node in ast.walk(fn):
+            failing.add(_fails(node, aliases))
+            if isinstance(node, ast.Assert):
+                for part in _asserted(node.test):
+                    passing.add(_passes(part, aliases))
+                    failing.add(_fails_asserted(part, aliases))
+    return passing - {None}, failing - {None}
 
 
-PASSING, FAILING = _proofs()
+def _cases(items: list, what: str, arity: int = 1) -> list:
+    """``items`` to parametrise a guard with. None found is one case of Nones that the test fails on: pytest
+    would skip an empty list, and a guard with nothing to guard would pass unseen."""
+    return items or [pytest.param(*([None] * arity), id=f"no-{what}-found")]
 
 
-@pytest.mark.parametrize("name", PROBLEMS)
+PASSING, FAILING = _proofs(Path(__file__).read_text())
+
+
+@pytest.mark.parametrize("name", _cases(PROBLEMS, "problem-functions"))
 def test_every_problem_check_is_proven_both_ways_here(name):
     """Each decision in verify/checks.py is called here on an answer it must pass and on one it must fail:
     a check added without a test proving it fails is a defect."""
-    assert name in PASSING, f"no `assert checks.{name}(...) is None` on a healthy host's answer"
-    assert name in FAILING, f"no `text(checks.{name}(...))` on the fault it exists for"
+    assert name is not None, "verify/checks.py has no public *_problem function: the guard guards nothing"
+    assert name in PASSING, f"no `assert checks.{name}(...) is None` in a test on a healthy host's answer"
+    assert name in FAILING, f"no `text(checks.{name}(...))` in a test on the fault it exists for"
 
 
-def test_the_gpu_gate_is_proven_here():
-    assert "checks.gpu_gate(" in Path(__file__).read_text()  # and both ways in test_verify_gate.py
+def test_the_gpu_gate_is_proven_both_ways_here():
+    """The gate is asserted to let a GPU host through (``gate(...) == (None, None)``) and to fail on a fault
+    (``text(gate(...)[1])``), in tests here (and against a fake host in test_verify_gate.py)."""
+    assert "gpu_gate" in PASSING, "no `assert gate(...) == (None, None)` in a test"
+    assert "gpu_gate" in FAILING, "no `text(gate(...)[1])` in a test"
 
 
+GUARDED = """
+def gate(*a):
+    return checks.gpu_gate(*a)
+
+checks.a_problem(1) is None                     # outside any test
+text(checks.b_problem(2))
+
+def helper():
+    assert checks.c_problem(3) is None          # outside any test
+
+def test_unasserted():
+    checks.d_problem(4) is None                 # computed, never asserted
+    checks.e_problem(5) is not None
+
+def test_escapable():
+    assert checks.f_problem(6) is None or True  # an `or` lets it pass
+    assert not checks.g_problem(7) is None
+
+def test_proven():
+    assert checks.h_problem(8) is None and "x"
+    msg = text(checks.h_problem(9))
+    assert checks.i_problem(10) is not None
+    assert gate(1) == (None, None)
+    assert "cause" in text(gate(2)[1])
+"""
+
+
+def test_the_guard_counts_only_asserted_proofs_in_tests():
+    passing, failing = _proofs(GUARDED)
+    assert passing == {"h_problem", "gpu_gate"}, passing
+    assert failing == {"h_problem", "i_problem", "gpu_gate"}, failing
+
+
+def test_the_guards_fail_when_they_find_nothing_to_guard():
+    assert _cases([], "problem-functions")[0].values == (None,)
+    assert _cases([], "verify-checks", arity=2)[0].values == (None, None)
+    assert _cases(["x_problem"], "problem-functions") == ["x_problem"]
 def _functions(path: Path) -> dict[str, ast.FunctionDef]:
     return {n.name: n for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef)}
 
@@ -999,10 +1113,12 @@ VERIFY_CHECKS = sorted((path.name, name) for path in VERIFY.glob("test_*.py")
                        for name in _functions(path) if name.startswith("test_"))
 
 
-@pytest.mark.parametrize("module,check", VERIFY_CHECKS, ids=[f"{m}::{c}" for m, c in VERIFY_CHECKS])
+@pytest.mark.parametrize("module,check", _cases(VERIFY_CHECKS, "verify-checks", arity=2),
+                         ids=[f"{m}::{c}" for m, c in VERIFY_CHECKS] or None)
 def test_every_verify_check_decides_through_a_proven_function(module, check):
     """Each check in verify/ decides through verify/checks.py, and every *_problem function it calls is
     proven here both ways (the testinfra check only gathers the host's answers)."""
+    assert check is not None, f"no test_* function found in {VERIFY}/test_*.py: the guard guards nothing"
     helpers = {**_functions(VERIFY / "conftest.py"), **_functions(VERIFY / module)}
     decisions = _decisions(helpers[check], helpers, {check})
     assert decisions, f"verify/{module}::{check} calls no checks function: move its decision into verify/checks.py"

@@ -1,0 +1,86 @@
+"""Where a test run's minutes go: a pytest plugin (``-p tests.lab.durations``, as scripts/test loads it) that
+writes every test's duration (setup + call + teardown) and the seconds of each part of the suite (unit, server,
+and each scenario by name) to a JSON file: ``$PIPER_TEST_DURATIONS``, else
+``$PIPER_RESULTS_DIR/test-durations.json``, else ``build/test-durations.json``.
+
+    .venv/bin/python -m tests.lab.durations build/test-durations.json    # the parts and the 15 slowest tests
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def report_path() -> Path:
+    if os.environ.get("PIPER_TEST_DURATIONS"):
+        return Path(os.environ["PIPER_TEST_DURATIONS"])
+    if os.environ.get("PIPER_RESULTS_DIR"):
+        return Path(os.environ["PIPER_RESULTS_DIR"], "test-durations.json")
+    return REPO / "build" / "test-durations.json"
+
+
+def part_of(nodeid: str, scenario: str | None) -> str:
+    """"scenario <name>" for a scenario's test, else the suite's directory under tests/ ("unit", "server")."""
+    if scenario:
+        return f"scenario {scenario}"
+    parts = nodeid.split("/")
+    return parts[1] if len(parts) > 2 and parts[0] == "tests" else parts[0]
+
+
+class Durations:
+    def __init__(self):
+        self.started = time.monotonic()
+        self.scenario: dict[str, str | None] = {}
+        self.tests: dict[str, dict] = {}
+
+    def pytest_collection_finish(self, session):
+        for item in session.items:
+            mark = item.get_closest_marker("scenario")
+            self.scenario[item.nodeid] = mark.args[0] if mark else None
+
+    def pytest_runtest_logreport(self, report):
+        test = self.tests.setdefault(report.nodeid, {"seconds": 0.0, "outcome": "passed",
+                                                     "part": part_of(report.nodeid, self.scenario.get(report.nodeid))})
+        test["seconds"] += report.duration
+        if report.outcome != "passed" and test["outcome"] == "passed":
+            test["outcome"] = report.outcome if report.when == "call" else f"{report.outcome} in {report.when}"
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        parts: dict[str, float] = {}
+        for test in self.tests.values():
+            parts[test["part"]] = parts.get(test["part"], 0.0) + test["seconds"]
+        out = report_path()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "wall_seconds": round(time.monotonic() - self.started, 1),
+            "exit_status": int(exitstatus),
+            "parts": {k: round(v, 1) for k, v in sorted(parts.items(), key=lambda kv: -kv[1])},
+            "tests": {k: {**v, "seconds": round(v["seconds"], 2)}
+                      for k, v in sorted(self.tests.items(), key=lambda kv: -kv[1]["seconds"])},
+        }, indent=1) + "\n")
+        terminal = session.config.pluginmanager.get_plugin("terminalreporter")
+        if terminal:
+            terminal.ensure_newline()
+            terminal.write_line(f"test durations: {out}")
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(Durations(), "piper-durations")
+
+
+def summary(path: Path, slowest: int = 15) -> str:
+    data = json.loads(path.read_text())
+    lines = [f"{path}: {data['wall_seconds'] / 60:.1f} min wall"]
+    lines += [f"  {seconds / 60:6.1f} min  {part}" for part, seconds in data["parts"].items()]
+    lines += [f"  {t['seconds']:7.1f} s  {nodeid}" for nodeid, t in list(data["tests"].items())[:slowest]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(summary(Path(sys.argv[1]) if len(sys.argv) > 1 else report_path()))
