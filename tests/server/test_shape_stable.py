@@ -398,12 +398,12 @@ def fake_cuda(monkeypatch, fail_buckets: bool = False) -> list:
 def on_cuda():
     """A shape-stable voice on the (fake) CUDA provider of GPU 1, its encoder and decoder buckets on CUDA
     (so that it keeps the whole model for pieces beyond the phoneme buckets), warmed."""
-    with pytest.MonkeyPatch.context() as mp:
-        made = fake_cuda(mp)
+    with pytest.MonkeyPatch.context() as mp:  # undone before the tests: ONNX Runtime is itself again for the
+        made = fake_cuda(mp)                  # next tests (and tests/server/conftest.py's check of the venv)
         v = Voice("v", MODEL, use_gpu=True, driver_problem=None, syntheses=0, cuda_options={"device_id": "1"},
                   encoder_provider="cuda", phoneme_buckets=(128, 256), frame_buckets=(256, 512, 1024))
         v.warm()
-        yield v, made
+    return v, made
 
 
 def test_on_cuda_the_arenas_are_the_configured_devices(on_cuda):
