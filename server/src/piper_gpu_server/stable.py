@@ -466,6 +466,12 @@ def created(model, options, providers: list):
     return session, " ".join(line.strip() for line in said.getvalue().splitlines() if line.strip("* \t"))
 
 
+def arena_spec(cpu_arena: bool, gpu: str | None) -> str:
+    """The arenas a session has, as ONNX Runtime's shrinkage run option names them ("cpu:0;gpu:N"): the CPU's
+    where its arena is on (ONNX Runtime refuses "cpu" otherwise), ``gpu`` where it runs on CUDA (None: not)."""
+    return ";".join(a for a, on in (("cpu:0", cpu_arena), (gpu, gpu is not None)) if on)
+
+
 def provider_name(provider) -> str:
     """``"CUDAExecutionProvider"`` or ``("CUDAExecutionProvider", {...})`` as the name."""
     return provider if isinstance(provider, str) else provider[0]
@@ -518,7 +524,7 @@ class _Session:
     def arenas(self, gpu: str) -> str:
         """The arenas this session has, as ONNX Runtime's shrinkage names them ("cpu:0;gpu:N"; ``gpu``: the
         CUDA provider's): a CPU session has no GPU arena, and one without the CPU arena has none there."""
-        return ";".join(a for a, on in (("cpu:0", self.cpu_arena), (gpu, "CUDA" in self.provider)) if on)
+        return arena_spec(self.cpu_arena, gpu if "CUDA" in self.provider else None)
 
     def uncount(self) -> None:
         """The last run was the arena's shrinkage, not a piece."""
@@ -619,9 +625,11 @@ class Buckets:
         sum of all of them."""
         started = time.perf_counter()
 
+        def spec(session) -> str:
+            return session.arenas(gpu) if shrinkage else ""
+
         def options(session):
-            spec = session.arenas(gpu) if shrinkage else ""
-            return shrinkage(spec) if spec else None
+            return shrinkage(spec(session)) if spec(session) else None
 
         for size, session in self.encoders.items():
             session.run(self._encoder_feeds(feeds, size), options(session))
@@ -630,7 +638,7 @@ class Buckets:
             session.run(self._decoder_feeds(made, feeds, size), options(session))
         for session in self.sessions:
             session.runs = 0
-            session.used_since_release = options(session) is None
+            session.used_since_release = not spec(session)  # shrunk after its run, or still holding it
         self.warmup_ms = (time.perf_counter() - started) * 1000
         return self.warmup_ms
 

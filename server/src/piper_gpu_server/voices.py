@@ -192,7 +192,7 @@ class Voice:
         #: the arenas release_if_idle shrinks: ONNX Runtime refuses "cpu" where the CPU arena is off, and
         #: names the GPU's arena by the device the CUDA provider was given
         self.gpu_arena = f"gpu:{cuda_provider(cuda_options)[1]['device_id']}"
-        self.arenas = ";".join(a for a, on in (("cpu:0", cpu_memory_arena), (self.gpu_arena, self.on_gpu)) if on)
+        self.arenas = stable.arena_spec(cpu_memory_arena, self.gpu_arena if self.on_gpu else None)
         #: the whole-model sessions that ran a piece since the last release (only those are shrunk)
         self._used: set[int] = set()
         self.concurrent_intra_op_threads = None
@@ -440,8 +440,8 @@ class Voice:
                 self.running += 1
                 self.pieces += 1
                 self.concurrent_pieces += piper is self.concurrent
-            if self.stable is None:
-                self._mark_used(piper)
+                if self.stable is None:  # its session runs the piece: the next idle release shrinks it
+                    self._used.add(id(piper))
             try:
                 pcm = b"".join(chunk.audio_int16_bytes for chunk in piper.synthesize(piece, syn_config=config))
             finally:
