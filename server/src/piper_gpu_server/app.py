@@ -484,7 +484,7 @@ class App:
             # compared as given: float() of a huge integer overflows, and NaN fails every comparison
             if not isinstance(length_scale, (int, float)) or isinstance(length_scale, bool) \
                     or not 0.1 <= length_scale <= texts.MAX_LENGTH_SCALE:
-                raise RequestError(HTTPStatus.BAD_REQUEST, "'length_scale' must be a number from 0.1 to 10")
+                raise RequestError(HTTPStatus.BAD_REQUEST, f"'length_scale' must be a number from 0.1 to {texts.MAX_LENGTH_SCALE:g}")
             length_scale = float(length_scale)
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
