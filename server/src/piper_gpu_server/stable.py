@@ -34,11 +34,10 @@ plans are built before the first request (the CPU builds no plans, so a CPU voic
 The buckets follow from the server's own bound on a model run (``run_bounds``, ``auto_buckets``): at
 most ``PHONEMES_PER_CHAR x sentence_max_chars`` phonemes at the normal pace (fewer in proportion above a
 length_scale of 1, down to ``MIN_RUN_PHONEMES``), as phoneme ids by the voice's own ``phonemes_to_ids``;
-their frames are the ids times the frames per id of the voice's probe (2.9 for en_US-joe-medium, against at
-most 2.4 in the test texts' pieces) times the length_scale, the most over every length_scale a request may
-give. ``BUCKET_COUNT`` buckets spaced evenly in log between the smallest and
-that largest keep the padding at 21% more frames than the pieces need on average over the test texts
-(tests/server/test_shape_stable.py ``test_padding_overhead``).
+their frames are the ids times the frames per id of the voice's probe (2.9 for en_US-joe-medium) times the
+length_scale, the most over every length_scale a request may give. ``BUCKET_COUNT`` buckets spaced evenly in
+log between the smallest and that largest keep the padding within 25% more frames than the pieces need over
+the test texts (tests/server/test_shape_stable.py ``test_padding_overhead``, which prints it).
 
 Where the encoder runs (``encoder_provider``): ``cpu`` gives it one CPU session with no buckets (the CPU
 pays nothing for a new shape), so only the decoder's buckets hold CUDA sessions; ``cuda`` gives it one
