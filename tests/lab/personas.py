@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tests.lab.mirror import CACHE, log, run
+from tests.lab.mirror import CACHE, cache_lock, log, run
 
 REPO = Path(__file__).resolve().parents[2]
 DEBIAN_MIRROR = os.environ.get("PIPER_LAB_DEBIAN_MIRROR", "http://deb.debian.org/debian")
@@ -45,6 +45,11 @@ WSL_USER = "dev"
 
 
 def _ubuntu_keyring() -> Path:
+    with cache_lock("ubuntu-keyring"):
+        return _fetch_ubuntu_keyring()
+
+
+def _fetch_ubuntu_keyring() -> Path:
     keyring = CACHE / "sandbox" / "ubuntu-archive-keyring.gpg"
     if keyring.exists():
         return keyring
@@ -63,6 +68,11 @@ def _ubuntu_keyring() -> Path:
 
 def base_tarball(suite: str = "bookworm") -> Path:
     """A debootstrap'ed minbase root (Debian 12, Ubuntu 22.04 or 24.04), cached as a tarball (once)."""
+    with cache_lock(f"debootstrap-{suite}"):
+        return _debootstrap(suite)
+
+
+def _debootstrap(suite: str) -> Path:
     tarball = CACHE / "sandbox" / f"{suite}-minbase.tar"
     if tarball.exists():
         return tarball

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tests.lab import mirror as mirror_mod
 from tests.lab import personas
-from tests.lab.mirror import CACHE, log, run
+from tests.lab.mirror import CACHE, cache_lock, log, run
 from piper_gpu.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,7 +29,16 @@ MOUNTS = (("proc", "proc"), ("sysfs", "sys"))
 #: apt's downloaded packages, shared by the lab's hosts of one persona (bind-mounted over each one's
 #: /var/cache/apt/archives, never the offline-bundle host's): a package another host fetched is not fetched
 #: and written again. apt checks each cached .deb against the index's size and checksum before using it.
+#: One cache per persona and test worker (``apt_archives``): apt takes /var/cache/apt/archives/lock without
+#: waiting, so two hosts sharing one cache could not install at the same time.
 APT_ARCHIVES = SANDBOXES / "apt-archives"
+
+
+def apt_archives(persona: str) -> Path:
+    """The shared apt cache for ``persona``'s hosts in this process: one per pytest-xdist worker
+    (PYTEST_XDIST_WORKER, "gw0", "gw1", ...), since the workers' hosts install side by side."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    return APT_ARCHIVES / (f"{persona}-{worker}" if worker else persona)
 #: dpkg on the lab's hosts does not sync each unpacked file to disk before renaming it into place (dpkg(1)
 #: --force-unsafe-io): a crash of this machine, which no test provokes, is the only case it changes
 UNSAFE_IO = ("etc/dpkg/dpkg.cfg.d/piper-lab-unsafe-io", "# piper-gpu-deploy lab: no fsync per unpacked file\n"
@@ -110,7 +119,7 @@ class Sandbox:
                     run(["mount", "--bind", str(path), str(self.root / point)])
 
     def mount_apt_cache(self) -> None:
-        cache, point = APT_ARCHIVES / self.persona, self.root / "var/cache/apt/archives"
+        cache, point = apt_archives(self.persona), self.root / "var/cache/apt/archives"
         if _mounted(point):
             return
         (cache / "partial").mkdir(parents=True, exist_ok=True)
@@ -224,6 +233,11 @@ def _wait_for_port(port: int, seconds: float = PORT_DEADLINE_S, alive=None) -> b
 
 def serve_mirror(root: Path, port: int = MIRROR_PORT) -> str:
     """Serve ``root`` on 127.0.0.1:port (background, survives this process); return the URL."""
+    with cache_lock(f"mirror-http-{port}"):  # one server per port, whichever worker asks first
+        return _serve_mirror(root, port)
+
+
+def _serve_mirror(root: Path, port: int) -> str:
     url = f"http://127.0.0.1:{port}"
     pidfile = CACHE / f"mirror-http-{port}.pid"
     if _port_open(port):
@@ -277,9 +291,11 @@ def count_changes(output: str) -> int | None:
 
 
 def build_mirror() -> mirror_mod.Mirror:
-    """The lab's mirror, with the venv's wheels for each Python the lab's hosts have."""
-    return mirror_mod.build({py: Settings().replace(python_version=py).python_requirements()
-                             for py in mirror_mod.LAB_PYTHONS})
+    """The lab's mirror, with the venv's wheels for each Python the lab's hosts have (built by one worker
+    while the others wait)."""
+    with cache_lock("mirror"):
+        return mirror_mod.build({py: Settings().replace(python_version=py).python_requirements()
+                                 for py in mirror_mod.LAB_PYTHONS})
 
 
 #: Where the users keep the cuDNN installer they downloaded in Windows, as WSL2 sees it.
@@ -307,12 +323,12 @@ def persona_settings(box: Sandbox, m: mirror_mod.Mirror) -> dict:
 
 
 def up(name: str, extra: dict | None = None, persona: str = "debian12", booted: bool = False,
-       ssh_port: int = 2230, apt_cache: bool = False) -> tuple[Sandbox, str]:
-    """Mirror built and served, sandbox created and mounted (``booted``: booted with systemd,
-    tests/lab/booted.py, its sshd on 127.0.0.1:``ssh_port``; ``apt_cache``: apt's archives shared, APT_ARCHIVES),
-    inventory data written."""
+       ssh_port: int = 2230, apt_cache: bool = False, mirror_port: int = MIRROR_PORT) -> tuple[Sandbox, str]:
+    """Mirror built and served (on ``mirror_port``), sandbox created and mounted (``booted``: booted with
+    systemd, tests/lab/booted.py, its sshd on 127.0.0.1:``ssh_port``; ``apt_cache``: apt's archives shared,
+    APT_ARCHIVES), inventory data written."""
     m = build_mirror()
-    url = serve_mirror(m.root)
+    url = serve_mirror(m.root, mirror_port)
     if booted:
         from tests.lab.booted import BootedSandbox
 

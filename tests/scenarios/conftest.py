@@ -4,8 +4,8 @@ the local NVIDIA mirror) -> idempotence -> verify -> destroy.
 
     pytest tests/scenarios --scenario bundle          # one scenario (repeatable)
 
-They run in the order of SCENARIOS (tests/conftest.py): several share the ``lab`` host (converged once by "default"), and
-"undeploy" must follow the scenarios that need it provisioned."""
+Several share the ``lab`` host (converged once by "default"): they run on one worker, in the order of SCENARIOS
+(tests/conftest.py); every other scenario has its own host, service port and SSH port, and may run beside them."""
 
 import json
 import os
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.sandbox import Sandbox, provision, up
+from tests.lab.mirror import cache_lock
+from tests.lab.sandbox import MIRROR_PORT, Sandbox, provision, up
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,11 +26,12 @@ PORT = int(os.environ.get("PIPER_E2E_PORT", "15005"))
 
 class Lab:
     def __init__(self, name: str, port: int, extra=None, persona: str = "debian12", booted: bool = False,
-                 ssh_port: int = 2231, apt_cache: bool = True):
+                 ssh_port: int = 2231, apt_cache: bool = True, mirror_port: int = MIRROR_PORT):
         """A fresh sandbox host; ``extra``: settings, or a function of the served mirror's URL.
         ``booted``: Debian 12 booted with systemd (tests/lab/booted.py), reached over SSH on ``ssh_port``.
         ``apt_cache``: apt's archives shared with the suite's other hosts of its persona (tests/lab/sandbox.py
-        APT_ARCHIVES; a booted host has its own)."""
+        APT_ARCHIVES; a booted host has its own). ``mirror_port``: the port of the mirror's HTTP server this
+        host is given (the suite's shared one unless a scenario needs its own access log)."""
         if booted:
             from tests.lab.booted import BootedSandbox
 
@@ -38,7 +40,7 @@ class Lab:
             Sandbox(name, persona).destroy()  # fresh host every run
         self.booted = booted
         self.box, self.mirror_url = up(name, extra={"port": port}, persona=persona, booted=booted, ssh_port=ssh_port,
-                                       apt_cache=apt_cache and not booted)
+                                       apt_cache=apt_cache and not booted, mirror_port=mirror_port)
         if callable(extra):
             extra = extra(self.mirror_url)
         if extra:
@@ -125,6 +127,7 @@ def record(name: str, **figures) -> None:
         return
     path = Path(out, f"{name}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data.update(figures)
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    with cache_lock(f"results-{name}"):  # the suite's workers record side by side
+        data = json.loads(path.read_text()) if path.exists() else {}
+        data.update(figures)
+        path.write_text(json.dumps(data, indent=2) + "\n")

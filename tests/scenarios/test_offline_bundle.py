@@ -4,6 +4,7 @@ source, a dead HTTP proxy and no package index, and is provisioned with bundle_u
 alone. The mirror's access log proves nothing else was asked for."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import pytest
 
 from piper_gpu.settings import data_keys
 from tests.lab.mirror import CACHE, source_settings
-from tests.lab.sandbox import MIRROR_PORT, provision
+from tests.lab.sandbox import MIRROR_PORT, provision, stop_mirror
 from piper_gpu.steps.base import BASE_PACKAGES
 
 from conftest import REPO, Lab, record
@@ -21,12 +22,16 @@ BUNDLE = "/srv/piper-bundle"
 DEAD = "http://127.0.0.1:9"
 OFFLINE_ENV = {"http_proxy": DEAD, "https_proxy": DEAD, "HTTP_PROXY": DEAD, "HTTPS_PROXY": DEAD,
                "PIP_INDEX_URL": f"{DEAD}/simple"}
-MIRROR_LOG = CACHE / f"mirror-http-{MIRROR_PORT}.log"
+#: This scenario's own server for the mirror, so that its access log holds this host's requests alone: the
+#: suite's other hosts, provisioned side by side (scripts/test's workers), ask the shared one.
+BUNDLE_MIRROR_PORT = int(os.environ.get("PIPER_BUNDLE_MIRROR_PORT", str(MIRROR_PORT + 10)))
+MIRROR_LOG = CACHE / f"mirror-http-{BUNDLE_MIRROR_PORT}.log"
 
 
 @pytest.fixture(scope="module")
 def offline():
-    lab = Lab("e2e-bundle", 15012, apt_cache=False)  # a cached .deb could hide one missing from the bundle
+    # apt_cache=False: a cached .deb could hide one missing from the bundle
+    lab = Lab("e2e-bundle", 15012, apt_cache=False, mirror_port=BUNDLE_MIRROR_PORT)
     data = json.loads(lab.box.data_file.read_text())
     # The connected machine: the operator's settings, with the upstream sources (the test mirror).
     upstream = {**data, **source_settings(lab.mirror_url)}
@@ -50,6 +55,7 @@ def offline():
     lab.box.data_file.write_text(json.dumps({**data, "bundle_url": f"file://{BUNDLE}"}, indent=2))
     yield lab
     lab.box.destroy()
+    stop_mirror(BUNDLE_MIRROR_PORT)
 
 
 def deploy_offline(lab):
