@@ -39,6 +39,8 @@ def apt_archives(persona: str) -> Path:
     (PYTEST_XDIST_WORKER, "gw0", "gw1", ...), since the workers' hosts install side by side."""
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     return APT_ARCHIVES / (f"{persona}-{worker}" if worker else persona)
+
+
 #: dpkg on the lab's hosts does not sync each unpacked file to disk before renaming it into place (dpkg(1)
 #: --force-unsafe-io): a crash of this machine, which no test provokes, is the only case it changes
 UNSAFE_IO = ("etc/dpkg/dpkg.cfg.d/piper-lab-unsafe-io", "# piper-gpu-deploy lab: no fsync per unpacked file\n"
