@@ -2,6 +2,7 @@
 worker, in their order, and the groups go out in GROUP_ORDER's order. Read from the suite's real collection."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,7 @@ def collected(tmp_path_factory):
     out = where / "groups.json"
     proc = subprocess.run([sys.executable, "-m", "pytest", "tests", "--collect-only", "-q", "-p", "no:cacheprovider",
                            "-p", "groups_dump"], cwd=REPO, capture_output=True, text=True,
-                          env={**__import__("os").environ, "PYTHONPATH": f"{where}:{REPO}", "PIPER_GROUPS_OUT": str(out)})
+                          env={**os.environ, "PYTHONPATH": f"{where}:{REPO}", "PIPER_GROUPS_OUT": str(out)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
 
