@@ -119,14 +119,19 @@ def write(python: str, pins: dict[str, str], top: dict[str, str], requirements: 
 def check(python: str, pins: dict[str, str], download_dir: Path, pip_args: list[str] | None = None) -> dict[str, str]:
     """{pin: pip's reason} for each pin with no wheel that CPython ``python`` on manylinux x86_64
     installs (its Requires-Python included: pip download checks it against --python-version).
-    The wheels land in ``download_dir`` (a cache: present ones are not downloaded again)."""
+    The wheels land in ``download_dir`` (a cache: present ones are not downloaded again).
+    One pip run for every pin; only when it fails, one run per pin, since pip stops at the first pin it
+    cannot find and the answer names each."""
     download_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "download", "--no-deps",
+           "--quiet", *wheel_args(python), *(pip_args or []), "-d", str(download_dir)]
+    every = [f"{name}=={version}" for name, version in sorted(pins.items())]
+    if subprocess.run([*cmd, *every], capture_output=True, text=True).returncode == 0:
+        return {}
     failures = {}
-    for name, version in sorted(pins.items()):
-        cmd = [sys.executable, "-m", "pip", "--isolated", "--disable-pip-version-check", "download", "--no-deps",
-               "--quiet", *wheel_args(python), *(pip_args or []), "-d", str(download_dir), f"{name}=={version}"]
-        res = subprocess.run(cmd, capture_output=True, text=True)
+    for pin in every:
+        res = subprocess.run([*cmd, pin], capture_output=True, text=True)
         if res.returncode != 0:
             reason = [line for line in res.stderr.splitlines() if line.startswith("ERROR")]
-            failures[f"{name}=={version}"] = " ".join(reason) or res.stderr.strip()[-500:]
+            failures[pin] = " ".join(reason) or res.stderr.strip()[-500:]
     return failures

@@ -15,8 +15,11 @@ other host without a usable GPU they fail. Each check's decision is a function i
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import shutil
+import tempfile
 
 import pytest
 
@@ -211,6 +214,46 @@ def pytest_terminal_summary(terminalreporter):
 
 #: The plan's steps, in the order the deploy takes them: checks run (and diagnose lists them) in it.
 PLAN = ["driver", "cuda", "cudnn", "venv", "voices", "server", "service", "performance"]
+
+
+#: One SSH connection for a whole run. testinfra's ssh backend asks ssh for ``ControlMaster=auto`` but gives
+#: no ``ControlPath``, and without one ssh shares nothing: each of a run's ~170 commands opened a connection
+#: of its own (key exchange, login, a new sshd process). A host reached over ssh:// whose run names no
+#: ControlPath gets one in a private directory; its master connection is closed when the run ends.
+SSH_MASTERS: list[tuple[object, str]] = []
+
+
+def ssh_backends(items) -> list:
+    """The testinfra ssh backends (``ssh://``, ``safe-ssh://``) the collected checks run on."""
+    found = {}
+    for item in items:
+        host = getattr(item, "callspec", None) and item.callspec.params.get("_testinfra_host")
+        backend = getattr(host, "backend", None)
+        if getattr(backend, "NAME", None) in ("ssh", "safe-ssh"):
+            found[id(backend)] = backend
+    return list(found.values())
+
+
+def pytest_collection_finish(session):
+    for backend in ssh_backends(session.items):
+        if backend.controlpath is None and backend.controlpersist:
+            directory = tempfile.mkdtemp(prefix="piper-gpu-ssh-")
+            # a directory per host, so no ssh %-token in the path: testinfra puts the path in its own %-format
+            backend.controlpath = os.path.join(directory, "master")
+            SSH_MASTERS.append((backend, directory))
+
+
+def pytest_sessionfinish(session):
+    """Close each master connection this run opened (``ssh -O exit``) instead of leaving it for ControlPersist."""
+    while SSH_MASTERS:
+        backend, directory = SSH_MASTERS.pop()
+        cmd, args = backend._build_ssh_command("")
+        cmd[-1], args = "-O exit %s", args[:-1]  # the host, without a command
+        try:
+            backend.run_local(" ".join(cmd), *args)
+        finally:
+            backend.controlpath = None
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

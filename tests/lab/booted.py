@@ -90,8 +90,7 @@ class BootedSandbox(Sandbox):
             shutil.copy("/etc/resolv.conf", self.root / "etc/resolv.conf")
             lab_dpkg_config(self.root)
             (self.root / "etc/hostname").write_text(self.machine + "\n")
-            with open(self.root / "etc/hosts", "a") as hosts:
-                hosts.write(f"127.0.1.1\t{self.machine}\n")
+            lab_hosts_file(self.root, self.machine)
             # sshd's address and port before openssh-server exists: it never listens on 0.0.0.0:22
             conf = self.root / "etc/ssh/sshd_config.d/piper-lab.conf"
             conf.parent.mkdir(parents=True, exist_ok=True)

@@ -49,8 +49,10 @@ def test_ssh_user_is_not_root_and_the_service_runs_as_its_own_user(remote):
 
 
 def test_verify_over_ssh(remote, tmp_path):
+    """diagnose logs in once: all its commands share one SSH connection (verify/conftest.py SSH_MASTERS)."""
     lab, ssh, _ = remote
     out = tmp_path / "results.json"
+    logins = lab.box.ssh_logins()
     proc = subprocess.run([sys.executable, "-m", "piper_gpu", "diagnose", "--hosts=ssh://127.0.0.1",
                            f"--ssh-config={ssh['ssh_config']}", "--sudo", "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True)
@@ -58,6 +60,7 @@ def test_verify_over_ssh(remote, tmp_path):
     outcomes = [r["outcome"] for r in json.loads(out.read_text())]
     assert "failed" not in outcomes and outcomes.count("passed") > 0, outcomes
     assert re.search(r"^(\d+) passed, 0 failed, \d+ skipped$", proc.stdout, re.M), proc.stdout[-500:]
+    assert lab.box.ssh_logins() - logins == 1
 
 
 def test_limit_restricts_the_run_to_the_named_group(remote, tmp_path):
