@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tests.lab import personas
 from tests.lab.mirror import log, run
-from tests.lab.sandbox import Sandbox, _port_open, _wait_for_port, lab_dpkg_config
+from tests.lab.sandbox import Sandbox, _port_open, _wait_for_port, lab_dpkg_config, lab_hosts_file
 
 PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "sudo"]
 CGROUP_HIERARCHIES = ("/sys/fs/cgroup/systemd", "/sys/fs/cgroup/unified")
