@@ -76,6 +76,51 @@ def test_shell_templates_parse(name, context):
     assert subprocess.run(["sh", "-n"], input=text, text=True).returncode == 0
 
 
+#: Stands in for the server: answers GET /health with its pid and the start token piper-tts-ctl gave it. Its file
+#: name holds "piper_gpu_server", which is what piper-tts-ctl's is_running looks for in a command line.
+FAKE_SERVER = """
+import http.server, json, os, sys
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"pid": os.getpid(), "start_token": os.environ["PIPER_TTS_START_TOKEN"]}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Health).serve_forever()
+"""
+
+
+def test_a_start_waits_while_the_launched_process_does_not_yet_name_the_server(tmp_path):
+    """piper-tts-ctl start, without systemd: for its first second the launched process's command line does not
+    name the server (as while it execs: /proc/PID/cmdline reads empty, then the launcher's), then it execs a
+    server that answers as itself. The start waits for that answer; before, it reported "the server exited
+    during start-up" at once, as a first converge did once on a busy machine."""
+    import socket
+    import sys
+
+    server = tmp_path / "fake_piper_gpu_server.py"
+    server.write_text(FAKE_SERVER)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = tmp_path / "piper-tts.env"
+    env.write_text(f"FAKE_SERVER={server}\n")  # the command line names only the variable
+    ctl = tmp_path / "piper-tts-ctl"
+    ctl.write_text(render("piper-tts-ctl.sh.j2", service_mode="profile", unit="piper-tts.service", service_user="root",
+                          pid_file=str(tmp_path / "piper-tts.pid"), log_path=str(tmp_path / "piper-tts.log"),
+                          command=f"sh -c 'sleep 1; exec {sys.executable} \\$FAKE_SERVER {port}'",
+                          python=sys.executable, piper_dir=str(tmp_path), env_file=str(env), port=port, start_timeout=30,
+                          stop_timeout=5, health_url=f"http://127.0.0.1:{port}/health"))
+    ctl.chmod(0o755)
+    try:
+        started = subprocess.run([str(ctl), "start"], capture_output=True, text=True, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+        pid = (tmp_path / "piper-tts.pid").read_text().strip()
+        assert f"piper-tts started (pid {pid}), http://127.0.0.1:{port}/health answers as it" in started.stdout
+    finally:
+        stopped = subprocess.run([str(ctl), "stop"], capture_output=True, text=True, timeout=60)
+    assert stopped.stdout.strip() == "piper-tts stopped", stopped.stdout + stopped.stderr
+
+
 def test_profile_snippet_is_idempotent_when_sourced_twice():
     text = render("cuda-profile.sh.j2", cuda_home="/usr/local/cuda-12.4", lib_dirs=["/usr/local/cuda-12.4/lib"])
     out = subprocess.run(["sh", "-c", f"{text}\n{text}\necho \"$PATH|$LD_LIBRARY_PATH\""],
