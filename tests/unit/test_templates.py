@@ -2,6 +2,8 @@
 
 import configparser
 import dataclasses
+import os
+import signal
 import subprocess
 
 import pytest
@@ -111,13 +113,17 @@ def test_a_start_waits_while_the_launched_process_does_not_yet_name_the_server(t
                           python=sys.executable, piper_dir=str(tmp_path), env_file=str(env), port=port, start_timeout=30,
                           stop_timeout=5, health_url=f"http://127.0.0.1:{port}/health"))
     ctl.chmod(0o755)
+    pid_file = tmp_path / "piper-tts.pid"
     try:
         started = subprocess.run([str(ctl), "start"], capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
-        pid = (tmp_path / "piper-tts.pid").read_text().strip()
+        pid = pid_file.read_text().strip()
         assert f"piper-tts started (pid {pid}), http://127.0.0.1:{port}/health answers as it" in started.stdout
     finally:
+        launched = pid_file.read_text().strip() if pid_file.exists() else None
         stopped = subprocess.run([str(ctl), "stop"], capture_output=True, text=True, timeout=60)
+        if launched and os.path.exists(f"/proc/{launched}"):  # a failed start leaves no stand-in behind
+            os.kill(int(launched), signal.SIGKILL)
     assert stopped.stdout.strip() == "piper-tts stopped", stopped.stdout + stopped.stderr
 
 
