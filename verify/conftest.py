@@ -217,7 +217,7 @@ PLAN = ["driver", "cuda", "cudnn", "venv", "voices", "server", "service", "perfo
 
 
 #: One SSH connection for a whole run. testinfra's ssh backend asks ssh for ``ControlMaster=auto`` but gives
-#: no ``ControlPath``, and without one ssh shares nothing: each of a run's ~170 commands opened a connection
+#: no ``ControlPath``, and without one ssh shares nothing: each command of a run opened a connection
 #: of its own (key exchange, login, a new sshd process). A host reached over ssh:// whose run names no
 #: ControlPath gets one in a private directory; its master connection is closed when the run ends.
 SSH_MASTERS: list[tuple[object, str]] = []
