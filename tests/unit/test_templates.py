@@ -5,6 +5,7 @@ import dataclasses
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
 
@@ -12,6 +13,8 @@ from piper_gpu.render import render
 from piper_gpu.settings import from_fields
 from piper_gpu.target import Target
 from piper_gpu_server.config import ServerConfig, load_file
+
+from tests.unit.test_migration import free_port
 
 from piper_gpu.steps.service import ENV_FILE, SERVER_CONFIG, START_TIMEOUT, STOP_MARGIN, server_command, server_config
 
@@ -96,24 +99,18 @@ def test_a_start_waits_while_the_launched_process_does_not_yet_name_the_server(t
     name the server (as while it execs: /proc/PID/cmdline reads empty, then the launcher's), then it execs a
     server that answers as itself. The start waits for that answer; before, it reported "the server exited
     during start-up" at once, as a first converge did once on a busy machine."""
-    import socket
-    import sys
-
     server = tmp_path / "fake_piper_gpu_server.py"
     server.write_text(FAKE_SERVER)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = tmp_path / "piper-tts.env"
     env.write_text(f"FAKE_SERVER={server}\n")  # the command line names only the variable
-    ctl = tmp_path / "piper-tts-ctl"
+    ctl, pid_file = tmp_path / "piper-tts-ctl", tmp_path / "piper-tts.pid"
     ctl.write_text(render("piper-tts-ctl.sh.j2", service_mode="profile", unit="piper-tts.service", service_user="root",
-                          pid_file=str(tmp_path / "piper-tts.pid"), log_path=str(tmp_path / "piper-tts.log"),
+                          pid_file=str(pid_file), log_path=str(tmp_path / "piper-tts.log"),
                           command=f"sh -c 'sleep 1; exec {sys.executable} \\$FAKE_SERVER {port}'",
                           python=sys.executable, piper_dir=str(tmp_path), env_file=str(env), port=port, start_timeout=30,
                           stop_timeout=5, health_url=f"http://127.0.0.1:{port}/health"))
     ctl.chmod(0o755)
-    pid_file = tmp_path / "piper-tts.pid"
     try:
         started = subprocess.run([str(ctl), "start"], capture_output=True, text=True, timeout=120)
         assert started.returncode == 0, started.stdout + started.stderr
