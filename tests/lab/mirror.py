@@ -39,7 +39,7 @@ from piper_gpu.bundle import wheel_download_args
 from piper_gpu.settings import Settings
 
 CACHE = Path(os.environ.get("PIPER_LAB_CACHE", "/var/cache/piper-gpu-deploy"))
-MIRROR_VERSION = "10"  # bump when the layout below changes: the cache is rebuilt
+MIRROR_VERSION = "11"  # bump when the layout below changes: the cache is rebuilt
 
 CUDA = "/usr/local/cuda-12.4"
 CUDA_LIB = f"{CUDA}/targets/x86_64-linux/lib"
@@ -385,7 +385,11 @@ def build_deb(spec: Deb, wheels: dict[str, Path], debian_root: Path, work: Path,
     _stage_deb(spec, wheels, debian_root, stage)
     out = out_dir / f"{spec.name}_{spec.version}_{spec.arch}.deb"
     log(f"building {out.name}")
-    run(["dpkg-deb", "--root-owner-group", "-Zgzip", "-z1", "--build", str(stage), str(out)])
+    # zstd, not gzip: dpkg unpacks it several times faster, in every host's first converge (docs/testing.md,
+    # "What the lab does to be faster"). The compression is the lab's choice, not a fact about NVIDIA's
+    # packages: apt and dpkg install either the same way, and the dpkg of each persona reads zstd
+    # (Debian 12's 1.21.23, Ubuntu 22.04's 1.21.1, Ubuntu 24.04's 1.22.6), as every converge here proves.
+    run(["dpkg-deb", "--root-owner-group", "-Zzstd", "-z3", "--build", str(stage), str(out)])
     shutil.rmtree(stage)
     return out
 
