@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from piper_gpu_server.gpu import Gpu
 from piper_gpu_server.voices import usable_cpus
+from tests.unit.test_migration import free_port
 
 TEXTS = json.loads((Path(__file__).resolve().parents[2] / "piper_gpu" / "texts.json").read_text())
 VOICE = "en_US-joe-medium"
@@ -37,12 +38,6 @@ HOST_GPU, HOST_NVML = _GPU.name, _GPU.handle is not None
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def toml_value(value) -> str:
