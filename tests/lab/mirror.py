@@ -386,8 +386,8 @@ def build_deb(spec: Deb, wheels: dict[str, Path], debian_root: Path, work: Path,
     out = out_dir / f"{spec.name}_{spec.version}_{spec.arch}.deb"
     log(f"building {out.name}")
     # zstd, not gzip: dpkg unpacks it several times faster, in every host's first converge (docs/testing.md,
-    # "What the lab does to be faster"). The compression is the lab's choice, not a fact about NVIDIA's
-    # packages: apt and dpkg install either the same way, and the dpkg of each persona reads zstd
+    # "Where the CPU goes, and the mirror's packages in zstd"). The compression is the lab's choice, not a fact
+    # about NVIDIA's packages: apt and dpkg install either the same way, and the dpkg of each persona reads zstd
     # (Debian 12's 1.21.23, Ubuntu 22.04's 1.21.1, Ubuntu 24.04's 1.22.6), as every converge here proves.
     run(["dpkg-deb", "--root-owner-group", "-Zzstd", "-z3", "--build", str(stage), str(out)])
     shutil.rmtree(stage)
